@@ -1,0 +1,124 @@
+"""Exports a pretrained run as the shipped `InfoBalCIFAR` weights (encoder + linear head).
+
+    python applications/cifar10/export_weights.py --run applications/cifar10/runs/infobal \
+        --variant infobal
+
+Steps: load OUT/model.keras; pick the feature layer whose linear probe scores best on a
+validation split of the training set (never the test set); train the linear head on all
+training features (standardization folded into the head's weights); write
+`keras_infobal/applications/weights/<variant>_cifar10.weights.h5` with float16 arrays; record
+its sha256, layer and accuracy in `_weights_registry.py`; write OUT/export.json.
+"""
+
+import argparse
+import json
+import os
+import pprint
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+PKG_APPS = os.path.join(ROOT, "keras_infobal", "applications")
+
+
+def to_float16(path):
+    """Rewrites every float32 array of an h5 file as float16 (halves the shipped size)."""
+    import h5py
+    import numpy as np
+
+    tmp = path + ".tmp"
+    with h5py.File(path, "r") as src, h5py.File(tmp, "w") as dst:
+        for k, v in src.attrs.items():
+            dst.attrs[k] = v
+
+        def copy(name, obj):
+            if isinstance(obj, h5py.Group):
+                g = dst.require_group(name)
+                for k, v in obj.attrs.items():
+                    g.attrs[k] = v
+            else:
+                data = obj[()]
+                if data.dtype == np.float32:
+                    data = data.astype(np.float16)
+                dst.create_dataset(name, data=data)
+
+        src.visititems(copy)
+    os.replace(tmp, path)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--run", required=True)
+    p.add_argument("--variant", required=True, choices=["infobal", "dim"])
+    p.add_argument("--data", default=os.environ.get("KERAS_INFOBAL_CIFAR10"))
+    args = p.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+    import numpy as np
+
+    import keras_infobal  # noqa: F401  (registers the serializable classes)
+    from keras_infobal import datasets
+    from keras_infobal.applications.infobal_cifar import InfoBalCIFAR, sha256
+    from keras_infobal.evaluation import train_classifier
+
+    model = keras.models.load_model(os.path.join(args.run, "model.keras"))
+    x_tr, y_tr, _ = datasets.load_cifar10("train", source=args.data)
+    x_te, y_te, _ = datasets.load_cifar10("test", source=args.data)
+    layers = ("conv", "fc", "R")
+    f_tr = model.extract_features(x_tr, layers=layers)
+    f_te = model.extract_features(x_te, layers=layers)
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(x_tr))
+    val, fit = order[:5000], order[5000:]
+    val_acc = {k: train_classifier(f_tr[k][fit], y_tr[fit], f_tr[k][val], y_tr[val])
+               for k in layers}
+    best = max(val_acc, key=val_acc.get)
+    acc, head, (mean, std) = train_classifier(f_tr[best], y_tr, f_te[best], y_te,
+                                              return_model=True)
+    w, b = head.get_layer("logits").get_weights()
+    w_folded = w / std.reshape(-1, 1)
+    b_folded = b - (mean / std).reshape(-1) @ w
+
+    app = InfoBalCIFAR(weights=None, include_top=True, feature_layer=best,
+                       variant=args.variant)
+    app.get_layer("view_encoder").set_weights(model.encoder.get_weights())
+    app.get_layer("view_aggregator").set_weights(model.aggregator.get_weights())
+    app.get_layer("predictions").set_weights([w_folded, b_folded])
+    out_dir = os.path.join(PKG_APPS, "weights")
+    os.makedirs(out_dir, exist_ok=True)
+    fname = f"{args.variant}_cifar10.weights.h5"
+    path = os.path.join(out_dir, fname)
+    app.save_weights(path)
+    to_float16(path)
+    shipped = InfoBalCIFAR(weights=None, include_top=True, feature_layer=best,
+                           variant=args.variant)
+    shipped.load_weights(path)
+    probs = shipped.predict(x_te, batch_size=500, verbose=0)
+    shipped_acc = float(np.mean(probs.argmax(-1) == y_te))
+
+    reg_path = os.path.join(PKG_APPS, "_weights_registry.py")
+    namespace = {}
+    with open(reg_path) as f:
+        exec(f.read(), namespace)
+    registry = namespace["WEIGHTS"]
+    registry[args.variant] = {
+        "file": fname,
+        "sha256": sha256(path),
+        "feature_layer": best,
+        "test_accuracy": round(shipped_acc, 4),
+        "run": os.path.relpath(args.run, ROOT),
+    }
+    with open(reg_path, "w") as f:
+        f.write('"""Shipped weights: written by applications/cifar10/export_weights.py. '
+                'Do not edit by hand."""\n\nWEIGHTS = ' + pprint.pformat(registry) + "\n")
+    report = {"variant": args.variant, "validation_accuracy": val_acc, "feature_layer": best,
+              "head_test_accuracy_float32": acc, "shipped_test_accuracy_float16": shipped_acc,
+              "file_bytes": os.path.getsize(path), "sha256": registry[args.variant]["sha256"]}
+    with open(os.path.join(args.run, "export.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,7 @@
+"""Pretrained models: `InfoBalCIFAR` and `decode_predictions`."""
+
+from keras_infobal.applications.infobal_cifar import (
+    InfoBalCIFAR,
+    decode_predictions,
+    shipped_weights_path,
+)

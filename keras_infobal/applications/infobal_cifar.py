@@ -1,0 +1,240 @@
+"""InfoBalCIFAR: a pretrained CIFAR-10 encoder (InfoBal or DIM) in the keras.applications style."""
+
+import hashlib
+import os
+
+import keras
+import numpy as np
+
+from keras_infobal.datasets import CIFAR10_CLASSES
+from keras_infobal.layers.view_aggregator import ViewAggregator
+from keras_infobal.layers.view_encoder import ViewEncoder
+
+WEIGHTS_DIR = os.path.join(os.path.dirname(__file__), "weights")
+VARIANTS = ("infobal", "dim")
+FEATURE_LAYERS = ("local", "conv", "fc", "R")
+
+
+def _registry():
+    from keras_infobal.applications import _weights_registry
+
+    return _weights_registry.WEIGHTS
+
+
+def sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def shipped_weights_path(variant="infobal"):
+    """The path of a shipped weights file, after checking its sha256; raises if it differs."""
+    registry = _registry()
+    if variant not in registry:
+        raise ValueError(
+            f"No shipped CIFAR-10 weights for variant {variant!r}; available: {sorted(registry)}."
+        )
+    entry = registry[variant]
+    path = os.path.join(WEIGHTS_DIR, entry["file"])
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"The shipped weights file `{path}` is missing; reinstall keras-infobal."
+        )
+    actual = sha256(path)
+    if actual != entry["sha256"]:
+        raise ValueError(
+            f"The weights file `{path}` does not match its recorded sha256 "
+            f"({actual} != {entry['sha256']}): it is corrupted or was modified, so it was not "
+            "loaded. Reinstall keras-infobal to restore it."
+        )
+    return path
+
+
+def InfoBalCIFAR(
+    include_top=True,
+    weights="cifar10",
+    input_tensor=None,
+    input_shape=None,
+    pooling=None,
+    classes=10,
+    classifier_activation="softmax",
+    feature_layer=None,
+    variant="infobal",
+    name=None,
+):
+    """A CIFAR-10 encoder pretrained with InfoBal (or the DIM baseline), as a `keras.Model`.
+
+    The model takes uint8 (or float in [0, 255]) images of shape (32, 32, 3): preprocessing is
+    inside the model. The encoder is DIM's CIFAR-10 encoder split into two views (top and
+    bottom halves of the 8x8 local map); `feature_layer` picks the representation:
+    "local" (8x8x128 map), "conv" (4096), "fc" (1024) or "R" (64, the global representation).
+
+    Args:
+        include_top: add the linear classifier. With `weights="cifar10"` it is the shipped
+            head, trained on frozen features, so the model classifies CIFAR-10 out of the box.
+        weights: "cifar10" (shipped weights, sha256-checked), None (random init), or the path
+            of a `.weights.h5` file saved from a model of the same configuration.
+        input_tensor: optional Keras tensor to use as the image input.
+        input_shape: optional; must be (32, 32, 3) with `weights="cifar10"`.
+        pooling: for `feature_layer="local"` without the top: None (the 8x8x128 map), "avg" or
+            "max". Must be None for the vector layers.
+        classes: number of classes of the top; must be 10 with the shipped top.
+        classifier_activation: activation of the top ("softmax", None for logits, ...).
+        feature_layer: the layer the top (or the output) uses; None picks the shipped head's
+            layer (the best under the linear probe) with the top, and "conv" without it.
+        variant: "infobal" (lambda = 1) or "dim" (lambda = 0, the baseline).
+        name: model name.
+
+    Example:
+
+    ```python
+    from keras_infobal.applications import InfoBalCIFAR, decode_predictions
+    model = InfoBalCIFAR()                       # a CIFAR-10 classifier
+    probs = model.predict(uint8_images)
+    decode_predictions(probs, top=3)
+    encoder = InfoBalCIFAR(include_top=False, feature_layer="fc")  # features
+    ```
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"`variant` must be one of {VARIANTS}; got {variant!r}.")
+    if not (weights in {"cifar10", None} or isinstance(weights, (str, os.PathLike))):
+        raise ValueError(
+            "The `weights` argument should be either `None` (random initialization), "
+            "`'cifar10'` (pre-training on CIFAR-10), or the path to the weights file to be "
+            f"loaded. Received: weights={weights!r}"
+        )
+    if isinstance(weights, (str, os.PathLike)) and weights != "cifar10":
+        weights = os.fspath(weights)
+        if not os.path.exists(weights):
+            raise ValueError(
+                f"The `weights` argument names the file `{weights}`, which does not exist. "
+                "Pass 'cifar10', None, or the path of an existing .weights.h5 file."
+            )
+        if not weights.endswith(".weights.h5"):
+            raise ValueError(
+                f"`weights` must be a Keras `.weights.h5` file (from `model.save_weights`); "
+                f"got `{weights}`. For a whole `.keras` model use keras.models.load_model."
+            )
+    registry = _registry() if weights == "cifar10" else {}
+    if weights == "cifar10" and variant not in registry:
+        raise ValueError(
+            f"No shipped CIFAR-10 weights for variant {variant!r}; available: {sorted(registry)}."
+        )
+    shipped_layer = registry[variant]["feature_layer"] if weights == "cifar10" else None
+    if feature_layer is None:
+        feature_layer = (shipped_layer or "conv") if include_top else "conv"
+    if feature_layer not in FEATURE_LAYERS:
+        raise ValueError(
+            f"`feature_layer` must be one of {FEATURE_LAYERS}; got {feature_layer!r}."
+        )
+    if weights == "cifar10" and include_top:
+        if classes != 10:
+            raise ValueError(
+                'If using `weights="cifar10"` with `include_top=True`, `classes` should be 10. '
+                f"Received classes={classes}. Use include_top=False and add your own head."
+            )
+        if feature_layer != shipped_layer:
+            raise ValueError(
+                f"The shipped classifier head reads the {shipped_layer!r} features; got "
+                f"feature_layer={feature_layer!r}. Use feature_layer=None (or "
+                f"{shipped_layer!r}), or include_top=False and train your own head."
+            )
+    if not isinstance(classes, int) or classes < 1:
+        raise ValueError(f"`classes` must be a positive integer; got {classes!r}.")
+    if pooling not in (None, "avg", "max"):
+        raise ValueError(f"`pooling` must be None, 'avg' or 'max'; got {pooling!r}.")
+    if pooling is not None and feature_layer != "local":
+        raise ValueError(
+            f"`pooling` applies to the spatial 'local' map only; feature_layer="
+            f"{feature_layer!r} is already a vector. Use pooling=None."
+        )
+    if include_top and feature_layer == "local" and pooling is None:
+        pooling = "avg"
+    if input_shape is None:
+        input_shape = (32, 32, 3) if input_tensor is None else tuple(input_tensor.shape[1:])
+    input_shape = tuple(input_shape)
+    if len(input_shape) != 3 or input_shape[-1] != 3:
+        raise ValueError(f"`input_shape` must be (height, width, 3); got {input_shape}.")
+    if weights is not None and input_shape != (32, 32, 3):
+        raise ValueError(
+            f"Pretrained weights need `input_shape=(32, 32, 3)`; got {input_shape}. Resize "
+            "the images to 32x32, or use weights=None."
+        )
+
+    if input_tensor is None:
+        inputs = keras.Input(shape=input_shape, name="images")
+    elif not keras.backend.is_keras_tensor(input_tensor):
+        inputs = keras.Input(tensor=input_tensor, shape=input_shape, name="images")
+    else:
+        inputs = input_tensor
+    encoder = ViewEncoder(num_views=2, split="rows", name="view_encoder")
+    views = encoder(inputs)
+    if feature_layer == "local":
+        _, m, vh, vw, c = views.shape
+        x = keras.layers.Reshape((m * vh, vw, c), name="local_map")(views)
+        if pooling == "avg":
+            x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        elif pooling == "max":
+            x = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
+    else:
+        x = ViewAggregator(mode="concat", output_mode=feature_layer, name="view_aggregator")(views)
+    if include_top:
+        x = keras.layers.Dense(classes, activation=classifier_activation, name="predictions")(x)
+    model = keras.Model(inputs, x, name=name or f"{variant}_cifar10")
+
+    if weights == "cifar10":
+        path = shipped_weights_path(variant)
+        # The shipped file is the full classifier (encoder, aggregator, head on the shipped
+        # layer); load it into that model, then copy the layers this configuration has.
+        full = model
+        if not (include_top and feature_layer == shipped_layer):
+            full = InfoBalCIFAR(include_top=True, weights=None, feature_layer=shipped_layer,
+                                variant=variant)
+        _load_keras_weights(full, path)
+        if full is not model:
+            for layer in model.layers:
+                if layer.weights:
+                    layer.set_weights(full.get_layer(layer.name).get_weights())
+    elif weights is not None:
+        _load_keras_weights(model, weights)
+    return model
+
+
+def _load_keras_weights(model, path):
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            is_keras = "layers" in f or "vars" in f
+    except OSError as e:
+        raise ValueError(
+            f"`{path}` is not a readable HDF5 weights file ({e}); it may be truncated or of "
+            "another type. Pass a `.weights.h5` file written by `model.save_weights`."
+        ) from e
+    if not is_keras:
+        raise ValueError(f"`{path}` is an HDF5 file but not a Keras 3 `.weights.h5` file.")
+    try:
+        model.load_weights(path)
+    except Exception as e:
+        raise ValueError(
+            f"Could not load `{path}` into this model: {e}. The file must come from "
+            "`save_weights` on a model built with the same arguments (include_top, "
+            "feature_layer, pooling, classes)."
+        ) from e
+
+
+def decode_predictions(preds, top=5):
+    """Turns (N, 10) CIFAR-10 probabilities into [(class_index, name, score), ...] per image."""
+    preds = np.asarray(preds)
+    if preds.ndim != 2 or preds.shape[1] != len(CIFAR10_CLASSES):
+        raise ValueError(
+            "`decode_predictions` expects a batch of CIFAR-10 predictions, shape (samples, 10); "
+            f"got shape {preds.shape}."
+        )
+    results = []
+    for row in preds:
+        idx = np.argsort(row)[::-1][:top]
+        results.append([(int(i), CIFAR10_CLASSES[i], float(row[i])) for i in idx])
+    return results

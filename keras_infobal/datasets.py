@@ -1,0 +1,246 @@
+"""CIFAR-10 input pipelines: tfds when available, or a local image folder / `.tar.gz`.
+
+Example:
+
+```python
+from keras_infobal import datasets
+train = datasets.cifar10_dataset("train", batch_size=64, augment=True,
+                                 source="../shared/data/cifar10-jpeg.tar.gz")
+model.fit(train, epochs=10)
+```
+
+The source is chosen by the `source` argument, else the environment variable
+`KERAS_INFOBAL_CIFAR10`, else tfds. A local source is a folder or a `.tar.gz` laid out as
+`<split>/<class>/<name>.jpg|png`; it is extracted once into a cache folder and decoded once
+into a uint8 `.npz` there, so later epochs read arrays instead of decoding JPEGs.
+"""
+
+import hashlib
+import os
+import tarfile
+
+import numpy as np
+
+CIFAR10_CLASSES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
+
+ENV_VAR = "KERAS_INFOBAL_CIFAR10"
+CACHE_ENV_VAR = "KERAS_INFOBAL_CACHE"
+_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+def default_cache_dir():
+    """The cache folder: `$KERAS_INFOBAL_CACHE`, else `~/.keras/keras_infobal`."""
+    return os.environ.get(
+        CACHE_ENV_VAR, os.path.join(os.path.expanduser("~"), ".keras", "keras_infobal")
+    )
+
+
+def _no_source_error(detail=""):
+    return ValueError(
+        "No CIFAR-10 source is available"
+        + (f" ({detail})" if detail else "")
+        + ". Provide one of: (1) a local folder or .tar.gz laid out as "
+        "`train|test/<class>/NNNN.jpg`, passed as `source=PATH` or through the environment "
+        f"variable {ENV_VAR}=PATH; or (2) the tfds dataset, prepared with "
+        "`tfds.builder('cifar10').download_and_prepare()` while online, then `source='tfds'`."
+    )
+
+
+def _extract_archive(path, cache_dir):
+    """Extracts a `.tar.gz` once into the cache; returns the folder holding the splits."""
+    with open(path, "rb") as f:
+        digest = hashlib.sha256()
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    target = os.path.join(cache_dir, "extracted-" + digest.hexdigest()[:16])
+    done = os.path.join(target, ".complete")
+    if not os.path.exists(done):
+        os.makedirs(target, exist_ok=True)
+        with tarfile.open(path, "r:*") as tar:
+            tar.extractall(target, filter="data")
+        with open(done, "w") as f:
+            f.write(path)
+    return _find_split_root(target)
+
+
+def _find_split_root(folder):
+    # Archives often wrap the splits in one top-level folder; accept either layout.
+    for root, dirs, _ in os.walk(folder):
+        if "train" in dirs or "test" in dirs:
+            return root
+    raise _no_source_error(f"no `train` or `test` folder found under {folder}")
+
+
+def _list_split(split_dir):
+    classes = sorted(
+        d for d in os.listdir(split_dir) if os.path.isdir(os.path.join(split_dir, d))
+    )
+    if not classes:
+        raise ValueError(
+            f"`{split_dir}` holds no class folders; expected `<split>/<class>/<image>`."
+        )
+    files, labels = [], []
+    for label, name in enumerate(classes):
+        class_dir = os.path.join(split_dir, name)
+        for fname in sorted(os.listdir(class_dir)):
+            if fname.lower().endswith(_IMAGE_EXTENSIONS):
+                files.append(os.path.join(class_dir, fname))
+                labels.append(label)
+    return files, np.asarray(labels, dtype="int64"), classes
+
+
+def _decode_files(files):
+    import tensorflow as tf
+
+    def decode(path):
+        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        return image
+
+    ds = tf.data.Dataset.from_tensor_slices(files).map(
+        decode, num_parallel_calls=tf.data.AUTOTUNE
+    )
+    images = [image.numpy() for image in ds]
+    shapes = {im.shape for im in images}
+    if len(shapes) != 1:
+        raise ValueError(
+            f"Images in the folder have different shapes {sorted(shapes)[:4]}; "
+            "resize them to one size (e.g. 32x32) first."
+        )
+    return np.stack(images).astype("uint8")
+
+
+def load_local(path, split, cache_dir=None):
+    """Loads one split of a local `split/class/image` folder or archive as uint8 arrays.
+
+    Returns `(images, labels, class_names)`, `images` of shape `(N, H, W, 3)`.
+    Decoded arrays are cached as `.npz` so the JPEGs are decoded only once.
+    """
+    cache_dir = cache_dir or default_cache_dir()
+    if not os.path.exists(path):
+        raise _no_source_error(f"`{path}` does not exist")
+    if os.path.isfile(path):
+        if not tarfile.is_tarfile(path):
+            raise ValueError(
+                f"`{path}` is a file but not a tar archive; pass a folder or a .tar.gz "
+                "laid out as `<split>/<class>/<image>`."
+            )
+        root = _extract_archive(path, cache_dir)
+    else:
+        root = _find_split_root(path)
+    split_dir = os.path.join(root, split)
+    if not os.path.isdir(split_dir):
+        raise ValueError(
+            f"Split `{split}` not found under `{root}`; available: "
+            f"{sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))}."
+        )
+    files, labels, classes = _list_split(split_dir)
+    key = hashlib.sha256(("\n".join(files)).encode()).hexdigest()[:16]
+    npz = os.path.join(cache_dir, f"{split}-{key}.npz")
+    if os.path.exists(npz):
+        with np.load(npz) as data:
+            return data["images"], data["labels"], list(classes)
+    images = _decode_files(files)
+    os.makedirs(cache_dir, exist_ok=True)
+    tmp = npz + ".tmp.npz"
+    np.savez(tmp, images=images, labels=labels)
+    os.replace(tmp, npz)  # never leave a half-written cache where readers look
+    return images, labels, list(classes)
+
+
+def load_tfds(split, data_dir=None):
+    """Loads one split of tfds `cifar10` as uint8 arrays (downloads it if allowed)."""
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as e:  # pragma: no cover - a declared dependency
+        raise _no_source_error("tensorflow-datasets is not installed") from e
+    try:
+        builder = tfds.builder("cifar10", data_dir=data_dir)
+        builder.download_and_prepare()
+        data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1, as_supervised=True))
+    except Exception as e:
+        raise _no_source_error(f"tfds could not provide cifar10: {type(e).__name__}: {e}") from e
+    images, labels = data
+    return images.astype("uint8"), labels.astype("int64"), list(CIFAR10_CLASSES)
+
+
+def load_cifar10(split="train", source=None, cache_dir=None):
+    """Returns `(images uint8 (N,32,32,3), labels int64 (N,), class_names)` for a split.
+
+    `source`: a local folder or `.tar.gz` path, `"tfds"`, or None (then
+    `$KERAS_INFOBAL_CIFAR10`, else tfds).
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"`split` must be 'train' or 'test'; got {split!r}.")
+    source = source or os.environ.get(ENV_VAR) or "tfds"
+    if source == "tfds":
+        return load_tfds(split)
+    return load_local(os.fspath(source), split, cache_dir=cache_dir)
+
+
+def augment(images, pad=4, flip=True, seed=None):
+    """Random crop with `pad` pixels of reflection padding and horizontal flip (uint8 in/out)."""
+    import tensorflow as tf
+
+    shape = tf.shape(images)
+    h, w = images.shape[-3], images.shape[-2]
+    padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
+    out = tf.image.random_crop(padded, tf.stack([shape[0], h, w, shape[3]]), seed=seed)
+    if flip:
+        mask = tf.random.uniform([shape[0], 1, 1, 1], seed=seed) < 0.5
+        out = tf.where(mask, tf.reverse(out, axis=[2]), out)
+    return out
+
+
+def make_dataset(images, labels=None, batch_size=64, shuffle=False, augment_images=False,
+                 drop_remainder=False, seed=None):
+    """A batched `tf.data.Dataset` of uint8 images (and labels), augmented per batch."""
+    import tensorflow as tf
+
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(
+            f"Expected images of shape (N, H, W, 3); got {images.shape}."
+        )
+    data = images if labels is None else (images, labels)
+    ds = tf.data.Dataset.from_tensor_slices(data)
+    if shuffle:
+        ds = ds.shuffle(min(len(images), 50_000), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    if augment_images:
+        # Augmenting whole batches is ~10x cheaper than per-image maps on 2 cores.
+        if labels is None:
+            ds = ds.map(lambda x: augment(x, seed=seed), num_parallel_calls=tf.data.AUTOTUNE)
+        else:
+            ds = ds.map(lambda x, y: (augment(x, seed=seed), y),
+                        num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def cifar10_dataset(split="train", batch_size=64, augment=None, with_labels=False,
+                    source=None, cache_dir=None, shuffle=None, drop_remainder=None, seed=None):
+    """CIFAR-10 as a batched `tf.data.Dataset` of uint8 images (and labels).
+
+    Training defaults: shuffled, crop+flip augmented, remainder dropped (every batch keeps
+    in-batch negatives). Test defaults: none of those.
+    """
+    images, labels, _ = load_cifar10(split, source=source, cache_dir=cache_dir)
+    training = split == "train"
+    return make_dataset(
+        images,
+        labels if with_labels else None,
+        batch_size=batch_size,
+        shuffle=training if shuffle is None else shuffle,
+        augment_images=training if augment is None else augment,
+        drop_remainder=training if drop_remainder is None else drop_remainder,
+        seed=seed,
+    )

@@ -1,0 +1,125 @@
+"""Mutual-information estimators on an in-batch score matrix.
+
+Every function takes `scores` of shape `(B, B)` or `(B, B, L)`: `scores[a, b, l]` is the
+critic's score for the pair (first input of image `a`, second input of image `b` at location
+`l`). Entries with `a == b` are positives, all others negatives. Each returns a scalar estimate
+in nats (a lower bound on MI, or for JSD a proxy with the same maximizer).
+
+Example:
+
+```python
+import numpy as np
+from keras_infobal import estimators
+scores = np.array([[2.0, -1.0], [0.0, 3.0]])
+estimators.infonce(scores)  # mean_a(s_aa - logsumexp_b s_ab) + log B
+```
+"""
+
+import math
+
+import keras
+from keras import ops
+
+
+def _check_scores(scores):
+    scores = ops.convert_to_tensor(scores)
+    dtype = keras.backend.standardize_dtype(scores.dtype)
+    # cast also turns a variable into a plain tensor, which every op below accepts.
+    scores = ops.cast(scores, dtype if dtype.startswith(("float", "bfloat")) else "float32")
+    shape = scores.shape
+    if len(shape) not in (2, 3):
+        raise ValueError(
+            "Expected a score matrix of shape (B, B) or a score tensor of shape (B, B, L); "
+            f"got rank {len(shape)}, shape {tuple(shape)}."
+        )
+    if shape[0] is not None and shape[1] is not None and shape[0] != shape[1]:
+        raise ValueError(
+            f"The score matrix must be square in its first two axes (B, B); got {tuple(shape)}."
+        )
+    if shape[0] is not None and shape[0] < 2:
+        raise ValueError(
+            "MI estimation needs at least 2 images per batch: the other images of the batch "
+            f"are the negatives. Got a batch of {shape[0]}; use batch_size >= 2 (and "
+            "drop_remainder=True on tf.data so the last batch is not of size 1)."
+        )
+    if len(shape) == 2:
+        scores = ops.expand_dims(scores, -1)
+    return scores
+
+
+def _masks(scores):
+    b = ops.shape(scores)[0]
+    eye = ops.eye(b, dtype=scores.dtype)
+    pos = ops.expand_dims(eye, -1) * ops.ones_like(scores)
+    return pos, 1.0 - pos
+
+
+def positive_negative_means(scores):
+    """Means of the positive and of the negative scores (a diagnostic)."""
+    scores = _check_scores(scores)
+    pos, neg = _masks(scores)
+    return ops.sum(scores * pos) / ops.sum(pos), ops.sum(scores * neg) / ops.sum(neg)
+
+
+def jsd(scores):
+    """Jensen-Shannon estimator (DIM, f-GAN): `E_pos[-sp(-s)] - E_neg[sp(s)]`."""
+    scores = _check_scores(scores)
+    pos, neg = _masks(scores)
+    e_pos = ops.sum(-ops.softplus(-scores) * pos) / ops.sum(pos)
+    e_neg = ops.sum(ops.softplus(scores) * neg) / ops.sum(neg)
+    return e_pos - e_neg
+
+
+def dv(scores):
+    """Donsker-Varadhan (MINE): `E_pos[s] - log E_neg[exp(s)]`, via logsumexp (never raw exp)."""
+    scores = _check_scores(scores)
+    pos, neg = _masks(scores)
+    e_pos = ops.sum(scores * pos) / ops.sum(pos)
+    # Masked entries get a very negative score instead of -inf so gradients stay finite.
+    masked = ops.where(neg > 0, scores, ops.full_like(scores, -1e30))
+    log_mean_exp = ops.logsumexp(ops.reshape(masked, (-1,))) - ops.log(ops.sum(neg))
+    return e_pos - log_mean_exp
+
+
+def infonce(scores):
+    """InfoNCE (CPC): `mean_{a,l}(s_aal - logsumexp_b s_abl) + log B`; at most log B."""
+    scores = _check_scores(scores)
+    b = ops.cast(ops.shape(scores)[0], scores.dtype)
+    pos, _ = _masks(scores)
+    diag = ops.sum(scores * pos, axis=1)  # (B, L): s_aal
+    lse = ops.logsumexp(scores, axis=1)  # (B, L)
+    return ops.mean(diag - lse) + ops.log(b)
+
+
+def nwj(scores):
+    """NWJ (f-divergence, KL): `E_pos[s] - exp(-1) E_neg[exp(s)]`.
+
+    The second term is computed as `exp(logsumexp(s_neg) - log(n_neg) - 1)`; it overflows to
+    inf only when the estimate itself is -inf, and scores are clipped at 80 (`exp(79)` is
+    finite in float32) so gradients stay finite for any input.
+    """
+    scores = _check_scores(scores)
+    pos, neg = _masks(scores)
+    e_pos = ops.sum(scores * pos) / ops.sum(pos)
+    clipped = ops.minimum(scores, 80.0)
+    masked = ops.where(neg > 0, clipped, ops.full_like(scores, -1e30))
+    log_mean_exp = ops.logsumexp(ops.reshape(masked, (-1,))) - ops.log(ops.sum(neg))
+    return e_pos - ops.exp(log_mean_exp - 1.0)
+
+
+ESTIMATORS = {"jsd": jsd, "dv": dv, "infonce": infonce, "nwj": nwj}
+
+
+def get(name):
+    """Returns the estimator function for `name` ('jsd', 'dv', 'infonce' or 'nwj')."""
+    if callable(name):
+        return name
+    key = str(name).lower()
+    if key not in ESTIMATORS:
+        raise ValueError(
+            f"Unknown MI estimator {name!r}; expected one of {sorted(ESTIMATORS)}."
+        )
+    return ESTIMATORS[key]
+
+
+LOG2 = math.log(2.0)

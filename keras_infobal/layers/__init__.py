@@ -1,0 +1,12 @@
+"""Layers of keras_infobal: view encoder, view aggregator, MI critics."""
+
+from keras_infobal.layers.critics import (
+    DVCritic,
+    InfoNCECritic,
+    JSDCritic,
+    MICritic,
+    NWJCritic,
+    get_critic,
+)
+from keras_infobal.layers.view_aggregator import ViewAggregator
+from keras_infobal.layers.view_encoder import ViewEncoder

@@ -1,0 +1,198 @@
+"""ViewEncoder: images to M views of a local feature map."""
+
+import math
+
+import keras
+from keras import ops
+
+PACKAGE = "keras_infobal"
+SPLITS = ("rows", "columns", "grid", "separate")
+
+
+def grid_shape(num_views):
+    """The (rows, cols) grid for `num_views` views, as square as possible (4 -> 2x2, 8 -> 2x4)."""
+    rows = int(math.isqrt(num_views))
+    while num_views % rows:
+        rows -= 1
+    return rows, num_views // rows
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class ViewEncoder(keras.layers.Layer):
+    """Maps images to `num_views` views of DIM's local feature map.
+
+    The default trunk is DIM's CIFAR-10 encoder up to its local layer: conv 4x4/2 64 ->
+    conv 4x4/2 128, each with BatchNorm and ReLU, giving an 8x8x128 map for 32x32 images.
+    The map is then split into views:
+
+    - `"rows"`: `num_views` horizontal stripes (2 = the note's top/bottom halves);
+    - `"columns"`: vertical stripes;
+    - `"grid"`: a grid of blocks (4 = quadrants, 8 = 2x4, 16 = 4x4);
+    - `"separate"`: one trunk per view, each seeing the whole image (the note's theta_i).
+
+    Output: `(B, num_views, h, w, C)`, every view a set of `h*w` local vectors.
+
+    Args:
+        num_views: M, the number of views.
+        split: one of "rows", "columns", "grid", "separate".
+        filters: channels of the trunk's conv layers; the last is C.
+        rescale: if True, inputs are images in [0, 255] (uint8 or float) and are scaled to
+            [-1, 1] inside the layer, so uint8 images can be fed directly.
+
+    Example:
+
+    ```python
+    encoder = ViewEncoder(num_views=2, split="rows")
+    views = encoder(images)  # (B, 2, 4, 8, 128) for 32x32 images
+    ```
+    """
+
+    def __init__(self, num_views=2, split="rows", filters=(64, 128), rescale=True, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(num_views, int) or num_views < 1:
+            raise ValueError(f"`num_views` must be a positive integer; got {num_views!r}.")
+        if split not in SPLITS:
+            raise ValueError(f"`split` must be one of {SPLITS}; got {split!r}.")
+        filters = tuple(int(f) for f in filters)
+        if not filters or min(filters) < 1:
+            raise ValueError(f"`filters` must be a non-empty list of positive ints; got {filters}.")
+        self.num_views = num_views
+        self.split = split
+        self.filters = filters
+        self.rescale = rescale
+
+    def _check_input_shape(self, input_shape):
+        shape = tuple(input_shape)
+        if len(shape) != 4:
+            raise ValueError(
+                "ViewEncoder expects a batch of images of shape (B, H, W, 3); got rank "
+                f"{len(shape)}, shape {shape}. Add a batch axis for a single image "
+                "(e.g. `images[None]`)."
+            )
+        if shape[-1] != 3:
+            raise ValueError(
+                f"ViewEncoder expects RGB images with 3 channels last (B, H, W, 3); got {shape}."
+            )
+        return shape
+
+    def map_shape(self, input_shape):
+        """The (h, w, C) of the local map for images of `input_shape`."""
+        shape = self._check_input_shape(input_shape)
+        h, w = shape[1], shape[2]
+        for _ in self.filters:
+            h = None if h is None else -(-h // 2)
+            w = None if w is None else -(-w // 2)
+        return h, w, self.filters[-1]
+
+    def view_shape(self, input_shape):
+        """The (h, w, C) of each view for images of `input_shape`; checks that M divides."""
+        h, w, c = self.map_shape(input_shape)
+        min_side = 2 ** len(self.filters)
+        if (h is not None and input_shape[1] < min_side) or (
+            w is not None and input_shape[2] < min_side
+        ):
+            raise ValueError(
+                f"Images of {input_shape[1]}x{input_shape[2]} are too small for this trunk: it "
+                f"halves them {len(self.filters)} times; use images of at least "
+                f"{min_side}x{min_side} (32x32 for CIFAR)."
+            )
+        m = self.num_views
+        if self.split == "separate" or m == 1:
+            return h, w, c
+        if h is None or w is None:
+            raise ValueError(
+                f"The '{self.split}' split needs a known image size; got {tuple(input_shape)}."
+            )
+        if self.split == "rows":
+            if h % m:
+                raise ValueError(
+                    f"num_views={m} does not divide the local map's height {h} "
+                    f"(map {h}x{w}x{c}); use a divisor of {h} for split='rows'."
+                )
+            return h // m, w, c
+        if self.split == "columns":
+            if w % m:
+                raise ValueError(
+                    f"num_views={m} does not divide the local map's width {w} "
+                    f"(map {h}x{w}x{c}); use a divisor of {w} for split='columns'."
+                )
+            return h, w // m, c
+        gr, gc = grid_shape(m)
+        if h % gr or w % gc:
+            raise ValueError(
+                f"num_views={m} makes a {gr}x{gc} grid, which does not divide the local map "
+                f"{h}x{w}; use a grid that divides it (4, or 16 for an 8x8 map)."
+            )
+        return h // gr, w // gc, c
+
+    def _make_trunk(self, prefix):
+        layers = []
+        for i, f in enumerate(self.filters):
+            layers.append(
+                keras.layers.Conv2D(f, 4, strides=2, padding="same", name=f"{prefix}conv{i}")
+            )
+            layers.append(keras.layers.BatchNormalization(name=f"{prefix}bn{i}"))
+        return layers
+
+    def build(self, input_shape):
+        shape = self._check_input_shape(input_shape)
+        self.view_shape(shape)
+        n_trunks = self.num_views if self.split == "separate" else 1
+        self.trunks = [self._make_trunk(f"view{i}_" if n_trunks > 1 else "") for i in range(n_trunks)]
+        for trunk in self.trunks:
+            s = shape
+            for layer in trunk:
+                layer.build(s)
+                s = layer.compute_output_shape(s)
+
+    def _run_trunk(self, trunk, x, training):
+        for i in range(0, len(trunk), 2):
+            x = ops.relu(trunk[i + 1](trunk[i](x), training=training))
+        return x
+
+    def local_map(self, images, training=None):
+        """The trunk's local map (B, h, w, C); with split='separate', the first trunk's."""
+        if not self.built:
+            self.build(tuple(images.shape))
+        return self._run_trunk(self.trunks[0], self._preprocess(images), training)
+
+    def _preprocess(self, images):
+        self._check_input_shape(images.shape)
+        x = ops.cast(images, self.compute_dtype)
+        if self.rescale:
+            x = x / 127.5 - 1.0
+        return x
+
+    def call(self, images, training=None):
+        x = self._preprocess(images)
+        vh, vw, c = self.view_shape(images.shape)
+        m = self.num_views
+        if self.split == "separate":
+            views = [self._run_trunk(t, x, training) for t in self.trunks]
+            return ops.stack(views, axis=1)
+        fmap = self._run_trunk(self.trunks[0], x, training)
+        if m == 1:
+            return ops.expand_dims(fmap, 1)
+        h, w = fmap.shape[1], fmap.shape[2]
+        if self.split == "rows":
+            return ops.reshape(fmap, (-1, m, vh, w, c))
+        if self.split == "columns":
+            v = ops.reshape(fmap, (-1, h, m, vw, c))
+            return ops.transpose(v, (0, 2, 1, 3, 4))
+        gr, gc = grid_shape(m)
+        v = ops.reshape(fmap, (-1, gr, vh, gc, vw, c))
+        v = ops.transpose(v, (0, 1, 3, 2, 4, 5))
+        return ops.reshape(v, (-1, m, vh, vw, c))
+
+    def compute_output_shape(self, input_shape):
+        vh, vw, c = self.view_shape(input_shape)
+        return (input_shape[0], self.num_views, vh, vw, c)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "num_views": self.num_views,
+            "split": self.split,
+            "filters": list(self.filters),
+            "rescale": self.rescale,
+        }

@@ -1,0 +1,3 @@
+"""Models of keras_infobal."""
+
+from keras_infobal.models.infobal import InfoBal

@@ -1,0 +1,225 @@
+import keras
+import numpy as np
+import pytest
+
+from keras_infobal import (
+    DVCritic,
+    InfoNCECritic,
+    JSDCritic,
+    MICritic,
+    NWJCritic,
+    ViewAggregator,
+    ViewEncoder,
+)
+
+
+def roundtrip(layer, *inputs):
+    """Serializes a built layer, rebuilds it from config, copies weights; returns both outputs."""
+    out = layer(*inputs) if len(inputs) == 1 else layer(list(inputs))
+    config = keras.saving.serialize_keras_object(layer)
+    clone = keras.saving.deserialize_keras_object(config)
+    clone(*inputs) if len(inputs) == 1 else clone(list(inputs))
+    clone.set_weights(layer.get_weights())
+    out2 = clone(*inputs) if len(inputs) == 1 else clone(list(inputs))
+    assert type(clone) is type(layer)
+    assert clone.get_config() == layer.get_config()
+    return np.asarray(out), np.asarray(out2)
+
+
+# ----------------------------------------------------------------------------- ViewEncoder
+@pytest.mark.parametrize(
+    "split,m,expected",
+    [
+        ("rows", 1, (1, 8, 8, 128)),
+        ("rows", 2, (2, 4, 8, 128)),
+        ("rows", 8, (8, 1, 8, 128)),
+        ("columns", 2, (2, 8, 4, 128)),
+        ("grid", 4, (4, 4, 4, 128)),
+        ("grid", 8, (8, 4, 2, 128)),
+        ("grid", 16, (16, 2, 2, 128)),
+        ("separate", 3, (3, 8, 8, 128)),
+    ],
+)
+def test_view_encoder_shapes(split, m, expected):
+    enc = ViewEncoder(num_views=m, split=split)
+    x = np.zeros((2, 32, 32, 3), dtype="uint8")
+    out = enc(x)
+    assert tuple(out.shape) == (2,) + expected
+    assert enc.compute_output_shape((2, 32, 32, 3)) == (2,) + expected
+
+
+def test_view_encoder_splits_are_the_map_cut_into_parts():
+    enc = ViewEncoder(num_views=1)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (2, 32, 32, 3)).astype("uint8")
+    fmap = np.asarray(enc.local_map(x))
+    for split, m in (("rows", 2), ("columns", 2), ("grid", 4)):
+        other = ViewEncoder(num_views=m, split=split)
+        other.build(x.shape)
+        other.set_weights(enc.get_weights())
+        v = np.asarray(other(x))
+        if split == "rows":
+            np.testing.assert_allclose(v[:, 0], fmap[:, :4], atol=1e-5)
+            np.testing.assert_allclose(v[:, 1], fmap[:, 4:], atol=1e-5)
+        elif split == "columns":
+            np.testing.assert_allclose(v[:, 1], fmap[:, :, 4:], atol=1e-5)
+        else:  # quadrants: top-left, top-right, bottom-left, bottom-right
+            np.testing.assert_allclose(v[:, 1], fmap[:, :4, 4:], atol=1e-5)
+            np.testing.assert_allclose(v[:, 2], fmap[:, 4:, :4], atol=1e-5)
+
+
+def test_separate_split_has_one_trunk_per_view():
+    shared = ViewEncoder(num_views=1, split="rows", filters=(4, 8))
+    separate = ViewEncoder(num_views=3, split="separate", filters=(4, 8))
+    shared.build((None, 32, 32, 3))
+    separate.build((None, 32, 32, 3))
+    assert len(separate.trainable_weights) == 3 * len(shared.trainable_weights)
+
+
+def test_view_encoder_errors():
+    with pytest.raises(ValueError, match="does not divide the local map's height 8"):
+        ViewEncoder(num_views=3, split="rows").build((None, 32, 32, 3))
+    with pytest.raises(ValueError, match="does not divide"):
+        ViewEncoder(num_views=6, split="grid").build((None, 32, 32, 3))
+    with pytest.raises(ValueError, match=r"\(B, H, W, 3\).*rank 3"):
+        ViewEncoder()(np.zeros((32, 32, 3), "uint8"))
+    with pytest.raises(ValueError, match="3 channels"):
+        ViewEncoder()(np.zeros((2, 32, 32, 1), "uint8"))
+    with pytest.raises(ValueError, match="too small"):
+        ViewEncoder(num_views=1)(np.zeros((2, 2, 2, 3), "uint8"))
+    with pytest.raises(ValueError, match="split"):
+        ViewEncoder(split="diagonal")
+    with pytest.raises(ValueError, match="num_views"):
+        ViewEncoder(num_views=0)
+
+
+@pytest.mark.parametrize("split,m", [("rows", 2), ("grid", 4), ("separate", 2)])
+def test_view_encoder_roundtrip(split, m):
+    x = np.random.default_rng(0).integers(0, 256, (2, 16, 16, 3)).astype("uint8")
+    a, b = roundtrip(ViewEncoder(num_views=m, split=split, filters=(4, 8)), x)
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+# -------------------------------------------------------------------------- ViewAggregator
+@pytest.mark.parametrize("mode", ["concat", "mean", "attention"])
+def test_aggregator_shapes_and_features(mode):
+    views = np.random.default_rng(0).normal(size=(3, 2, 4, 8, 128)).astype("float32")
+    agg = ViewAggregator(mode=mode)
+    r = agg(views)
+    assert tuple(r.shape) == (3, 64)
+    feats = agg.features(views)
+    assert tuple(feats["conv"].shape) == (3, 4096)  # DIM's 4x4x256 conv layer
+    assert tuple(feats["fc"].shape) == (3, 1024)
+    np.testing.assert_allclose(np.asarray(feats["R"]), np.asarray(r), atol=1e-5)
+    assert agg.compute_output_shape((3, 2, 4, 8, 128)) == (3, 64)
+
+
+def test_attention_weights_are_a_distribution_over_views():
+    views = np.random.default_rng(0).normal(size=(3, 4, 4, 4, 16)).astype("float32")
+    agg = ViewAggregator(mode="attention", fc_units=8, conv_filters=8)
+    agg(views)
+    w = np.asarray(agg.view_weights(views))
+    assert w.shape == (3, 4)
+    np.testing.assert_allclose(w.sum(1), 1.0, atol=1e-5)
+    with pytest.raises(ValueError, match="attention"):
+        ViewAggregator(mode="mean").view_weights(views)
+
+
+def test_mean_mode_is_invariant_to_view_order():
+    views = np.random.default_rng(0).normal(size=(3, 2, 4, 4, 16)).astype("float32")
+    agg = ViewAggregator(mode="mean", fc_units=8, conv_filters=8)
+    a = np.asarray(agg(views))
+    b = np.asarray(agg(views[:, ::-1]))
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["concat", "mean", "attention"])
+def test_aggregator_roundtrip(mode):
+    views = np.random.default_rng(0).normal(size=(3, 2, 4, 4, 16)).astype("float32")
+    a, b = roundtrip(ViewAggregator(mode=mode, fc_units=8, conv_filters=8, output_dim=4), views)
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_aggregator_errors():
+    with pytest.raises(ValueError, match=r"\(B, M, h, w, C\)"):
+        ViewAggregator()(np.zeros((2, 8, 8, 128), "float32"))
+    agg = ViewAggregator(fc_units=8, conv_filters=8)
+    agg(np.zeros((2, 2, 4, 4, 16), "float32"))
+    with pytest.raises(ValueError, match="built for 2 views of 16 channels"):
+        agg(np.zeros((2, 2, 4, 4, 32), "float32"))
+    with pytest.raises(ValueError, match="mode"):
+        ViewAggregator(mode="sum")
+    with pytest.raises(ValueError, match="output_mode"):
+        ViewAggregator(output_mode="logits")
+
+
+# --------------------------------------------------------------------------------- critics
+CRITIC_CLASSES = [JSDCritic, DVCritic, InfoNCECritic, NWJCritic]
+
+
+@pytest.mark.parametrize("cls", CRITIC_CLASSES)
+@pytest.mark.parametrize("local_shape", [(6, 5), (6, 3, 5), (6, 2, 2, 5)])
+def test_critic_returns_a_scalar_and_full_score_tensor(cls, local_shape):
+    rng = np.random.default_rng(0)
+    g = rng.normal(size=(6, 4)).astype("float32")
+    l = rng.normal(size=local_shape).astype("float32")
+    critic = cls(units=8)
+    mi = critic([g, l])
+    assert tuple(mi.shape) == ()
+    n_loc = int(np.prod(local_shape[1:-1])) if len(local_shape) > 2 else 1
+    assert tuple(critic.scores([g, l]).shape) == (6, 6, n_loc)
+
+
+def test_critic_scores_are_encode_and_dot():
+    rng = np.random.default_rng(0)
+    g = rng.normal(size=(4, 3)).astype("float32")
+    l = rng.normal(size=(4, 2, 5)).astype("float32")
+    critic = JSDCritic(units=6)
+    s = np.asarray(critic.scores([g, l]))
+    eg = np.asarray(critic.global_encoder(g))
+    el = np.asarray(critic.local_encoder(l))
+    np.testing.assert_allclose(s, np.einsum("ad,bld->abl", eg, el), rtol=1e-5, atol=1e-5)
+    from keras_infobal import estimators
+
+    np.testing.assert_allclose(float(critic([g, l])), float(estimators.jsd(s)), atol=1e-5)
+
+
+def test_concat_scorer():
+    rng = np.random.default_rng(0)
+    g = rng.normal(size=(4, 3)).astype("float32")
+    l = rng.normal(size=(4, 2, 5)).astype("float32")
+    critic = DVCritic(units=6, scorer="concat")
+    assert tuple(critic.scores([g, l]).shape) == (4, 4, 2)
+    assert np.isfinite(float(critic([g, l])))
+
+
+@pytest.mark.parametrize("cls", CRITIC_CLASSES + [MICritic])
+def test_critic_roundtrip(cls):
+    rng = np.random.default_rng(0)
+    g = rng.normal(size=(4, 3)).astype("float32")
+    l = rng.normal(size=(4, 2, 5)).astype("float32")
+    kwargs = {"estimator": "nwj"} if cls is MICritic else {}
+    a, b = roundtrip(cls(units=6, normalization="layer", **kwargs), g, l)
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_critic_errors():
+    rng = np.random.default_rng(0)
+    g = rng.normal(size=(4, 3)).astype("float32")
+    l = rng.normal(size=(4, 2, 5)).astype("float32")
+    critic = JSDCritic(units=6)
+    critic([g, l])
+    with pytest.raises(ValueError, match="Channel mismatch"):
+        critic([g, rng.normal(size=(4, 2, 7)).astype("float32")])
+    with pytest.raises(ValueError, match="at least 2 images"):
+        JSDCritic(units=6)([g[:1], l[:1]])
+    with pytest.raises(ValueError, match="two inputs"):
+        JSDCritic(units=6).build((4, 3))
+    with pytest.raises(ValueError, match=r"local input must have shape \(B, C\)"):
+        JSDCritic(units=6)([g, np.zeros((4, 1, 1, 1, 5), "float32")])
+    with pytest.raises(ValueError, match="always uses the 'jsd'"):
+        JSDCritic(estimator="dv")
+    with pytest.raises(ValueError, match="Unknown MI estimator"):
+        MICritic(estimator="mine")
+    with pytest.raises(ValueError, match="scorer"):
+        MICritic(scorer="bilinear")
