@@ -2,9 +2,9 @@
 
 This is the recipe behind the weights shipped in `keras_infobal/applications/weights/`:
 
-    python applications/cifar10/pretrain.py --variant infobal --epochs 20 \
+    python applications/cifar10/pretrain.py --variant infobal --epochs 30 \
         --out applications/cifar10/runs/infobal
-    python applications/cifar10/pretrain.py --variant dim --epochs 20 \
+    python applications/cifar10/pretrain.py --variant dim --epochs 30 \
         --out applications/cifar10/runs/dim
 
 It resumes after a crash (BackupAndRestore in OUT/backup), logs every epoch to OUT/log.csv
@@ -35,11 +35,11 @@ def parse_args(argv=None):
     p.add_argument("--infomin-weight", type=float, default=None, help="override lambda")
     p.add_argument("--num-views", type=int, default=None)
     p.add_argument("--split", default=None)
-    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (cosine decay)")
     p.add_argument("--critic-units", type=int, default=512)
-    p.add_argument("--probe-every", type=int, default=3)
+    p.add_argument("--probe-every", type=int, default=5)
     p.add_argument("--probe-train", type=int, default=10000,
                    help="training images for the in-training probe")
     p.add_argument("--seed", type=int, default=0)

@@ -1,0 +1,209 @@
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import optimizers
+from keras_infobal import InfoBal
+
+
+def make(tiny_config, **kwargs):
+    return InfoBal(**{**tiny_config, **kwargs})
+
+
+def snapshot(variables):
+    return [np.array(v) for v in variables]
+
+
+def changed(before, variables):
+    return [not np.array_equal(b, np.array(v)) for b, v in zip(before, variables)]
+
+
+def test_one_step_fit_dim_and_infobal(tiny_config, images):
+    for lam in (0.0, 1.0):
+        model = make(tiny_config, infomin_weight=lam)
+        model.compile(**optimizers())
+        hist = model.fit(images, batch_size=4, epochs=1, verbose=0)
+        logs = {k: v[-1] for k, v in hist.history.items()}
+        assert {"loss", "objective", "mi_R_V1", "mi_R_V2"} <= set(logs)
+        assert ("mi_V1_V2" in logs) == (lam > 0)
+        assert ("discriminator_objective" in logs) == (lam > 0)
+        assert all(np.isfinite(v) for v in logs.values())
+        assert logs["loss"] == pytest.approx(-logs["objective"], rel=1e-5)
+
+
+def test_objective_combines_terms_with_weights(tiny_config, images):
+    model = make(tiny_config, infomin_weight=0.5, view_weights=[1.0, 2.0],
+                 num_views=2)
+    model.compile(**optimizers())
+    logs = model.evaluate(images, batch_size=8, verbose=0, return_dict=True)
+    expected = logs["mi_R_V1"] + 2.0 * logs["mi_R_V2"] - 0.5 * logs["mi_V1_V2"]
+    assert logs["objective"] == pytest.approx(expected, abs=1e-4)
+
+
+def test_evaluate_changes_no_variable(tiny_config, images):
+    model = make(tiny_config)
+    model.compile(**optimizers())
+    before = snapshot(model.variables)
+    model.evaluate(images, batch_size=4, verbose=0)
+    assert not any(changed(before, model.variables))
+
+
+def test_each_update_changes_exactly_its_own_variables(tiny_config, images):
+    model = make(tiny_config, infomin_weight=1.0)
+    model.compile(**optimizers())
+    enc_vars = model.encoder.variables + model.aggregator.variables + [
+        v for c in model.infomax_critics for v in c.variables]
+    disc_vars = [v for c in model.infomin_critics for v in c.variables]
+    x = tf.constant(images)
+
+    views = model.encoder(x, training=False)
+    enc_before, disc_before = snapshot(enc_vars), snapshot(disc_vars)
+    model.discriminator_step(views)
+    assert not any(changed(enc_before, enc_vars)), "the discriminator step moved the encoder"
+    assert any(changed(disc_before, disc_vars))
+
+    enc_before, disc_before = snapshot(enc_vars), snapshot(disc_vars)
+    model.encoder_step(x)
+    assert not any(changed(disc_before, disc_vars)), "the encoder step moved the discriminator"
+    assert any(changed(enc_before, enc_vars))
+    # Every trainable encoder-side weight receives a gradient (nothing is disconnected).
+    trainable = model.encoder_variables
+    before = snapshot(trainable)
+    model.encoder_step(x)
+    assert all(changed(before, trainable))
+
+
+def test_dim_baseline_skips_the_discriminator(tiny_config, images):
+    model = make(tiny_config, infomin_weight=0.0)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))  # no discriminator optimizer needed
+    disc_before = snapshot(model.discriminator_variables)
+    model.fit(images, batch_size=4, epochs=1, verbose=0)
+    assert not any(changed(disc_before, model.discriminator_variables))
+    assert not model.discriminator_active
+
+
+def test_track_view_mi_trains_the_discriminator_as_a_monitor(tiny_config, images):
+    model = make(tiny_config, infomin_weight=0.0, track_view_mi=True)
+    model.compile(**optimizers())
+    disc_before = snapshot(model.discriminator_variables)
+    hist = model.fit(images, batch_size=4, epochs=1, verbose=0)
+    assert "mi_V1_V2" in hist.history
+    assert any(changed(disc_before, model.discriminator_variables))
+
+
+def test_predict_and_features(tiny_config, images):
+    model = make(tiny_config)
+    r = model.predict(images, batch_size=4, verbose=0)
+    assert r.shape == (8, 8)
+    feats = model.extract_features(images, layers=("local", "conv", "fc", "R"))
+    assert feats["local"].shape == (8, 4 * 4 * 16)
+    assert feats["conv"].shape == (8, 2 * 1 * 2 * 16)
+    assert feats["fc"].shape == (8, 32)
+    np.testing.assert_allclose(feats["R"], r, atol=1e-5)
+    with pytest.raises(ValueError, match="Unknown feature layers"):
+        model.extract_features(images, layers=("logits",))
+
+
+def test_save_load_restores_weights_both_optimizers_and_training(tiny_config, images, tmp_path):
+    keras.utils.set_random_seed(1)
+    model = make(tiny_config, infomin_weight=1.0)
+    model.compile(**optimizers())
+    model.fit(images, batch_size=4, epochs=1, verbose=0, shuffle=False)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded, InfoBal)
+    assert loaded.get_config() == model.get_config()
+    np.testing.assert_allclose(loaded.predict(images, verbose=0),
+                               model.predict(images, verbose=0), atol=1e-6)
+    for a, b in ((model.optimizer, loaded.optimizer),
+                 (model.discriminator_optimizer, loaded.discriminator_optimizer)):
+        assert int(b.iterations) == int(a.iterations) == 2
+        for va, vb in zip(a.variables, b.variables):
+            np.testing.assert_allclose(np.array(va), np.array(vb), atol=1e-7)
+    # Training continues from the same point: one more identical step on each copy.
+    x = tf.constant(images[:4])
+    model.train_step(x)
+    loaded.train_step(x)
+    for va, vb in zip(model.trainable_variables, loaded.trainable_variables):
+        np.testing.assert_allclose(np.array(va), np.array(vb), atol=1e-5)
+
+
+def test_weights_validation():
+    with pytest.raises(ValueError, match=r"one weight per view, shape \(2,\)"):
+        InfoBal(view_weights=[1.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match="2x2 matrix"):
+        InfoBal(correlation_weights=[1.0, 1.0])
+    with pytest.raises(ValueError, match="symmetric"):
+        InfoBal(correlation_weights=[[1.0, 2.0], [0.0, 1.0]])
+    with pytest.raises(ValueError, match="non-negative"):
+        InfoBal(view_weights=[1.0, -1.0])
+    with pytest.raises(ValueError, match="non-negative"):
+        InfoBal(correlation_weights=[[1.0, -1.0], [-1.0, 1.0]])
+    with pytest.raises(ValueError, match="infomin_weight"):
+        InfoBal(infomin_weight=-0.1)
+    with pytest.raises(ValueError, match="critic"):
+        InfoBal(critic="mine")
+    with pytest.raises(ValueError, match="discriminator_steps"):
+        InfoBal(discriminator_steps=0)
+    with pytest.raises(ValueError, match="does not divide"):
+        InfoBal(num_views=3)
+    with pytest.raises(ValueError, match="input_shape"):
+        InfoBal(input_shape=(32, 32))
+
+
+def test_fit_errors(tiny_config, images):
+    model = make(tiny_config, infomin_weight=1.0)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    with pytest.raises(ValueError, match="discriminator_optimizer"):
+        model.fit(images, batch_size=4, epochs=1, verbose=0)
+
+    model = make(tiny_config, infomin_weight=0.0)
+    model.compile(optimizer="adam")
+    with pytest.raises(Exception, match="at least 2 images"):
+        model.fit(images[:1], batch_size=1, epochs=1, verbose=0)
+    ds = tf.data.Dataset.from_tensor_slices(images).batch(1, drop_remainder=True)
+    with pytest.raises(ValueError, match="at least 2 images"):
+        model.fit(ds, epochs=1, verbose=0)
+    with pytest.raises(ValueError, match=r"\(B, H, W, 3\)"):
+        model.fit(np.zeros((4, 16, 16), "uint8"), batch_size=2, epochs=1, verbose=0)
+    with pytest.raises(ValueError, match="3 channels"):
+        model.fit(np.zeros((4, 16, 16, 1), "uint8"), batch_size=2, epochs=1, verbose=0)
+    with pytest.raises(ValueError, match="do not pass `loss`"):
+        model.compile(optimizer="adam", loss="mse")
+    opt = keras.optimizers.Adam()
+    with pytest.raises(ValueError, match="different optimizer instance"):
+        model.compile(optimizer=opt, discriminator_optimizer=opt)
+
+
+def test_unbuilt_model_says_how_to_build(tiny_config, images):
+    config = dict(tiny_config, input_shape=None, infomin_weight=0.0)
+    model = InfoBal(**config)
+    model.compile(optimizer="adam")
+    with pytest.raises(ValueError, match="model.build"):
+        model.fit(images, batch_size=4, epochs=1, verbose=0)
+    model.build((None, 16, 16, 3))
+    model.compile(optimizer="adam")
+    model.fit(images, batch_size=4, epochs=1, verbose=0)
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(num_views=4, split="grid", aggregator="attention", critic="dv", shared_critic=True),
+    dict(num_views=2, split="columns", aggregator="mean", critic="infonce",
+         infomin_critic="nwj", view_pooling="flatten", discriminator_steps=2),
+    dict(num_views=2, split="separate", critic="jsd", scorer="concat"),
+    dict(num_views=1, critic="jsd"),
+])
+def test_configurations_train_and_roundtrip(tiny_config, images, tmp_path, kwargs):
+    model = make(tiny_config, **kwargs)
+    model.compile(**optimizers())
+    hist = model.fit(images, batch_size=4, epochs=1, verbose=0)
+    assert all(np.isfinite(v[-1]) for v in hist.history.values())
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    np.testing.assert_allclose(loaded.predict(images, verbose=0),
+                               model.predict(images, verbose=0), atol=1e-5)
