@@ -70,10 +70,17 @@ def train_classifier(f_train, y_train, f_test, y_test, protocol="converged", hea
         model.compile(keras.optimizers.Adam(learning_rate),
                       keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                       metrics=["accuracy"])
+        # On small data an epoch is a step or two: smaller batches, and stop early only after
+        # ~300 steps.
+        batch_size = int(min(batch_size, max(16, len(tr) // 10)))
+        steps_per_epoch = max(1, -(-len(tr) // batch_size))
+        warmup = -(-300 // steps_per_epoch)
         stop = keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max",
-                                             patience=patience, restore_best_weights=True)
+                                             patience=patience, restore_best_weights=True,
+                                             start_from_epoch=warmup)
         model.fit(f_train[tr], y_train[tr], validation_data=(f_train[val], y_train[val]),
-                  epochs=max_epochs, batch_size=batch_size, callbacks=[stop], verbose=0)
+                  epochs=max(max_epochs, warmup + patience), batch_size=batch_size,
+                  callbacks=[stop], verbose=0)
     logits = model.predict(f_test, batch_size=1024, verbose=0)
     acc = float(np.mean(np.argmax(logits, -1) == np.asarray(y_test)))
     return (acc, model, norm) if return_model else acc
@@ -126,6 +133,10 @@ class LinearProbe(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if (epoch + 1) % self.every:
+            # NaN on the other epochs keeps the columns stable: CSVLogger fixes its columns
+            # at the first epoch.
+            if logs is not None:
+                logs.update({f"probe_{k}": float("nan") for k in self.layers})
             return
         acc = linear_probe(self.model, self.train, self.test, layers=self.layers,
                            protocol=self.protocol, **self.kwargs)

@@ -1,0 +1,99 @@
+import os
+import tarfile
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_infobal import datasets
+
+
+def make_folder(root, n_per_class=3, classes=("cat", "dog"), splits=("train", "test")):
+    rng = np.random.default_rng(0)
+    for split in splits:
+        for c in classes:
+            d = os.path.join(root, split, c)
+            os.makedirs(d)
+            for i in range(n_per_class):
+                img = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+                data = tf.io.encode_png(img).numpy()
+                with open(os.path.join(d, f"{i:04d}.png"), "wb") as f:
+                    f.write(data)
+    return root
+
+
+def test_local_folder_loads_and_caches(tmp_path):
+    root = make_folder(str(tmp_path / "data"))
+    cache = str(tmp_path / "cache")
+    x, y, classes = datasets.load_local(root, "train", cache_dir=cache)
+    assert x.shape == (6, 32, 32, 3) and x.dtype == np.uint8
+    assert classes == ["cat", "dog"]
+    assert y.tolist() == [0, 0, 0, 1, 1, 1]
+    assert any(f.endswith(".npz") for f in os.listdir(cache))
+    x2, y2, _ = datasets.load_local(root, "train", cache_dir=cache)  # from the cache
+    np.testing.assert_array_equal(x, x2)
+    # PNG is lossless: the decoded pixels are the written ones.
+    first = tf.io.decode_png(tf.io.read_file(os.path.join(root, "train", "cat", "0000.png")))
+    np.testing.assert_array_equal(x[0], first.numpy())
+
+
+def test_tar_gz_with_a_top_folder(tmp_path):
+    root = make_folder(str(tmp_path / "src" / "cifar"))
+    archive = str(tmp_path / "tiny.tar.gz")
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(root, arcname="cifar")
+    x, y, classes = datasets.load_cifar10("test", source=archive,
+                                          cache_dir=str(tmp_path / "cache"))
+    assert x.shape == (6, 32, 32, 3) and classes == ["cat", "dog"]
+
+
+def test_env_var_picks_the_source(tmp_path, monkeypatch):
+    root = make_folder(str(tmp_path / "data"))
+    monkeypatch.setenv(datasets.ENV_VAR, root)
+    monkeypatch.setenv(datasets.CACHE_ENV_VAR, str(tmp_path / "cache"))
+    ds = datasets.cifar10_dataset("train", batch_size=4, with_labels=True)
+    xb, yb = next(iter(ds))
+    assert xb.shape == (4, 32, 32, 3) and xb.dtype == tf.uint8 and yb.shape == (4,)
+
+
+def test_no_source_names_both_ways(tmp_path):
+    with pytest.raises(ValueError) as err:
+        datasets.load_cifar10("train", source=str(tmp_path / "missing"))
+    msg = str(err.value)
+    assert datasets.ENV_VAR in msg and "tfds" in msg and "source=PATH" in msg
+    with pytest.raises(ValueError, match="split"):
+        datasets.load_cifar10("validation", source=str(tmp_path))
+    bogus = tmp_path / "notes.txt"
+    bogus.write_text("hello")
+    with pytest.raises(ValueError, match="not a tar archive"):
+        datasets.load_cifar10("train", source=str(bogus))
+
+
+def test_augment_is_crop_and_flip():
+    x = np.arange(2 * 8 * 8 * 3, dtype=np.int32).reshape(2, 8, 8, 3).astype(np.uint8)
+    out = datasets.augment(tf.constant(x), pad=0, seed=1).numpy()
+    for a, b in zip(x, out):
+        assert np.array_equal(a, b) or np.array_equal(a[:, ::-1], b)
+    out = datasets.augment(tf.constant(x), pad=2, flip=False).numpy()
+    assert out.shape == x.shape and out.dtype == np.uint8
+
+
+def test_make_dataset_drops_remainder_for_training():
+    x = np.zeros((10, 32, 32, 3), np.uint8)
+    ds = datasets.make_dataset(x, batch_size=4, shuffle=True, augment_images=True,
+                               drop_remainder=True)
+    assert [b.shape[0] for b in ds] == [4, 4]
+    with pytest.raises(ValueError, match=r"\(N, H, W, 3\)"):
+        datasets.make_dataset(np.zeros((10, 32, 32), np.uint8))
+
+
+@pytest.mark.data
+def test_real_cifar10_copy_loads():
+    from conftest import CIFAR_TAR
+
+    if not os.path.exists(CIFAR_TAR):
+        pytest.skip(f"{CIFAR_TAR} is absent: the real CIFAR-10 copy lives in ../shared/data")
+    x, y, classes = datasets.load_cifar10("test", source=CIFAR_TAR)
+    assert x.shape == (10000, 32, 32, 3)
+    assert np.bincount(y).tolist() == [1000] * 10
+    assert classes == list(datasets.CIFAR10_CLASSES)

@@ -1,0 +1,79 @@
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from conftest import TINY
+from keras_infobal import InfoBal
+from keras_infobal.evaluation import (
+    LinearProbe,
+    linear_probe,
+    plot_mi_vs_accuracy,
+    read_log,
+    train_classifier,
+)
+
+
+def blobs(n, dim=20, classes=3, seed=0, sep=3.0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0, sep, (classes, dim))
+    y = rng.integers(0, classes, n)
+    return (centers[y] + rng.normal(size=(n, dim))).astype("float32"), y
+
+
+@pytest.mark.parametrize("protocol", ["note", "converged"])
+@pytest.mark.parametrize("head", ["linear", "mlp"])
+def test_classifier_learns_separable_features(protocol, head):
+    # The note's protocol takes only 4 epochs at lr 1e-4: it needs CIFAR-sized data to learn.
+    n = 20000 if protocol == "note" else 1000
+    f, y = blobs(n + 300)
+    acc = train_classifier(f[:n], y[:n], f[n:], y[n:], protocol=protocol, head=head, classes=3)
+    assert acc > 0.8  # chance is 1/3
+
+
+def test_classifier_is_at_chance_on_noise():
+    rng = np.random.default_rng(0)
+    acc = train_classifier(rng.normal(size=(500, 10)).astype("float32"),
+                           rng.integers(0, 2, 500), rng.normal(size=(400, 10)).astype("float32"),
+                           rng.integers(0, 2, 400), classes=2)
+    assert 0.35 < acc < 0.65
+
+
+def test_bad_protocol():
+    f, y = blobs(20)
+    with pytest.raises(ValueError, match="protocol"):
+        train_classifier(f, y, f, y, protocol="long")
+
+
+def class_images(n, seed=0):
+    """Two classes of 16x16 images: bright top vs bright bottom."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    x = rng.integers(0, 60, (n, 16, 16, 3))
+    x[y == 0, :8] += 150
+    x[y == 1, 8:] += 150
+    return x.astype("uint8"), y
+
+
+def test_linear_probe_and_callback(tmp_path):
+    model = InfoBal(**TINY, infomin_weight=0.0)
+    model.compile(optimizer="adam")
+    train, test = class_images(200), class_images(100, seed=1)
+    acc = linear_probe(model, train, test, classes=2)
+    assert set(acc) == {"conv", "fc", "R"}
+    assert acc["conv"] > 0.9  # even a random trunk separates this
+    probe = LinearProbe(train, test, every=2, layers=("conv", "R"), classes=2)
+    log = str(tmp_path / "log.csv")
+    hist = model.fit(train[0], batch_size=20, epochs=2, verbose=0,
+                     callbacks=[probe, keras.callbacks.CSVLogger(log)])
+    assert "probe_conv" in hist.history and "probe_R" in hist.history
+    assert probe.history[0]["epoch"] == 2
+    cols = read_log(log)
+    assert np.isnan(cols["probe_conv"][0]) and cols["probe_conv"][1] > 0.9
+    png = plot_mi_vs_accuracy({"dim": log}, str(tmp_path / "fig.png"))
+    with open(png, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert os.path.getsize(png) > 5000
+    with pytest.raises(ValueError, match="every"):
+        LinearProbe(train, test, every=0)
