@@ -117,6 +117,11 @@ def InfoBalCIFAR(
                 f"`weights` must be a Keras `.weights.h5` file (from `model.save_weights`); "
                 f"got `{weights}`. For a whole `.keras` model use keras.models.load_model."
             )
+    if weights == "cifar10" and include_top and classes != 10:
+        raise ValueError(
+            'If using `weights="cifar10"` with `include_top=True`, `classes` should be 10. '
+            f"Received classes={classes}. Use include_top=False and add your own head."
+        )
     registry = _registry() if weights == "cifar10" else {}
     if weights == "cifar10" and variant not in registry:
         raise ValueError(
@@ -130,11 +135,6 @@ def InfoBalCIFAR(
             f"`feature_layer` must be one of {FEATURE_LAYERS}; got {feature_layer!r}."
         )
     if weights == "cifar10" and include_top:
-        if classes != 10:
-            raise ValueError(
-                'If using `weights="cifar10"` with `include_top=True`, `classes` should be 10. '
-                f"Received classes={classes}. Use include_top=False and add your own head."
-            )
         if feature_layer != shipped_layer:
             raise ValueError(
                 f"The shipped classifier head reads the {shipped_layer!r} features; got "

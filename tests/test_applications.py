@@ -1,0 +1,196 @@
+import os
+import shutil
+
+import keras
+import numpy as np
+import pytest
+
+from conftest import CIFAR_TAR
+from keras_infobal.applications import InfoBalCIFAR, decode_predictions
+from keras_infobal.applications import _weights_registry
+from keras_infobal.applications import infobal_cifar
+
+IMAGES = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype("uint8")
+
+
+@pytest.mark.parametrize("feature_layer,dim", [("conv", 4096), ("fc", 1024), ("R", 64)])
+def test_feature_models(feature_layer, dim):
+    model = InfoBalCIFAR(include_top=False, weights=None, feature_layer=feature_layer)
+    assert model.predict(IMAGES, verbose=0).shape == (4, dim)
+
+
+@pytest.mark.parametrize("pooling,shape", [(None, (4, 8, 8, 128)), ("avg", (4, 128)),
+                                           ("max", (4, 128))])
+def test_local_map_and_pooling(pooling, shape):
+    model = InfoBalCIFAR(include_top=False, weights=None, feature_layer="local", pooling=pooling)
+    assert model.predict(IMAGES, verbose=0).shape == shape
+
+
+def test_top_classes_activation_input_tensor_and_name():
+    model = InfoBalCIFAR(weights=None, classes=5, classifier_activation=None, name="mine")
+    assert model.name == "mine"
+    logits = model.predict(IMAGES, verbose=0)
+    assert logits.shape == (4, 5)
+    assert not np.allclose(logits.sum(-1), 1.0)
+    probs = InfoBalCIFAR(weights=None).predict(IMAGES, verbose=0)
+    np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
+    inp = keras.Input((32, 32, 3))
+    model = InfoBalCIFAR(weights=None, include_top=False, input_tensor=inp)
+    assert model.inputs[0] is inp
+    model = InfoBalCIFAR(weights=None, include_top=False, input_shape=(64, 64, 3))
+    assert model.predict(np.zeros((2, 64, 64, 3), "uint8"), verbose=0).shape == (2, 4 * 8 * 2 * 256)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="`classes` should be 10"):
+        InfoBalCIFAR(weights="cifar10", include_top=True, classes=5)
+    with pytest.raises(ValueError, match="does not exist"):
+        InfoBalCIFAR(weights="imagenet")
+    with pytest.raises(ValueError, match="does not exist"):
+        InfoBalCIFAR(weights="/no/such/file.weights.h5")
+    with pytest.raises(ValueError, match="`weights` argument should be either"):
+        InfoBalCIFAR(weights=3)
+    with pytest.raises(ValueError, match="variant"):
+        InfoBalCIFAR(weights=None, variant="simclr")
+    with pytest.raises(ValueError, match="feature_layer"):
+        InfoBalCIFAR(weights=None, feature_layer="logits")
+    with pytest.raises(ValueError, match="pooling"):
+        InfoBalCIFAR(weights=None, include_top=False, feature_layer="fc", pooling="avg")
+    with pytest.raises(ValueError, match="pooling"):
+        InfoBalCIFAR(weights=None, pooling="mean")
+    with pytest.raises(ValueError, match="input_shape"):
+        InfoBalCIFAR(weights=None, input_shape=(32, 32))
+
+
+def test_decode_predictions():
+    probs = np.zeros((2, 10))
+    probs[0, 3], probs[0, 5] = 0.7, 0.3
+    probs[1, 9] = 1.0
+    top = decode_predictions(probs, top=2)
+    assert top[0] == [(3, "cat", 0.7), (5, "dog", 0.3)]
+    assert top[1][0] == (9, "truck", 1.0)
+    with pytest.raises(ValueError, match=r"\(samples, 10\)"):
+        decode_predictions(np.zeros((2, 1000)))
+
+
+def test_weights_from_a_path_round_trip(tmp_path):
+    model = InfoBalCIFAR(weights=None, include_top=False, feature_layer="fc")
+    path = str(tmp_path / "mine.weights.h5")
+    model.save_weights(path)
+    clone = InfoBalCIFAR(weights=path, include_top=False, feature_layer="fc")
+    np.testing.assert_allclose(clone.predict(IMAGES, verbose=0), model.predict(IMAGES, verbose=0),
+                               atol=1e-6)
+
+
+def test_bad_weights_files(tmp_path):
+    model = InfoBalCIFAR(weights=None)
+    good = str(tmp_path / "good.weights.h5")
+    model.save_weights(good)
+    truncated = str(tmp_path / "truncated.weights.h5")
+    with open(good, "rb") as f, open(truncated, "wb") as g:
+        g.write(f.read()[:2000])
+    with pytest.raises(ValueError, match="truncated|not a readable HDF5"):
+        InfoBalCIFAR(weights=truncated)
+    text = tmp_path / "notes.weights.h5"
+    text.write_text("not weights")
+    with pytest.raises(ValueError, match="not a readable HDF5"):
+        InfoBalCIFAR(weights=str(text))
+    keras_file = str(tmp_path / "model.keras")
+    model.save(keras_file)
+    with pytest.raises(ValueError, match=r"\.weights\.h5"):
+        InfoBalCIFAR(weights=keras_file)
+    with pytest.raises(ValueError, match="same arguments"):
+        InfoBalCIFAR(weights=good, classes=7)
+    # Nothing was written to the files given as weights.
+    assert os.path.getsize(truncated) == 2000 and text.read_text() == "not weights"
+
+
+@pytest.fixture
+def fake_shipped(tmp_path, monkeypatch):
+    """A registry entry pointing at a freshly saved weights file in a temp weights folder."""
+    model = InfoBalCIFAR(weights=None, variant="dim")
+    wdir = tmp_path / "weights"
+    wdir.mkdir()
+    path = str(wdir / "dim_cifar10.weights.h5")
+    model.save_weights(path)
+    entry = {"file": "dim_cifar10.weights.h5", "sha256": infobal_cifar.sha256(path),
+             "feature_layer": "conv", "test_accuracy": 0.1}
+    monkeypatch.setattr(infobal_cifar, "WEIGHTS_DIR", str(wdir))
+    monkeypatch.setattr(_weights_registry, "WEIGHTS", {"dim": entry})
+    return model, path
+
+
+def test_shipped_weights_are_hash_checked(fake_shipped):
+    model, path = fake_shipped
+    loaded = InfoBalCIFAR(variant="dim")
+    np.testing.assert_allclose(loaded.predict(IMAGES, verbose=0), model.predict(IMAGES, verbose=0),
+                               atol=1e-6)
+    # Feature models reuse the shipped encoder (no head).
+    feats = InfoBalCIFAR(variant="dim", include_top=False, feature_layer="fc")
+    np.testing.assert_allclose(
+        feats.get_layer("view_encoder").get_weights()[0],
+        model.get_layer("view_encoder").get_weights()[0])
+    with pytest.raises(ValueError, match="reads the 'conv' features"):
+        InfoBalCIFAR(variant="dim", feature_layer="fc")
+    with open(path, "r+b") as f:  # flip one byte
+        f.seek(os.path.getsize(path) // 2)
+        b = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([b[0] ^ 0xFF]))
+    with pytest.raises(ValueError, match="does not match its recorded sha256"):
+        InfoBalCIFAR(variant="dim")
+    os.remove(path)
+    with pytest.raises(FileNotFoundError, match="reinstall"):
+        InfoBalCIFAR(variant="dim")
+    with pytest.raises(ValueError, match="No shipped CIFAR-10 weights"):
+        InfoBalCIFAR(variant="infobal")
+
+
+def test_fine_tune_workflow(fake_shipped):
+    keras.utils.set_random_seed(0)
+    encoder = InfoBalCIFAR(variant="dim", include_top=False, feature_layer="fc")
+    encoder.trainable = False
+    inputs = keras.Input((32, 32, 3))
+    outputs = keras.layers.Dense(3, activation="softmax")(encoder(inputs))
+    clf = keras.Model(inputs, outputs)
+    clf.compile(optimizer=keras.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy",
+                metrics=["accuracy"])
+    x = np.repeat(IMAGES[:3], 4, axis=0)
+    y = np.repeat(np.arange(3), 4)
+    frozen = [w.copy() for w in encoder.get_weights()]
+    clf.fit(x, y, epochs=20, batch_size=12, verbose=0)
+    assert all(np.array_equal(a, b) for a, b in zip(frozen, encoder.get_weights()))
+    assert clf.evaluate(x, y, verbose=0)[1] == 1.0
+    encoder.trainable = True  # then unfreeze with a low learning rate
+    clf.compile(keras.optimizers.Adam(1e-5), "sparse_categorical_crossentropy")
+    clf.fit(x, y, epochs=1, batch_size=12, verbose=0)
+    assert not all(np.array_equal(a, b) for a, b in zip(frozen, encoder.get_weights()))
+
+
+SHIPPED = sorted(_weights_registry.WEIGHTS)
+
+
+@pytest.mark.parametrize("variant", SHIPPED or ["none"])
+def test_real_shipped_weights(variant):
+    if not SHIPPED:
+        pytest.skip("no shipped weights registered")
+    path = infobal_cifar.shipped_weights_path(variant)  # checks the hash
+    assert os.path.getsize(path) < 15 * 2**20
+    model = InfoBalCIFAR(variant=variant)
+    assert model.output_shape == (None, 10)
+
+
+@pytest.mark.data
+@pytest.mark.parametrize("variant", SHIPPED or ["none"])
+def test_shipped_classifier_on_500_real_test_images(variant):
+    if not SHIPPED:
+        pytest.skip("no shipped weights registered")
+    if not os.path.exists(CIFAR_TAR):
+        pytest.skip(f"{CIFAR_TAR} is absent: the real CIFAR-10 copy lives in ../shared/data")
+    from keras_infobal.datasets import load_cifar10
+
+    x, y, _ = load_cifar10("test", source=CIFAR_TAR)
+    idx = np.random.default_rng(0).permutation(len(x))[:500]
+    probs = InfoBalCIFAR(variant=variant).predict(x[idx], batch_size=250, verbose=0)
+    acc = float(np.mean(probs.argmax(-1) == y[idx]))
+    assert acc > 0.55, acc  # chance is 0.10; the full test set is in the README table
