@@ -2,29 +2,26 @@
 
 This is the recipe behind the weights shipped in `keras_infobal/applications/weights/`:
 
-    python applications/cifar10/pretrain.py --variant infobal --epochs 30 \
-        --out applications/cifar10/runs/infobal
-    python applications/cifar10/pretrain.py --variant dim --epochs 30 \
-        --out applications/cifar10/runs/dim
+    python applications/cifar10/pretrain.py --variant infobal \
+        --data ../shared/data/cifar10-jpeg.tar.gz --threads 1 --out applications/cifar10/runs/infobal
+    python applications/cifar10/pretrain.py --variant dim \
+        --data ../shared/data/cifar10-jpeg.tar.gz --threads 1 --out applications/cifar10/runs/dim
 
-It resumes after a crash (BackupAndRestore in OUT/backup), logs every epoch to OUT/log.csv
-(MI estimates, and a linear probe on a validation split every --probe-every epochs), and at
-the end writes OUT/results.json (conv / fc / R / local probe accuracy under both protocols)
-and OUT/model.keras. Exporting shipped weights is a separate step (export_weights.py).
+(the two ran side by side, one core each). It resumes after a crash (BackupAndRestore in
+OUT/backup), logs every epoch to OUT/log.csv (MI estimates, and a linear probe on a held-out
+part of the training set every --probe-every epochs), and at the end writes OUT/results.json
+(local / conv / fc / R probe accuracy under both protocols) and OUT/model.keras. Exporting the
+shipped weights is a separate step (export_weights.py). The code lives in
+`keras_infobal.pretraining`, which `keras-infobal pretrain` also runs.
 """
 
 import argparse
-import json
 import os
 import sys
-import time
 
-CONFIGS = {
-    # The note's setting: M=2 (top/bottom halves of the 8x8 local map), JSD critics.
-    "infobal": dict(num_views=2, split="rows", critic="jsd", infomin_weight=1.0),
-    # The DIM(L) baseline on the same code path: same views and critics, lambda = 0.
-    "dim": dict(num_views=2, split="rows", critic="jsd", infomin_weight=0.0),
-}
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from keras_infobal.pretraining import CONFIGS, DEFAULTS, pretrain_cifar10  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -54,103 +51,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
-    import numpy as np
-    import tensorflow as tf
-
-    from keras_infobal import InfoBal, datasets
-    from keras_infobal.evaluation import LinearProbe, train_classifier
-
-    if args.threads:
-        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
-    keras.utils.set_random_seed(args.seed)
-    os.makedirs(args.out, exist_ok=True)
-    config = dict(CONFIGS[args.variant])
-    for key, value in (("critic", args.critic), ("infomin_weight", args.infomin_weight),
-                       ("num_views", args.num_views), ("split", args.split)):
-        if value is not None:
-            config[key] = value
-    config["critic_units"] = args.critic_units
-    with open(os.path.join(args.out, "config.json"), "w") as f:
-        json.dump({"model": config, "args": vars(args)}, f, indent=2)
-
-    x_train, y_train, _ = datasets.load_cifar10("train", source=args.data)
-    x_test, y_test, _ = datasets.load_cifar10("test", source=args.data)
-    if args.limit:
-        # The local copy is ordered by class: a random subset keeps every class.
-        keep = np.random.default_rng(args.seed).permutation(len(x_train))[: args.limit]
-        x_train, y_train = x_train[keep], y_train[keep]
-    # The in-training probe never sees the test set: it trains on part of the training
-    # images and is scored on a held-out 5,000 of them.
-    rng = np.random.default_rng(args.seed)
-    order = rng.permutation(len(x_train))
-    n_hold = min(5000, len(x_train) // 5)
-    hold, rest = order[:n_hold], order[n_hold:][: args.probe_train]
-    probe = LinearProbe((x_train[rest], y_train[rest]), (x_train[hold], y_train[hold]),
-                        every=args.probe_every, layers=("conv", "fc", "R"), max_epochs=30)
-
-    steps_per_epoch = len(x_train) // args.batch_size
-    total = steps_per_epoch * args.epochs
-
-    def optimizer():
-        schedule = keras.optimizers.schedules.CosineDecay(args.lr, total, alpha=0.1)
-        return keras.optimizers.Adam(schedule, beta_1=0.5, beta_2=0.999)
-
-    model = InfoBal(**config)
-    model.compile(optimizer=optimizer(),
-                  discriminator_optimizer=optimizer() if model.discriminator_active else None)
-    train_ds = datasets.make_dataset(x_train, batch_size=args.batch_size, shuffle=True,
-                                     augment_images=True, drop_remainder=True, seed=args.seed)
-    log_path = os.path.join(args.out, "log.csv")
-
-    class Timer(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            self.t0 = time.time()
-
-        def on_epoch_end(self, epoch, logs=None):
-            logs["epoch_seconds"] = time.time() - self.t0
-            logs["images_per_second"] = steps_per_epoch * args.batch_size / logs["epoch_seconds"]
-
-    callbacks = [
-        keras.callbacks.BackupAndRestore(os.path.join(args.out, "backup")),
-        Timer(),
-        probe,
-        keras.callbacks.TerminateOnNaN(),
-        keras.callbacks.CSVLogger(log_path, append=True),
-    ]
-    t0 = time.time()
-    model.fit(train_ds, epochs=args.epochs, callbacks=callbacks, verbose=2)
-    train_seconds = time.time() - t0
-    model.save(os.path.join(args.out, "model.keras"))
-    if args.skip_final_probe:
-        return 0
-
-    results = {"variant": args.variant, "config": config, "epochs": args.epochs,
-               "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
-               "train_seconds_this_process": train_seconds,
-               "data": args.data or "tfds", "probe": {}}
-    layers = ("local", "conv", "fc", "R")
-    feats_tr = model.extract_features(x_train, layers=layers)
-    feats_te = model.extract_features(x_test, layers=layers)
-    for protocol in ("note", "converged"):
-        results["probe"][protocol] = {
-            layer: train_classifier(feats_tr[layer], y_train, feats_te[layer], y_test,
-                                    protocol=protocol)
-            for layer in layers
-        }
-        print(protocol, results["probe"][protocol], flush=True)
-    last = {}
-    with open(log_path) as f:
-        import csv
-
-        rows = list(csv.DictReader(f))
-        last = {k: float(v) for k, v in rows[-1].items() if k.startswith(("mi_", "objective"))}
-        results["wall_seconds_all_epochs"] = sum(float(r["epoch_seconds"]) for r in rows)
-    results["final_mi"] = last
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(results, f, indent=2)
+    pretrain_cifar10(**vars(args))
     return 0
 
 

@@ -246,8 +246,11 @@ class InfoBal(keras.Model):
         feats["local"] = ops.reshape(views, (ops.shape(views)[0], -1))
         return feats
 
-    def extract_features(self, images, layers=("conv", "fc", "R"), batch_size=256):
-        """Features of `images` (array or batched dataset) as numpy arrays, keyed by layer."""
+    def extract_features(self, images, layers=("conv", "fc", "R"), batch_size=256, verbose=0):
+        """Features of `images` (array or batched dataset) as numpy arrays, keyed by layer.
+
+        `verbose=1` shows a progress bar.
+        """
         import tensorflow as tf
 
         unknown = set(layers) - {"local", "conv", "fc", "R"}
@@ -266,11 +269,15 @@ class InfoBal(keras.Model):
             return {k: f[k] for k in layers}
 
         out = {k: [] for k in layers}
+        n_batches = int(ds.cardinality())
+        bar = keras.utils.Progbar(n_batches if n_batches > 0 else None) if verbose else None
         for batch in ds:
             if isinstance(batch, (tuple, list)):
                 batch = batch[0]
             for k, v in step(batch).items():
                 out[k].append(v.numpy())
+            if bar is not None:
+                bar.add(1)
         return {k: np.concatenate(v) for k, v in out.items()}
 
     # ----------------------------------------------------------------------------------

@@ -1,0 +1,223 @@
+"""The `keras-infobal` command line: pretrain, evaluate, extract, plot.
+
+    keras-infobal pretrain --config run.json --out runs/infobal
+    keras-infobal evaluate --model cifar10:infobal --data ../shared/data/cifar10-jpeg.tar.gz
+    keras-infobal extract --model cifar10:dim --images pics/ --layer fc --out feats.npy
+    keras-infobal plot runs/dim/log.csv runs/infobal/log.csv --out fig.png
+"""
+
+import argparse
+import json
+import os
+import sys
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        # argparse's own behaviour (usage + message, exit 2), kept for every subcommand.
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser():
+    p = _Parser(prog="keras-infobal", description="Multi-view MI representation learning.")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser, required=True)
+
+    pre = sub.add_parser("pretrain", help="pretrain an encoder on CIFAR-10 from a JSON config")
+    pre.add_argument("--config", help="JSON file of pretraining options (see "
+                     "keras_infobal.pretraining.DEFAULTS); command-line flags override it")
+    pre.add_argument("--out", help="run folder (weights, log.csv, results.json, figure)")
+    pre.add_argument("--data", help="CIFAR-10 folder or .tar.gz (else $KERAS_INFOBAL_CIFAR10, "
+                     "else tfds)")
+    pre.add_argument("--variant", choices=["infobal", "dim"])
+    pre.add_argument("--epochs", type=int)
+    pre.add_argument("--limit", type=int, help="use only N training images")
+
+    ev = sub.add_parser("evaluate", help="linear-probe table of a model's conv / fc / R features")
+    ev.add_argument("--model", required=True,
+                    help="a .keras InfoBal model, or cifar10:infobal / cifar10:dim (shipped)")
+    ev.add_argument("--data", help="CIFAR-10 folder or .tar.gz")
+    ev.add_argument("--protocol", choices=["note", "converged"], default="converged")
+    ev.add_argument("--layers", default="conv,fc,R")
+    ev.add_argument("--limit", type=int, default=0, help="use N train and N/5 test images")
+    ev.add_argument("--out", help="write the table as JSON here")
+
+    ex = sub.add_parser("extract", help="features of images (a folder or .npy) to a .npy file")
+    ex.add_argument("--model", required=True,
+                    help="a .keras InfoBal model, or cifar10:infobal / cifar10:dim")
+    ex.add_argument("--images", required=True, help="a folder of images or a .npy (N,H,W,3)")
+    ex.add_argument("--layer", choices=["local", "conv", "fc", "R"], default="conv")
+    ex.add_argument("--out", required=True)
+    ex.add_argument("--batch-size", type=int, default=256)
+
+    pl = sub.add_parser("plot", help="figure of MI estimates and probe accuracy over training")
+    pl.add_argument("logs", nargs="+", help="CSV logs (log.csv of pretrain runs)")
+    pl.add_argument("--names", nargs="+", help="one name per log (default: folder names)")
+    pl.add_argument("--out", required=True, help="PNG path")
+    return p
+
+
+def _load_model(spec):
+    """An object with `extract_features(images, layers)`: a .keras model or a shipped one."""
+    import keras
+
+    import keras_infobal  # noqa: F401  (registers the classes for load_model)
+
+    if spec.startswith("cifar10"):
+        variant = spec.split(":", 1)[1] if ":" in spec else "infobal"
+        from keras_infobal.applications import InfoBalCIFAR
+
+        class Shipped:
+            def extract_features(self, images, layers=("conv",), batch_size=256):
+                out = {}
+                for k in layers:
+                    m = InfoBalCIFAR(include_top=False, feature_layer=k, variant=variant)
+                    out[k] = m.predict(images, batch_size=batch_size, verbose=1).reshape(
+                        len(images), -1)
+                return out
+
+        return Shipped()
+    if not os.path.exists(spec):
+        raise ValueError(f"--model `{spec}` does not exist; give a .keras file or cifar10:VARIANT.")
+    model = keras.models.load_model(spec)
+    if not hasattr(model, "extract_features"):
+        raise ValueError(f"`{spec}` is a {type(model).__name__}, not an InfoBal model.")
+    return model
+
+
+def _read_images(path):
+    import numpy as np
+
+    if path.endswith(".npy"):
+        x = np.load(path)
+    elif os.path.isdir(path):
+        import tensorflow as tf
+
+        files = sorted(
+            os.path.join(root, f) for root, _, fs in os.walk(path) for f in fs
+            if f.lower().endswith((".jpg", ".jpeg", ".png", ".bmp"))
+        )
+        if not files:
+            raise ValueError(f"No .jpg/.png images found under `{path}`.")
+        from keras_infobal.datasets import _decode_files
+
+        x = _decode_files(files)
+        del tf
+    else:
+        raise ValueError(f"--images must be a folder or a .npy file; got `{path}`.")
+    if x.ndim != 4 or x.shape[-1] != 3:
+        raise ValueError(f"Images must have shape (N, H, W, 3); got {x.shape}.")
+    return x
+
+
+def _extract(model, images, layers, batch_size=256):
+    from keras_infobal.models import InfoBal
+
+    if isinstance(model, InfoBal):
+        return model.extract_features(images, layers=layers, batch_size=batch_size, verbose=1)
+    return model.extract_features(images, layers=layers, batch_size=batch_size)
+
+
+def _markdown(table):
+    layers = list(next(iter(table.values())))
+    lines = ["| protocol | " + " | ".join(layers) + " |", "|---" * (len(layers) + 1) + "|"]
+    for proto, accs in table.items():
+        lines.append(f"| {proto} | " + " | ".join(f"{100 * accs[k]:.2f}" for k in layers) + " |")
+    return "\n".join(lines)
+
+
+def run(args):
+    import numpy as np
+
+    if args.command == "pretrain":
+        from keras_infobal.pretraining import DEFAULTS, pretrain_cifar10
+
+        options = {}
+        if args.config:
+            with open(args.config) as f:
+                options = json.load(f)
+            if not isinstance(options, dict):
+                raise ValueError(f"`{args.config}` must hold a JSON object of options.")
+        for key in ("out", "data", "variant", "epochs", "limit"):
+            if getattr(args, key) is not None:
+                options[key] = getattr(args, key)
+        if not options.get("out"):
+            raise ValueError("pretrain needs --out (or \"out\" in the config).")
+        options.setdefault("verbose", 1)  # a progress bar
+        unknown = set(options) - set(DEFAULTS)
+        if unknown:
+            raise ValueError(f"Unknown config keys {sorted(unknown)}; known: {sorted(DEFAULTS)}.")
+        results = pretrain_cifar10(**options)
+        from keras_infobal.evaluation import plot_mi_vs_accuracy
+
+        plot_mi_vs_accuracy({options.get("variant", "infobal"):
+                             os.path.join(options["out"], "log.csv")},
+                            os.path.join(options["out"], "figure.png"))
+        if results:
+            print(json.dumps(results["probe"], indent=2))
+        return 0
+
+    if args.command == "evaluate":
+        from keras_infobal import datasets
+        from keras_infobal.evaluation import train_classifier
+
+        layers = [s.strip() for s in args.layers.split(",") if s.strip()]
+        bad = set(layers) - {"local", "conv", "fc", "R"}
+        if bad:
+            raise ValueError(f"--layers: unknown {sorted(bad)}; choose from local,conv,fc,R.")
+        model = _load_model(args.model)
+        x_tr, y_tr, _ = datasets.load_cifar10("train", source=args.data)
+        x_te, y_te, _ = datasets.load_cifar10("test", source=args.data)
+        if args.limit:
+            rng = np.random.default_rng(0)
+            i = rng.permutation(len(x_tr))[: args.limit]
+            j = rng.permutation(len(x_te))[: max(2, args.limit // 5)]
+            x_tr, y_tr, x_te, y_te = x_tr[i], y_tr[i], x_te[j], y_te[j]
+        f_tr = _extract(model, x_tr, layers)
+        f_te = _extract(model, x_te, layers)
+        table = {args.protocol: {k: train_classifier(f_tr[k], y_tr, f_te[k], y_te,
+                                                     protocol=args.protocol) for k in layers}}
+        print(_markdown(table))
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump(table, f, indent=2)
+        return 0
+
+    if args.command == "extract":
+        x = _read_images(args.images)
+        model = _load_model(args.model)
+        feats = _extract(model, x, (args.layer,), batch_size=args.batch_size)
+        np.save(args.out, feats[args.layer])
+        print(f"wrote {feats[args.layer].shape} {args.layer} features to {args.out}")
+        return 0
+
+    if args.command == "plot":
+        from keras_infobal.evaluation import plot_mi_vs_accuracy
+
+        names = args.names or [os.path.basename(os.path.dirname(os.path.abspath(p)))
+                               for p in args.logs]
+        if len(names) != len(args.logs):
+            raise ValueError(f"--names gives {len(names)} names for {len(args.logs)} logs.")
+        for p in args.logs:
+            if not os.path.exists(p):
+                raise ValueError(f"log `{p}` does not exist.")
+        print(plot_mi_vs_accuracy(dict(zip(names, args.logs)), args.out))
+        return 0
+    raise AssertionError(args.command)
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        return run(args)
+    except (ValueError, FileNotFoundError, OSError) as e:
+        # Bad arguments or inputs: a usage line and the reason, never a traceback.
+        parser.print_usage(sys.stderr)
+        print(f"keras-infobal {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+import json
+import os
+
+import numpy as np
+import pytest
+
+from keras_infobal import cli
+from test_datasets import make_folder
+
+CLASSES = tuple(f"c{i}" for i in range(10))
+
+
+@pytest.fixture(scope="module")
+def tiny_cifar(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cifar")
+    make_folder(str(root), n_per_class=4, classes=CLASSES)
+    return str(root)
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_INFOBAL_CACHE", str(tmp_path / "cache"))
+
+
+def test_pretrain_evaluate_extract_plot(tiny_cifar, tmp_path, capsys):
+    out = str(tmp_path / "run")
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps({"variant": "infobal", "epochs": 1, "batch_size": 8,
+                                  "critic_units": 8, "probe_every": 1, "probe_train": 30}))
+    assert cli.main(["pretrain", "--config", str(config), "--out", out,
+                     "--data", tiny_cifar]) == 0
+    for name in ("log.csv", "model.keras", "results.json", "figure.png", "config.json"):
+        assert os.path.exists(os.path.join(out, name)), name
+    results = json.load(open(os.path.join(out, "results.json")))
+    assert set(results["probe"]) == {"note", "converged"}
+
+    table = str(tmp_path / "table.json")
+    assert cli.main(["evaluate", "--model", os.path.join(out, "model.keras"), "--data",
+                     tiny_cifar, "--layers", "conv,R", "--out", table]) == 0
+    printed = capsys.readouterr().out
+    assert "| protocol | conv | R |" in printed
+    assert set(json.load(open(table))["converged"]) == {"conv", "R"}
+
+    npy = str(tmp_path / "x.npy")
+    np.save(npy, np.zeros((3, 32, 32, 3), np.uint8))
+    feats = str(tmp_path / "f.npy")
+    assert cli.main(["extract", "--model", os.path.join(out, "model.keras"), "--images", npy,
+                     "--layer", "fc", "--out", feats]) == 0
+    assert np.load(feats).shape == (3, 1024)
+    assert cli.main(["extract", "--model", os.path.join(out, "model.keras"), "--images",
+                     os.path.join(tiny_cifar, "test"), "--layer", "R", "--out", feats]) == 0
+    assert np.load(feats).shape == (40, 64)
+
+    png = str(tmp_path / "fig.png")
+    assert cli.main(["plot", os.path.join(out, "log.csv"), "--names", "infobal",
+                     "--out", png]) == 0
+    assert open(png, "rb").read(4) == b"\x89PNG"
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["train"], "invalid choice"),
+    (["evaluate"], "required: --model"),
+    (["extract", "--model", "m.keras", "--images", "x.npy", "--out", "f.npy",
+      "--layer", "logits"], "invalid choice"),
+    (["pretrain", "--epochs", "two"], "invalid int value"),
+])
+def test_bad_arguments_give_usage_not_traceback(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage:" in err and message in err and "Traceback" not in err
+
+
+def test_bad_inputs_give_usage_not_traceback(tmp_path, capsys):
+    assert cli.main(["extract", "--model", str(tmp_path / "none.keras"), "--images",
+                     str(tmp_path), "--out", "f.npy"]) == 2
+    err = capsys.readouterr().err
+    assert "usage:" in err and "No .jpg/.png images" in err
+    assert cli.main(["plot", str(tmp_path / "missing.csv"), "--out", "x.png"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert cli.main(["pretrain"]) == 2
+    assert "needs --out" in capsys.readouterr().err
+    bad = tmp_path / "c.json"
+    bad.write_text(json.dumps({"epochz": 3, "out": str(tmp_path / "r")}))
+    assert cli.main(["pretrain", "--config", str(bad)]) == 2
+    assert "Unknown config keys ['epochz']" in capsys.readouterr().err
