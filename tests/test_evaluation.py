@@ -77,3 +77,23 @@ def test_linear_probe_and_callback(tmp_path):
     assert os.path.getsize(png) > 5000
     with pytest.raises(ValueError, match="every"):
         LinearProbe(train, test, every=0)
+
+
+def test_mi_terms_and_probe_reach_tensorboard(tmp_path):
+    import tensorflow as tf
+
+    model = InfoBal(**TINY, infomin_weight=1.0)
+    model.compile(optimizer="adam", discriminator_optimizer="adam")
+    train, test = class_images(60), class_images(40, seed=1)
+    logdir = str(tmp_path / "tb")
+    model.fit(train[0], batch_size=20, epochs=1, verbose=0,
+              callbacks=[LinearProbe(train, test, layers=("conv",), classes=2),
+                         keras.callbacks.TensorBoard(logdir)])
+    tags = set()
+    for root, _, files in os.walk(logdir):
+        for f in files:
+            for event in tf.compat.v1.train.summary_iterator(os.path.join(root, f)):
+                tags.update(v.tag for v in event.summary.value)
+    for tag in ("epoch_mi_R_V1", "epoch_mi_R_V2", "epoch_mi_V1_V2",
+                "epoch_discriminator_objective", "epoch_objective", "epoch_probe_conv"):
+        assert tag in tags, (tag, sorted(tags))
