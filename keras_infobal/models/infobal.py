@@ -280,6 +280,15 @@ class InfoBal(keras.Model):
                 bar.add(1)
         return {k: np.concatenate(v) for k, v in out.items()}
 
+    def fit(self, x=None, *args, **kwargs):
+        import tensorflow as tf
+
+        # A tf.data dataset shuffles itself; Keras would warn on every fit that its own
+        # default shuffle=True is ignored.
+        if isinstance(x, tf.data.Dataset) and len(args) < 5:
+            kwargs.setdefault("shuffle", False)
+        return super().fit(x, *args, **kwargs)
+
     # ----------------------------------------------------------------------------------
     def compile(self, optimizer="adam", discriminator_optimizer=None, **kwargs):
         """Like `keras.Model.compile`, plus the InfoMin discriminators' own optimizer.
