@@ -16,7 +16,8 @@ from keras_infobal.layers import (
     ViewAggregator,
     ViewEncoder,
 )
-from keras_infobal.models import InfoBal
+from keras_infobal.callbacks import AtomicModelCheckpoint, NonFiniteGuard, atomic_save
+from keras_infobal.models import InfoBal, load_infobal
 
 InfoBalModel = InfoBal
 

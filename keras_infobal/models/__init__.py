@@ -1,3 +1,3 @@
 """Models of keras_infobal."""
 
-from keras_infobal.models.infobal import InfoBal
+from keras_infobal.models.infobal import InfoBal, load_infobal

@@ -1,6 +1,7 @@
 """The InfoBal model: multi-view InfoMax against InfoMin, trained adversarially."""
 
 import itertools
+import os
 
 import keras
 import numpy as np
@@ -44,6 +45,37 @@ def _validate_weights(view_weights, correlation_weights, num_views):
                 f"maximized term into a minimized one); got {w.tolist()}."
             )
     return alpha, beta
+
+
+def load_infobal(path, safe_mode=True, **kwargs):
+    """Loads an `InfoBal` model saved with `model.save(path)`; refuses other model classes.
+
+    `safe_mode` stays True by default: a `.keras` file holding arbitrary code (a `Lambda`
+    layer) is refused rather than run.
+    """
+    if not str(path).endswith(".keras"):
+        raise ValueError(f"Expected a `.keras` file saved by `model.save`; got `{path}`.")
+    if not os.path.exists(path):
+        raise ValueError(f"`{path}` does not exist.")
+    try:
+        model = keras.models.load_model(path, safe_mode=safe_mode, **kwargs)
+    except (OSError, EOFError, KeyError) as e:
+        raise ValueError(
+            f"`{path}` could not be read as a Keras model ({type(e).__name__}: {e}); it may be "
+            "truncated or not a .keras file."
+        ) from e
+    except Exception as e:
+        if "zip" in str(e).lower() or "BadZipFile" in type(e).__name__:
+            raise ValueError(
+                f"`{path}` is not a valid .keras archive ({e}); it may be truncated."
+            ) from e
+        raise
+    if not isinstance(model, InfoBal):
+        raise ValueError(
+            f"`{path}` holds a {type(model).__name__} model, not an InfoBal model. Load it with "
+            "keras.models.load_model instead."
+        )
+    return model
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
