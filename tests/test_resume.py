@@ -1,0 +1,62 @@
+"""A training process killed mid-epoch (SIGKILL) resumes and ends where an uninterrupted one does."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from conftest import ROOT, TINY
+from keras_infobal import InfoBal
+
+WORKER = os.path.join(ROOT, "tests", "resume_worker.py")
+
+
+def load(path):
+    model = InfoBal(**TINY, infomin_weight=1.0)
+    import keras
+
+    model.compile(optimizer=keras.optimizers.Adam(), discriminator_optimizer=keras.optimizers.Adam())
+    model.load_weights(path)
+    return model
+
+
+def run(args, **kw):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.Popen([sys.executable, WORKER, *args], env=env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+
+
+def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
+    epochs = "4"
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    p = run([str(ref / "backup"), str(ref / "w.weights.h5"), str(ref), epochs])
+    assert p.wait(timeout=300) == 0, p.stderr.read().decode()[-3000:]
+
+    crash = tmp_path / "crash"
+    crash.mkdir()
+    args = [str(crash / "backup"), str(crash / "w.weights.h5"), str(crash), epochs]
+    p = run(args + ["slow"])
+    deadline = time.time() + 300
+    while not (crash / "epoch2").exists():
+        assert p.poll() is None and time.time() < deadline, "worker died before epoch 2"
+        time.sleep(0.2)
+    time.sleep(0.6)  # a few batches into epoch 3
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert not (crash / "epoch4").exists() and not (crash / "w.weights.h5").exists()
+    for marker in crash.glob("epoch*"):
+        marker.unlink()
+
+    p = run(args)  # restart: BackupAndRestore resumes after epoch 2
+    assert p.wait(timeout=300) == 0, p.stderr.read().decode()[-3000:]
+    # It resumed: only epochs 3 and 4 ran after the restart.
+    assert sorted(m.name for m in crash.glob("epoch*")) == ["epoch3", "epoch4"]
+    a, b = load(str(ref / "w.weights.h5")), load(str(crash / "w.weights.h5"))
+    for va, vb in zip(a.variables, b.variables):
+        np.testing.assert_array_equal(np.array(va), np.array(vb), err_msg=va.path)
+    for opt in ("optimizer", "discriminator_optimizer"):
+        assert int(getattr(a, opt).iterations) == int(getattr(b, opt).iterations) == 4 * 8
