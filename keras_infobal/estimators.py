@@ -2,7 +2,9 @@
 
 Every function takes `scores` of shape `(B, B)` or `(B, B, L)`: `scores[a, b, l]` is the
 critic's score for the pair (first input of image `a`, second input of image `b` at location
-`l`). Entries with `a == b` are positives, all others negatives. Each returns a scalar estimate
+`l`). Entries with `a == b` are positives, all others negatives. With `offset=k`, `scores` may be
+rectangular, `(B, N, L)` with `N >= B` candidates (gathered from all replicas), and row `a`'s
+positive is column `a + k`. Each returns a scalar estimate
 in nats (a lower bound on MI, or for JSD a proxy with the same maximizer).
 
 Example:
@@ -21,7 +23,7 @@ import keras
 from keras import ops
 
 
-def _check_scores(scores):
+def _check_scores(scores, offset=None):
     scores = ops.convert_to_tensor(scores)
     dtype = keras.backend.standardize_dtype(scores.dtype)
     # cast also turns a variable into a plain tensor, which every op below accepts.
@@ -32,7 +34,7 @@ def _check_scores(scores):
             "Expected a score matrix of shape (B, B) or a score tensor of shape (B, B, L); "
             f"got rank {len(shape)}, shape {tuple(shape)}."
         )
-    if shape[0] is not None and shape[1] is not None and shape[0] != shape[1]:
+    if offset is None and shape[0] is not None and shape[1] is not None and shape[0] != shape[1]:
         raise ValueError(
             f"The score matrix must be square in its first two axes (B, B); got {tuple(shape)}."
         )
@@ -47,33 +49,38 @@ def _check_scores(scores):
     return scores
 
 
-def _masks(scores):
-    b = ops.shape(scores)[0]
-    eye = ops.eye(b, dtype=scores.dtype)
+def _masks(scores, offset=None):
+    b, n = ops.shape(scores)[0], ops.shape(scores)[1]
+    if offset is None:
+        eye = ops.eye(b, dtype=scores.dtype)
+    else:
+        # Rectangular (B, N) scores against N >= B candidates (e.g. gathered from all
+        # replicas): row a's positive is column a + offset.
+        eye = ops.one_hot(ops.arange(b) + ops.cast(offset, "int32"), n, dtype=scores.dtype)
     pos = ops.expand_dims(eye, -1) * ops.ones_like(scores)
     return pos, 1.0 - pos
 
 
 def positive_negative_means(scores):
     """Means of the positive and of the negative scores (a diagnostic)."""
-    scores = _check_scores(scores)
-    pos, neg = _masks(scores)
+    scores = _check_scores(scores, offset)
+    pos, neg = _masks(scores, offset)
     return ops.sum(scores * pos) / ops.sum(pos), ops.sum(scores * neg) / ops.sum(neg)
 
 
-def jsd(scores):
+def jsd(scores, offset=None):
     """Jensen-Shannon estimator (DIM, f-GAN): `E_pos[-sp(-s)] - E_neg[sp(s)]`."""
-    scores = _check_scores(scores)
-    pos, neg = _masks(scores)
+    scores = _check_scores(scores, offset)
+    pos, neg = _masks(scores, offset)
     e_pos = ops.sum(-ops.softplus(-scores) * pos) / ops.sum(pos)
     e_neg = ops.sum(ops.softplus(scores) * neg) / ops.sum(neg)
     return e_pos - e_neg
 
 
-def dv(scores):
+def dv(scores, offset=None):
     """Donsker-Varadhan (MINE): `E_pos[s] - log E_neg[exp(s)]`, via logsumexp (never raw exp)."""
-    scores = _check_scores(scores)
-    pos, neg = _masks(scores)
+    scores = _check_scores(scores, offset)
+    pos, neg = _masks(scores, offset)
     e_pos = ops.sum(scores * pos) / ops.sum(pos)
     # Masked entries get a very negative score instead of -inf so gradients stay finite.
     masked = ops.where(neg > 0, scores, ops.full_like(scores, -1e30))
@@ -81,25 +88,28 @@ def dv(scores):
     return e_pos - log_mean_exp
 
 
-def infonce(scores):
-    """InfoNCE (CPC): `mean_{a,l}(s_aal - logsumexp_b s_abl) + log B`; at most log B."""
-    scores = _check_scores(scores)
-    b = ops.cast(ops.shape(scores)[0], scores.dtype)
-    pos, _ = _masks(scores)
+def infonce(scores, offset=None):
+    """InfoNCE (CPC): `mean_{a,l}(s_aal - logsumexp_b s_abl) + log N`; at most log N.
+
+    N is the number of candidates per anchor: B, or all replicas' images with `offset`.
+    """
+    scores = _check_scores(scores, offset)
+    n = ops.cast(ops.shape(scores)[1], scores.dtype)
+    pos, _ = _masks(scores, offset)
     diag = ops.sum(scores * pos, axis=1)  # (B, L): s_aal
     lse = ops.logsumexp(scores, axis=1)  # (B, L)
-    return ops.mean(diag - lse) + ops.log(b)
+    return ops.mean(diag - lse) + ops.log(n)
 
 
-def nwj(scores):
+def nwj(scores, offset=None):
     """NWJ (f-divergence, KL): `E_pos[s] - exp(-1) E_neg[exp(s)]`.
 
     The second term is computed as `exp(logsumexp(s_neg) - log(n_neg) - 1)`; it overflows to
     inf only when the estimate itself is -inf, and scores are clipped at 80 (`exp(79)` is
     finite in float32) so gradients stay finite for any input.
     """
-    scores = _check_scores(scores)
-    pos, neg = _masks(scores)
+    scores = _check_scores(scores, offset)
+    pos, neg = _masks(scores, offset)
     e_pos = ops.sum(scores * pos) / ops.sum(pos)
     clipped = ops.minimum(scores, 80.0)
     masked = ops.where(neg > 0, clipped, ops.full_like(scores, -1e30))

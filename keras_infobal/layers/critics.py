@@ -33,8 +33,9 @@ class _Encoder(keras.layers.Layer):
 
     def build(self, input_shape):
         self.hidden = keras.layers.Dense(self.units, name="hidden")
-        if self.normalization == "batch":
-            self.norm = keras.layers.BatchNormalization(name="norm")
+        if self.normalization in ("batch", "sync_batch"):
+            self.norm = keras.layers.BatchNormalization(
+                synchronized=self.normalization == "sync_batch", name="norm")
         elif self.normalization == "layer":
             self.norm = keras.layers.LayerNormalization(name="norm")
         else:
@@ -73,8 +74,13 @@ class MICritic(keras.layers.Layer):
         units: width of the encodings (DIM uses 2048; 512 is a good CPU default).
         estimator: "jsd", "dv", "infonce" or "nwj".
         scorer: "dot" or "concat".
-        normalization: in the encoders, "batch" (DIM), "layer" or None. "layer" keeps no
-            running statistics, so calling the critic never changes its state.
+        normalization: in the encoders, "batch" (DIM), "sync_batch" (batch statistics over
+            all replicas under tf.distribute), "layer" or None. "layer" keeps no running
+            statistics, so calling the critic never changes its state.
+
+    Calling it with `gather_fn=f` (as `InfoBal(cross_replica_negatives=True)` does under
+    tf.distribute) scores each global vector against the local vectors `f` gathers from all
+    replicas: `f(local_encodings) -> (all_encodings, offset of this replica's rows)`.
 
     Example:
 
@@ -87,9 +93,10 @@ class MICritic(keras.layers.Layer):
     def __init__(self, units=512, estimator="jsd", scorer="dot", normalization="batch",
                  **kwargs):
         super().__init__(**kwargs)
-        if normalization not in ("batch", "layer", None):
+        if normalization not in ("batch", "sync_batch", "layer", None):
             raise ValueError(
-                f"`normalization` must be 'batch', 'layer' or None; got {normalization!r}."
+                "`normalization` must be 'batch', 'sync_batch', 'layer' or None; got "
+                f"{normalization!r}."
             )
         self.normalization = normalization
         if not isinstance(units, int) or units < 1:
@@ -153,9 +160,19 @@ class MICritic(keras.layers.Layer):
             self.local_encoder(l, training=training),
         )
 
-    def scores(self, inputs, training=None):
-        """The `(B, B, L)` score tensor; `[a, b, l]` scores global `a` against local `(b, l)`."""
+    def scores(self, inputs, training=None, gather_fn=None):
+        """The `(B, B, L)` score tensor; `[a, b, l]` scores global `a` against local `(b, l)`.
+
+        With `gather_fn`, returns `(scores (B, N, L), offset)` against all gathered locals.
+        """
         eg, el = self._encode(inputs, training)
+        offset = None
+        if gather_fn is not None:
+            el, offset = gather_fn(el)
+            return self._score(eg, el), offset
+        return self._score(eg, el)
+
+    def _score(self, eg, el):
         if self.scorer == "dot":
             return ops.einsum("ad,bld->abl", eg, el)
         # An MLP on the concatenated encodings [e_g; e_l] whose first layer is a sum: only the
@@ -163,8 +180,12 @@ class MICritic(keras.layers.Layer):
         h = ops.relu(eg[:, None, None, :] + el[None, :, :, :])
         return ops.squeeze(self.pair_hidden(h), -1)
 
-    def call(self, inputs, training=None):
-        return estimators.get(self.estimator)(self.scores(inputs, training=training))
+    def call(self, inputs, training=None, gather_fn=None):
+        estimator = estimators.get(self.estimator)
+        if gather_fn is None:
+            return estimator(self.scores(inputs, training=training))
+        scores, offset = self.scores(inputs, training=training, gather_fn=gather_fn)
+        return estimator(scores, offset=offset)
 
     def compute_output_shape(self, input_shape):
         self._split_shapes(input_shape)

@@ -110,6 +110,11 @@ class InfoBal(keras.Model):
             when `infomin_weight > 0`.
         input_shape: (height, width, 3) of the images; the model is built right away. With
             None, call `model.build((None, H, W, 3))` before training.
+        cross_replica_negatives: under tf.distribute, score each replica's anchors against
+            the images of all replicas (all-gather), as one device with the global batch
+            would; otherwise negatives come from the replica's own batch.
+        synchronized_batch_norm: BatchNorm statistics over the global batch under
+            tf.distribute (what one device with the global batch computes).
 
     Example:
 
@@ -144,6 +149,8 @@ class InfoBal(keras.Model):
         view_pooling="mean",
         track_view_mi=None,
         input_shape=(32, 32, 3),
+        cross_replica_negatives=False,
+        synchronized_batch_norm=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -164,7 +171,10 @@ class InfoBal(keras.Model):
             )
         if view_pooling not in ("mean", "flatten"):
             raise ValueError(f"`view_pooling` must be 'mean' or 'flatten'; got {view_pooling!r}.")
+        self.cross_replica_negatives = bool(cross_replica_negatives)
+        self.synchronized_batch_norm = bool(synchronized_batch_norm)
         self.encoder = ViewEncoder(num_views=num_views, split=split, filters=filters,
+                                   synchronized_batch_norm=self.synchronized_batch_norm,
                                    name="view_encoder")
         alpha, beta = _validate_weights(view_weights, correlation_weights, num_views)
         self.num_views = num_views
@@ -188,10 +198,13 @@ class InfoBal(keras.Model):
         self.track_view_mi = track_view_mi
         self.aggregator = ViewAggregator(mode=aggregator, output_dim=output_dim,
                                          fc_units=fc_units, conv_filters=conv_filters,
+                                         synchronized_batch_norm=self.synchronized_batch_norm,
                                          name="view_aggregator")
         n_critics = 1 if self.shared_critic else num_views
         self.infomax_critics = [
-            get_critic(critic, units=critic_units, scorer=scorer, name=f"infomax_critic_{i + 1}")
+            get_critic(critic, units=critic_units, scorer=scorer,
+                       normalization="sync_batch" if self.synchronized_batch_norm else "batch",
+                       name=f"infomax_critic_{i + 1}")
             for i in range(n_critics)
         ]
         self.pairs = list(itertools.combinations(range(num_views), 2))
@@ -321,6 +334,14 @@ class InfoBal(keras.Model):
             kwargs.setdefault("shuffle", False)
         return super().fit(x, *args, **kwargs)
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Everything is built at construction and in compile(). Keras' symbolic build under
+        # tf.distribute would all-reduce a data batch first, which fails for uint8 images
+        # under MultiWorkerMirroredStrategy (collectives take no uint8).
+        if self.built and self.optimizer is not None and self.optimizer.built:
+            return
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
     # ----------------------------------------------------------------------------------
     def compile(self, optimizer="adam", discriminator_optimizer=None, **kwargs):
         """Like `keras.Model.compile`, plus the InfoMin discriminators' own optimizer.
@@ -364,9 +385,26 @@ class InfoBal(keras.Model):
             return ops.mean(views, axis=(2, 3))
         return ops.reshape(views, (ops.shape(views)[0], self.num_views, -1))
 
+    def _gather_fn(self):
+        """All-gathers local encodings across replicas, when asked and when distributed."""
+        if not self.cross_replica_negatives:
+            return None
+        import tensorflow as tf
+
+        ctx = tf.distribute.get_replica_context()
+        if ctx is None or ctx.num_replicas_in_sync == 1:
+            return None
+
+        def gather(encodings):
+            offset = ctx.replica_id_in_sync_group * tf.shape(encodings)[0]
+            return ctx.all_gather(encodings, axis=0), offset
+
+        return gather
+
     def _infomin_terms(self, pooled, training):
+        gather_fn = self._gather_fn()
         return [
-            critic([pooled[:, i], pooled[:, j]], training=training)
+            critic([pooled[:, i], pooled[:, j]], training=training, gather_fn=gather_fn)
             for critic, (i, j) in zip(self.infomin_critics, self.pairs)
         ]
 
@@ -375,11 +413,12 @@ class InfoBal(keras.Model):
 
     def _infomax_terms(self, views, r, training):
         b, m, vh, vw, c = views.shape
+        gather_fn = self._gather_fn()
         terms = []
         for i in range(m):
             critic = self.infomax_critics[0 if self.shared_critic else i]
             local = ops.reshape(views[:, i], (-1, vh * vw, c))
-            terms.append(critic([r, local], training=training))
+            terms.append(critic([r, local], training=training, gather_fn=gather_fn))
         return terms
 
     def _objective(self, views, training):
@@ -515,7 +554,21 @@ class InfoBal(keras.Model):
     def _update_trackers(self, logs):
         for name, value in logs.items():
             self._trackers[name].update_state(value)
-        return {name: t.result() for name, t in self._trackers.items()}
+        results = {name: t.result() for name, t in self._trackers.items()}
+        if self._multi_worker():
+            # Keras reduces multi-worker logs with reduce("MEAN", axis=0), which needs a
+            # batch axis: give each scalar one (the reduced value is a scalar again).
+            results = {k: ops.reshape(v, (1,)) for k, v in results.items()}
+        return results
+
+    @staticmethod
+    def _multi_worker():
+        import tensorflow as tf
+
+        strategy = tf.distribute.get_strategy()
+        return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and (
+            strategy.extended._in_multi_worker_mode()
+        )
 
     def predict_step(self, data):
         x = self._check_data(data)
@@ -545,4 +598,6 @@ class InfoBal(keras.Model):
             "view_pooling": self.view_pooling,
             "track_view_mi": self.track_view_mi,
             "input_shape": None if self.image_shape is None else list(self.image_shape),
+            "cross_replica_negatives": self.cross_replica_negatives,
+            "synchronized_batch_norm": self.synchronized_batch_norm,
         }
