@@ -1,0 +1,116 @@
+"""The note's experiment (DIM vs InfoBal, DV then JSD critic) and the many-view study.
+
+    python benchmarks/note_experiment.py --data ../shared/data/cifar10-jpeg.tar.gz \
+        --epochs 2 --limit 10000 --seeds 0 1 --study note
+    python benchmarks/note_experiment.py --data ../shared/data/cifar10-jpeg.tar.gz \
+        --epochs 2 --limit 10000 --seeds 0 --study views
+
+Every cell is one `keras_infobal.pretraining.pretrain_cifar10` run under the same budget
+(epochs x images), scored with both probes (the note's 4-epoch linear layer, and the
+converged one) on the full CIFAR-10 test set. Writes
+benchmarks/results/{note_experiment,views_study}.{json,md} and, for the note study, a figure
+of MI against probe accuracy over training. Runs go to benchmarks/runs/ (not committed).
+"""
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS = os.path.join(HERE, "results")
+
+
+def cells(study):
+    if study == "note":
+        for critic in ("dv", "jsd"):
+            for name, lam in (("DIM", 0.0), ("InfoBal", 1.0)):
+                yield f"{name} {critic.upper()}", dict(variant="infobal", critic=critic,
+                                                      infomin_weight=lam, num_views=2,
+                                                      split="rows")
+    else:
+        for m, split in ((2, "rows"), (4, "rows"), (4, "grid"), (8, "rows"), (8, "grid")):
+            for name, lam in (("DIM", 0.0), ("InfoBal", 1.0)):
+                yield f"{name} M={m} {split}", dict(variant="infobal", critic="jsd",
+                                                   infomin_weight=lam, num_views=m,
+                                                   split=split)
+
+
+def summarize(values, scale=100.0):
+    """Mean ± std over seeds (accuracies in %, MI in nats with scale=1)."""
+    values = [scale * v for v in values]
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", default=os.environ.get("KERAS_INFOBAL_CIFAR10"))
+    p.add_argument("--study", choices=["note", "views"], default="note")
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--limit", type=int, default=10000)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--critic-units", type=int, default=512)
+    p.add_argument("--threads", type=int, default=0)
+    args = p.parse_args()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from keras_infobal.evaluation import plot_mi_vs_accuracy
+    from keras_infobal.pretraining import pretrain_cifar10
+
+    out = {"budget": {"epochs": args.epochs, "train_images": args.limit or 50000,
+                      "batch_size": 64, "critic_units": args.critic_units},
+           "seeds": args.seeds, "data": args.data or "tfds", "cells": {}}
+    logs = {}
+    for name, cfg in cells(args.study):
+        runs = []
+        for seed in args.seeds:
+            run_dir = os.path.join(HERE, "runs", args.study,
+                                   name.replace(" ", "_").replace("=", ""), f"seed{seed}")
+            t0 = time.time()
+            res = pretrain_cifar10(**cfg, epochs=args.epochs, limit=args.limit, seed=seed,
+                                   data=args.data, out=run_dir, threads=args.threads,
+                                   critic_units=args.critic_units,
+                                   probe_every=1, probe_train=5000, verbose=0)
+            res["wall_seconds"] = time.time() - t0
+            runs.append(res)
+            logs.setdefault(name, os.path.join(run_dir, "log.csv"))
+            print(name, seed, res["probe"], flush=True)
+        out["cells"][name] = {
+            "config": cfg,
+            "runs": [{"seed": s, "probe": r["probe"], "final_mi": r["final_mi"],
+                      "seconds_per_epoch": r["wall_seconds_all_epochs"] / args.epochs}
+                     for s, r in zip(args.seeds, runs)],
+        }
+    stem = "note_experiment" if args.study == "note" else "views_study"
+    os.makedirs(RESULTS, exist_ok=True)
+    with open(os.path.join(RESULTS, stem + ".json"), "w") as f:
+        json.dump(out, f, indent=2)
+    md = [f"Budget per cell: {args.epochs} epochs x {out['budget']['train_images']} images, "
+          f"batch 64, seeds {args.seeds} (mean ± std over seeds).", "",
+          "| run | note probe conv | converged conv | converged fc | converged R | "
+          "final I(R;V1) | final I(V1;V2) | s/epoch |", "|---" * 8 + "|"]
+    for name, cell in out["cells"].items():
+        rs = cell["runs"]
+
+        def col(proto, layer):
+            return summarize([r["probe"][proto][layer] for r in rs])
+
+        def mi(key):
+            return summarize([r["final_mi"].get(key, float("nan")) for r in rs], scale=1.0)
+
+        vv = "-" if "mi_V1_V2" not in rs[0]["final_mi"] else mi("mi_V1_V2")
+        md.append(f"| {name} | {col('note', 'conv')} | {col('converged', 'conv')} | "
+                  f"{col('converged', 'fc')} | {col('converged', 'R')} | {mi('mi_R_V1')} | "
+                  f"{vv} | {statistics.mean(r['seconds_per_epoch'] for r in rs):.0f} |")
+    with open(os.path.join(RESULTS, stem + ".md"), "w") as f:
+        f.write("\n".join(md) + "\n")
+    if args.study == "note":
+        plot_mi_vs_accuracy(logs, os.path.join(RESULTS, "note_experiment.png"),
+                            title="Note's experiment: MI estimates and probe accuracy")
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
