@@ -23,7 +23,8 @@ CONFIGS = {
 DEFAULTS = dict(variant="infobal", critic=None, infomin_weight=None, num_views=None,
                 split=None, epochs=30, batch_size=64, lr=3e-4, critic_units=512,
                 probe_every=5, probe_train=10000, seed=0, threads=0, limit=0,
-                data=None, out=None, skip_final_probe=False, verbose=2)
+                data=None, out=None, skip_final_probe=False, verbose=2,
+                probe_layers=("conv", "fc", "R"), final_probe_layers=("local", "conv", "fc", "R"))
 
 
 def pretrain_cifar10(**kwargs):
@@ -33,7 +34,8 @@ def pretrain_cifar10(**kwargs):
     infomin_weight, num_views, split (overrides of the variant), epochs, batch_size, lr (peak
     of a cosine decay), critic_units, probe_every, probe_train, seed, threads, limit, data
     (CIFAR-10 folder/.tar.gz or None for $KERAS_INFOBAL_CIFAR10 / tfds), out (required),
-    skip_final_probe, verbose. Returns the results dict (None with skip_final_probe).
+    skip_final_probe, verbose, probe_layers (in-training probe), final_probe_layers.
+    Returns the results dict (None with skip_final_probe).
     """
     unknown = set(kwargs) - set(DEFAULTS)
     if unknown:
@@ -49,7 +51,7 @@ def pretrain_cifar10(**kwargs):
     import numpy as np
     import tensorflow as tf
 
-    from keras_infobal import InfoBal, datasets
+    from keras_infobal import InfoBal, NonFiniteGuard, datasets
     from keras_infobal.evaluation import LinearProbe, train_classifier
 
     if args.threads:
@@ -79,7 +81,7 @@ def pretrain_cifar10(**kwargs):
     n_hold = min(5000, len(x_train) // 5)
     hold, rest = order[:n_hold], order[n_hold:][: args.probe_train]
     probe = LinearProbe((x_train[rest], y_train[rest]), (x_train[hold], y_train[hold]),
-                        every=args.probe_every, layers=("conv", "fc", "R"), max_epochs=30)
+                        every=args.probe_every, layers=tuple(args.probe_layers), max_epochs=30)
 
     steps_per_epoch = len(x_train) // args.batch_size
     total = steps_per_epoch * args.epochs
@@ -104,10 +106,11 @@ def pretrain_cifar10(**kwargs):
             logs["images_per_second"] = steps_per_epoch * args.batch_size / logs["epoch_seconds"]
 
     callbacks = [
-        keras.callbacks.BackupAndRestore(os.path.join(args.out, "backup")),
+        keras.callbacks.BackupAndRestore(os.path.join(args.out, "backup"),
+                                         double_checkpoint=True),
         Timer(),
         probe,
-        keras.callbacks.TerminateOnNaN(),
+        NonFiniteGuard(),
         keras.callbacks.CSVLogger(log_path, append=True),
     ]
     t0 = time.time()
@@ -122,7 +125,7 @@ def pretrain_cifar10(**kwargs):
                "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
                "train_seconds_this_process": train_seconds,
                "data": args.data or "tfds", "probe": {}}
-    layers = ("local", "conv", "fc", "R")
+    layers = tuple(args.final_probe_layers)
     feats_tr = model.extract_features(x_train, layers=layers)
     feats_te = model.extract_features(x_test, layers=layers)
     for protocol in ("note", "converged"):

@@ -26,6 +26,15 @@ def test_local_map_and_pooling(pooling, shape):
     assert model.predict(IMAGES, verbose=0).shape == shape
 
 
+def test_local_map_is_the_encoders_map():
+    model = InfoBalCIFAR(include_top=False, weights=None, feature_layer="local")
+    enc = model.get_layer("view_encoder")
+    np.testing.assert_allclose(model.predict(IMAGES, verbose=0),
+                               np.asarray(enc.local_map(IMAGES)), atol=1e-5)
+    top = InfoBalCIFAR(weights=None, feature_layer="local")  # flattened under the top
+    assert top.get_layer("predictions").kernel.shape == (8 * 8 * 128, 10)
+
+
 def test_top_classes_activation_input_tensor_and_name():
     model = InfoBalCIFAR(weights=None, classes=5, classifier_activation=None, name="mine")
     assert model.name == "mine"
@@ -108,11 +117,15 @@ def test_bad_weights_files(tmp_path):
 @pytest.fixture
 def fake_shipped(tmp_path, monkeypatch):
     """A registry entry pointing at a freshly saved weights file in a temp weights folder."""
-    model = InfoBalCIFAR(weights=None, variant="dim")
+    full = infobal_cifar.canonical_model("conv")
     wdir = tmp_path / "weights"
     wdir.mkdir()
     path = str(wdir / "dim_cifar10.weights.h5")
-    model.save_weights(path)
+    full.save_weights(path)
+    model = InfoBalCIFAR(weights=None, variant="dim")
+    for layer in model.layers:
+        if layer.weights:
+            layer.set_weights(full.get_layer(layer.name).get_weights())
     entry = {"file": "dim_cifar10.weights.h5", "sha256": infobal_cifar.sha256(path),
              "feature_layer": "conv", "test_accuracy": 0.1}
     monkeypatch.setattr(infobal_cifar, "WEIGHTS_DIR", str(wdir))

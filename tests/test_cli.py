@@ -26,7 +26,8 @@ def test_pretrain_evaluate_extract_plot(tiny_cifar, tmp_path, capsys):
     out = str(tmp_path / "run")
     config = tmp_path / "run.json"
     config.write_text(json.dumps({"variant": "infobal", "epochs": 1, "batch_size": 8,
-                                  "critic_units": 8, "probe_every": 1, "probe_train": 30}))
+                                  "critic_units": 8, "probe_every": 1, "probe_train": 30,
+                                  "probe_layers": ["conv"], "final_probe_layers": ["conv"]}))
     assert cli.main(["pretrain", "--config", str(config), "--out", out,
                      "--data", tiny_cifar]) == 0
     for name in ("log.csv", "model.keras", "results.json", "figure.png", "config.json"):

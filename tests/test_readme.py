@@ -2,6 +2,9 @@
 
 import os
 import re
+import subprocess
+
+import pytest
 
 from conftest import ROOT
 
@@ -23,3 +26,29 @@ def test_readme_user_script_runs(tmp_path, monkeypatch):
     # the reloaded model continued: its optimizers counted the steps before and after saving
     assert int(namespace["model"].optimizer.iterations) == 3 * 4
     assert int(namespace["model"].discriminator_optimizer.iterations) == 3 * 4
+
+
+def readme_cli():
+    text = open(os.path.join(ROOT, "README.md")).read()
+    marker = text.index("<!-- readme-cli")
+    block = re.search(r"```bash\n(.*?)```", text[marker:], re.S).group(1)
+    return [line for line in block.splitlines() if line and not line.startswith("#")]
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_readme_cli_commands_run_as_written(tmp_path):
+    from conftest import CIFAR_TAR
+
+    if not os.path.exists(CIFAR_TAR):
+        pytest.skip(f"{CIFAR_TAR} is absent")
+    # The commands use ../shared/data relative to the project root: run them from a copy of
+    # that layout so nothing is written into the checkout.
+    work = tmp_path / "project"
+    work.mkdir()
+    os.symlink(os.path.dirname(os.path.dirname(CIFAR_TAR)), tmp_path / "shared")
+    for line in readme_cli():
+        res = subprocess.run(line, shell=True, cwd=work, capture_output=True, text=True,
+                             timeout=1800)
+        assert res.returncode == 0, (line, res.stderr[-3000:])
+    assert (work / "feats.npy").exists() and (work / "mi_vs_acc.png").exists()

@@ -58,13 +58,13 @@ def main(argv=None):
 
     import keras_infobal  # noqa: F401  (registers the serializable classes)
     from keras_infobal import datasets
-    from keras_infobal.applications.infobal_cifar import InfoBalCIFAR, sha256
+    from keras_infobal.applications.infobal_cifar import InfoBalCIFAR, canonical_model, sha256
     from keras_infobal.evaluation import train_classifier
 
     model = keras.models.load_model(os.path.join(args.run, "model.keras"))
     x_tr, y_tr, _ = datasets.load_cifar10("train", source=args.data)
     x_te, y_te, _ = datasets.load_cifar10("test", source=args.data)
-    layers = ("conv", "fc", "R")
+    layers = ("local", "conv", "fc", "R")
     f_tr = model.extract_features(x_tr, layers=layers)
     f_te = model.extract_features(x_te, layers=layers)
     rng = np.random.default_rng(0)
@@ -79,8 +79,7 @@ def main(argv=None):
     w_folded = w / std.reshape(-1, 1)
     b_folded = b - (mean / std).reshape(-1) @ w
 
-    app = InfoBalCIFAR(weights=None, include_top=True, feature_layer=best,
-                       variant=args.variant)
+    app = canonical_model(best)
     app.get_layer("view_encoder").set_weights(model.encoder.get_weights())
     app.get_layer("view_aggregator").set_weights(model.aggregator.get_weights())
     app.get_layer("predictions").set_weights([w_folded, b_folded])
@@ -90,10 +89,9 @@ def main(argv=None):
     path = os.path.join(out_dir, fname)
     app.save_weights(path)
     to_float16(path)
-    shipped = InfoBalCIFAR(weights=None, include_top=True, feature_layer=best,
-                           variant=args.variant)
+    shipped = canonical_model(best)
     shipped.load_weights(path)
-    probs = shipped.predict(x_te, batch_size=500, verbose=0)
+    probs = shipped.predict(x_te, batch_size=500, verbose=0)[0]
     shipped_acc = float(np.mean(probs.argmax(-1) == y_te))
 
     reg_path = os.path.join(PKG_APPS, "_weights_registry.py")
@@ -111,7 +109,17 @@ def main(argv=None):
     with open(reg_path, "w") as f:
         f.write('"""Shipped weights: written by applications/cifar10/export_weights.py. '
                 'Do not edit by hand."""\n\nWEIGHTS = ' + pprint.pformat(registry) + "\n")
+    # The registry now lists the file: the public loader (hash check included) must agree.
+    import importlib
+
+    from keras_infobal.applications import _weights_registry
+
+    importlib.reload(_weights_registry)
+    loaded = InfoBalCIFAR(variant=args.variant)
+    public_acc = float(np.mean(loaded.predict(x_te, batch_size=500, verbose=0).argmax(-1)
+                               == y_te))
     report = {"variant": args.variant, "validation_accuracy": val_acc, "feature_layer": best,
+              "public_loader_test_accuracy": public_acc,
               "head_test_accuracy_float32": acc, "shipped_test_accuracy_float16": shipped_acc,
               "file_bytes": os.path.getsize(path), "sha256": registry[args.variant]["sha256"]}
     with open(os.path.join(args.run, "export.json"), "w") as f:

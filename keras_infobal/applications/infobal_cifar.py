@@ -78,8 +78,8 @@ def InfoBalCIFAR(
             of a `.weights.h5` file saved from a model of the same configuration.
         input_tensor: optional Keras tensor to use as the image input.
         input_shape: optional; must be (32, 32, 3) with `weights="cifar10"`.
-        pooling: for `feature_layer="local"` without the top: None (the 8x8x128 map), "avg" or
-            "max". Must be None for the vector layers.
+        pooling: for `feature_layer="local"`: None (the 8x8x128 map; flattened under the
+            top), "avg" or "max". Must be None for the vector layers.
         classes: number of classes of the top; must be 10 with the shipped top.
         classifier_activation: activation of the top ("softmax", None for logits, ...).
         feature_layer: the layer the top (or the output) uses; None picks the shipped head's
@@ -150,8 +150,6 @@ def InfoBalCIFAR(
             f"`pooling` applies to the spatial 'local' map only; feature_layer="
             f"{feature_layer!r} is already a vector. Use pooling=None."
         )
-    if include_top and feature_layer == "local" and pooling is None:
-        pooling = "avg"
     if input_shape is None:
         input_shape = (32, 32, 3) if input_tensor is None else tuple(input_tensor.shape[1:])
     input_shape = tuple(input_shape)
@@ -178,6 +176,8 @@ def InfoBalCIFAR(
             x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
         elif pooling == "max":
             x = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
+        elif include_top:
+            x = keras.layers.Flatten(name="flatten")(x)
     else:
         x = ViewAggregator(mode="concat", output_mode=feature_layer, name="view_aggregator")(views)
     if include_top:
@@ -186,20 +186,32 @@ def InfoBalCIFAR(
 
     if weights == "cifar10":
         path = shipped_weights_path(variant)
-        # The shipped file is the full classifier (encoder, aggregator, head on the shipped
-        # layer); load it into that model, then copy the layers this configuration has.
-        full = model
-        if not (include_top and feature_layer == shipped_layer):
-            full = InfoBalCIFAR(include_top=True, weights=None, feature_layer=shipped_layer,
-                                variant=variant)
+        # The shipped file holds every layer (encoder, aggregator, head): load it into the
+        # canonical model, then copy the layers this configuration has.
+        full = canonical_model(shipped_layer)
         _load_keras_weights(full, path)
-        if full is not model:
-            for layer in model.layers:
-                if layer.weights:
-                    layer.set_weights(full.get_layer(layer.name).get_weights())
+        for layer in model.layers:
+            if layer.weights:
+                layer.set_weights(full.get_layer(layer.name).get_weights())
     elif weights is not None:
         _load_keras_weights(model, weights)
     return model
+
+
+def canonical_model(head_layer, classes=10):
+    """The model a shipped weights file is saved from: every layer, the head on `head_layer`."""
+    inputs = keras.Input((32, 32, 3), name="images")
+    views = ViewEncoder(num_views=2, split="rows", name="view_encoder")(inputs)
+    aggregated = ViewAggregator(mode="concat", name="view_aggregator",
+                                output_mode=head_layer if head_layer != "local" else "R")(views)
+    if head_layer == "local":
+        _, m, vh, vw, c = views.shape
+        x = keras.layers.Reshape((m * vh, vw, c), name="local_map")(views)
+        x = keras.layers.Flatten(name="flatten")(x)
+    else:
+        x = aggregated
+    logits = keras.layers.Dense(classes, activation="softmax", name="predictions")(x)
+    return keras.Model(inputs, [logits, aggregated], name="canonical")
 
 
 def _load_keras_weights(model, path):
