@@ -330,7 +330,8 @@ class InfoBal(keras.Model):
 
         # A tf.data dataset shuffles itself; Keras would warn on every fit that its own
         # default shuffle=True is ignored.
-        if isinstance(x, tf.data.Dataset) and len(args) < 5:
+        # `shuffle` is fit's 9th parameter: only default it when not given positionally.
+        if isinstance(x, tf.data.Dataset) and len(args) < 8:
             kwargs.setdefault("shuffle", False)
         return super().fit(x, *args, **kwargs)
 
