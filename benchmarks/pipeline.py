@@ -1,0 +1,69 @@
+"""Input pipeline speed: is decoding and augmentation ever the bottleneck of training?
+
+    python benchmarks/pipeline.py --data ../shared/data/cifar10-jpeg.tar.gz
+
+Measures (1) the one-time JPEG decode of the test split into the uint8 cache (a fresh cache
+folder), (2) images/s of the training pipeline (shuffle, batch 64, crop+flip, prefetch) read
+from the cache, and compares (2) with the training images/s logged by the shipped runs
+(applications/cifar10/runs/*/log.csv). Writes benchmarks/results/pipeline.{json,md}.
+"""
+
+import argparse
+import csv
+import json
+import os
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--data", default=os.environ.get("KERAS_INFOBAL_CIFAR10"))
+    p.add_argument("--batches", type=int, default=400)
+    args = p.parse_args()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from keras_infobal import datasets
+
+    out = {"data": args.data or "tfds"}
+    if args.data:
+        with tempfile.TemporaryDirectory() as cache:
+            datasets.load_local(args.data, "train", cache_dir=cache)  # extraction, untimed
+            t0 = time.perf_counter()
+            x, _, _ = datasets.load_local(args.data, "test", cache_dir=cache)
+            out["decode_images_per_second"] = len(x) / (time.perf_counter() - t0)
+    x, _, _ = datasets.load_cifar10("train", source=args.data)
+    ds = datasets.make_dataset(x, batch_size=64, shuffle=True, augment_images=True,
+                               drop_remainder=True)
+    it = iter(ds.repeat())
+    for _ in range(20):
+        next(it)
+    t0 = time.perf_counter()
+    for _ in range(args.batches):
+        next(it)
+    out["pipeline_images_per_second"] = 64 * args.batches / (time.perf_counter() - t0)
+    training = {}
+    for variant in ("dim", "infobal"):
+        log = os.path.join(ROOT, "applications", "cifar10", "runs", variant, "log.csv")
+        if os.path.exists(log):
+            with open(log) as f:
+                ips = [float(r["images_per_second"]) for r in csv.DictReader(f)]
+            training[variant] = max(ips)
+    out["training_images_per_second_best_epoch"] = training
+    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
+    with open(os.path.join(HERE, "results", "pipeline.json"), "w") as f:
+        json.dump(out, f, indent=2)
+    md = [f"JPEG decode into the cache (once): {out.get('decode_images_per_second', 0):.0f} images/s",
+          f"Training pipeline from the cache (shuffle, batch 64, crop+flip): "
+          f"{out['pipeline_images_per_second']:.0f} images/s"]
+    md += [f"Training step, {k} run (best epoch, 1 core each): {v:.0f} images/s"
+           for k, v in training.items()]
+    with open(os.path.join(HERE, "results", "pipeline.md"), "w") as f:
+        f.write("\n".join(md) + "\n")
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
