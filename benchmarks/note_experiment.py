@@ -53,6 +53,7 @@ def main():
     p.add_argument("--limit", type=int, default=10000)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--critic-units", type=int, default=512)
+    p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=0)
     args = p.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -60,7 +61,7 @@ def main():
     from keras_infobal.pretraining import pretrain_cifar10
 
     out = {"budget": {"epochs": args.epochs, "train_images": args.limit or 50000,
-                      "batch_size": 64, "critic_units": args.critic_units},
+                      "batch_size": args.batch_size, "critic_units": args.critic_units},
            "seeds": args.seeds, "data": args.data or "tfds", "cells": {}}
     logs = {}
     for name, cfg in cells(args.study):
@@ -72,6 +73,7 @@ def main():
             res = pretrain_cifar10(**cfg, epochs=args.epochs, limit=args.limit, seed=seed,
                                    data=args.data, out=run_dir, threads=args.threads,
                                    critic_units=args.critic_units,
+                                   batch_size=args.batch_size,
                                    probe_every=1, probe_train=5000, verbose=0)
             res["wall_seconds"] = time.time() - t0
             runs.append(res)
@@ -88,7 +90,7 @@ def main():
     with open(os.path.join(RESULTS, stem + ".json"), "w") as f:
         json.dump(out, f, indent=2)
     md = [f"Budget per cell: {args.epochs} epochs x {out['budget']['train_images']} images, "
-          f"batch 64, seeds {args.seeds} (mean ± std over seeds).", "",
+          f"batch {args.batch_size}, seeds {args.seeds} (mean ± std over seeds).", "",
           "| run | note probe conv | converged conv | converged fc | converged R | "
           "final I(R;V1) | final I(V1;V2) | s/epoch |", "|---" * 8 + "|"]
     for name, cell in out["cells"].items():

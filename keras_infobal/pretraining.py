@@ -84,6 +84,11 @@ def pretrain_cifar10(**kwargs):
                         every=args.probe_every, layers=tuple(args.probe_layers), max_epochs=30)
 
     steps_per_epoch = len(x_train) // args.batch_size
+    if steps_per_epoch < 1:
+        raise ValueError(
+            f"{len(x_train)} training images make no full batch of {args.batch_size}; use a "
+            "smaller batch_size or more images."
+        )
     total = steps_per_epoch * args.epochs
 
     def optimizer():
