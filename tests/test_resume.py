@@ -60,3 +60,34 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
         np.testing.assert_array_equal(np.array(va), np.array(vb), err_msg=va.path)
     for opt in ("optimizer", "discriminator_optimizer"):
         assert int(getattr(a, opt).iterations) == int(getattr(b, opt).iterations) == 4 * 8
+
+
+def test_a_half_written_backup_falls_back_to_the_previous_good_one(tmp_path):
+    """A crash while BackupAndRestore writes its file must not lose the run: with
+    double_checkpoint=True (as keras_infobal.pretraining uses) the previous epoch's copy is
+    restored, and training resumes from it."""
+    import keras
+
+    from conftest import optimizers
+
+    x = np.random.default_rng(0).integers(0, 256, (32, 16, 16, 3)).astype("uint8")
+    backup = str(tmp_path / "backup")
+
+    def fit(epochs):
+        model = InfoBal(**TINY, infomin_weight=1.0)
+        model.compile(**optimizers())
+        seen = []
+        model.fit(x, batch_size=8, epochs=epochs, verbose=0, shuffle=False, callbacks=[
+            keras.callbacks.BackupAndRestore(backup, double_checkpoint=True,
+                                             delete_checkpoint=False),
+            keras.callbacks.LambdaCallback(on_epoch_begin=lambda e, logs: seen.append(e))])
+        return model, seen
+
+    fit(2)
+    latest = os.path.join(backup, "latest.weights.h5")
+    assert os.path.exists(latest + ".bkp")  # the epoch-1 copy
+    with open(latest, "r+b") as f:  # simulate a crash mid-write of the epoch-2 file
+        f.truncate(1000)
+    model, seen = fit(3)
+    assert seen == [1, 2]  # resumed after epoch 1 from the good copy, not from scratch
+    assert int(model.optimizer.iterations) == 3 * 4
