@@ -1,3 +1,7 @@
 """Shipped weights: written by applications/cifar10/export_weights.py. Do not edit by hand."""
 
-WEIGHTS = {}
+WEIGHTS = {'dim': {'feature_layer': 'conv',
+         'file': 'dim_cifar10.weights.h5',
+         'run': 'applications/cifar10/runs/dim',
+         'sha256': '05e6a0ef0d7aa7997d43593f039d5c28ecf1d22cca5fca53c8795e3c49076229',
+         'test_accuracy': 0.6075}}
