@@ -91,8 +91,6 @@ def _read_images(path):
     if path.endswith(".npy"):
         x = np.load(path)
     elif os.path.isdir(path):
-        import tensorflow as tf
-
         files = sorted(
             os.path.join(root, f) for root, _, fs in os.walk(path) for f in fs
             if f.lower().endswith((".jpg", ".jpeg", ".png", ".bmp"))
@@ -102,7 +100,6 @@ def _read_images(path):
         from keras_infobal.datasets import _decode_files
 
         x = _decode_files(files)
-        del tf
     else:
         raise ValueError(f"--images must be a folder or a .npy file; got `{path}`.")
     if x.ndim != 4 or x.shape[-1] != 3:

@@ -474,10 +474,7 @@ class InfoBal(keras.Model):
             "drop_remainder=True when batching a tf.data dataset."
         )
 
-    def discriminator_step(self, views):
-        """One update of the InfoMin discriminators on (fixed) views; returns their terms."""
-        import tensorflow as tf
-
+    def _require_discriminator_optimizer(self):
         if self.discriminator_optimizer is None:
             raise ValueError(
                 f"This model trains InfoMin discriminators (infomin_weight={self.infomin_weight})"
@@ -485,6 +482,12 @@ class InfoBal(keras.Model):
                 "model.compile(optimizer=..., discriminator_optimizer="
                 "keras.optimizers.Adam(1e-4)), or set infomin_weight=0 for the DIM baseline."
             )
+
+    def discriminator_step(self, views):
+        """One update of the InfoMin discriminators on (fixed) views; returns their terms."""
+        import tensorflow as tf
+
+        self._require_discriminator_optimizer()
         pooled = tf.stop_gradient(self._pool(views))
         variables = self.discriminator_variables
         with tf.GradientTape() as tape:
@@ -515,8 +518,8 @@ class InfoBal(keras.Model):
         x = self._check_data(data)
         with tf.control_dependencies([self._assert_batch(x)]):
             x = tf.identity(x)
-        if self.discriminator_active and self.discriminator_optimizer is None:
-            self.discriminator_step(None)  # raises the explanatory error
+        if self.discriminator_active:
+            self._require_discriminator_optimizer()
         variables = self.encoder_variables
         with tf.GradientTape() as tape:
             views = self.encoder(x, training=True)
