@@ -188,29 +188,103 @@ def load_cifar10(split="train", source=None, cache_dir=None):
     return load_local(os.fspath(source), split, cache_dir=cache_dir)
 
 
-def augment(images, pad=4, flip=True, seed=None):
-    """Random crop with `pad` pixels of reflection padding and horizontal flip (uint8 in/out)."""
+def augment(images, pad=4, flip=True, color_jitter=0.0, grayscale=0.0, seed=None):
+    """Per-image random crop (`pad` pixels of reflection padding) and horizontal flip of a
+    uint8 batch (B, H, W, 3); uint8 out.
+
+    `color_jitter` (0 = off) is SimCLR's colour distortion strength s, applied to 80% of the
+    images: brightness, contrast and saturation each scaled by a factor in [1 - 0.8s, 1 + 0.8s].
+    `grayscale` is the probability of turning an image grey.
+    """
     import tensorflow as tf
 
+    if color_jitter < 0 or not 0 <= grayscale <= 1:
+        raise ValueError(
+            f"`color_jitter` must be >= 0 and `grayscale` a probability in [0, 1]; got "
+            f"{color_jitter!r} and {grayscale!r}."
+        )
+    # Ops given the same op-level seed draw the same numbers: each op gets its own.
+    seeds = iter([None] * 8 if seed is None else range(seed * 8, seed * 8 + 8))
     shape = tf.shape(images)
     h, w = images.shape[-3], images.shape[-2]
     padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
-    out = tf.image.random_crop(padded, tf.stack([shape[0], h, w, shape[3]]), seed=seed)
+    out = tf.image.random_crop(padded, tf.stack([shape[0], h, w, shape[3]]), seed=next(seeds))
     if flip:
-        mask = tf.random.uniform([shape[0], 1, 1, 1], seed=seed) < 0.5
+        mask = tf.random.uniform([shape[0], 1, 1, 1], seed=next(seeds)) < 0.5
         out = tf.where(mask, tf.reverse(out, axis=[2]), out)
+    if color_jitter or grayscale:
+        out = _color_distort(out, color_jitter, grayscale, seeds)
     return out
 
 
+def _color_distort(images, strength, grayscale, seeds):
+    # Vectorised over the batch: tf.image.random_* draw one factor per call, not per image.
+    import tensorflow as tf
+
+    x = tf.cast(images, tf.float32)
+    n = tf.shape(x)[0]
+
+    def factor():
+        return tf.random.uniform([n, 1, 1, 1], 1 - 0.8 * strength, 1 + 0.8 * strength,
+                                 seed=next(seeds))
+
+    def grey(t):
+        return tf.reduce_sum(t * tf.constant([0.299, 0.587, 0.114]), axis=-1, keepdims=True)
+
+    if strength:
+        jittered = x * factor()  # brightness
+        mean = tf.reduce_mean(grey(jittered), axis=[1, 2, 3], keepdims=True)
+        jittered = (jittered - mean) * factor() + mean  # contrast
+        g = grey(jittered)
+        jittered = (jittered - g) * factor() + g  # saturation
+        apply = tf.random.uniform([n, 1, 1, 1], seed=next(seeds)) < 0.8
+        x = tf.where(apply, tf.clip_by_value(jittered, 0.0, 255.0), x)
+    if grayscale:
+        to_grey = tf.random.uniform([n, 1, 1, 1], seed=next(seeds)) < grayscale
+        x = tf.where(to_grey, tf.tile(grey(x), [1, 1, 1, 3]), x)
+    return tf.cast(tf.round(x), tf.uint8)
+
+
 def make_dataset(images, labels=None, batch_size=64, shuffle=False, augment_images=False,
-                 drop_remainder=False, seed=None):
-    """A batched `tf.data.Dataset` of uint8 images (and labels), augmented per batch."""
+                 drop_remainder=False, seed=None, pairs=False, color_jitter=0.0,
+                 grayscale=0.0):
+    """A batched `tf.data.Dataset` of uint8 images (and labels), augmented per batch.
+
+    `pairs=True` yields `(x1, x2)`: two independent augmentations of the same images, the
+    input of `InfoBal(augmented_pairs=True)`. `color_jitter` and `grayscale` add colour
+    distortion to the augmentation (see `augment`).
+
+    ```python
+    ds = make_dataset(x_train, batch_size=64, shuffle=True, pairs=True, color_jitter=0.5,
+                      grayscale=0.2, drop_remainder=True)
+    ```
+    """
     import tensorflow as tf
 
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(
             f"Expected images of shape (N, H, W, 3); got {images.shape}."
         )
+    if pairs and labels is not None:
+        raise ValueError(
+            "`pairs=True` makes (x1, x2) batches for self-supervised pretraining and takes no "
+            "labels; pass labels=None."
+        )
+    if (color_jitter or grayscale) and not (augment_images or pairs):
+        raise ValueError(
+            "`color_jitter` and `grayscale` are part of the augmentation: also pass "
+            "augment_images=True (or pairs=True)."
+        )
+    aug = dict(color_jitter=color_jitter, grayscale=grayscale, seed=seed)
+    second = dict(aug, seed=None if seed is None else seed + 1)
+    if pairs:
+        ds = tf.data.Dataset.from_tensor_slices(images)
+        if shuffle:
+            ds = ds.shuffle(min(len(images), 50_000), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+        ds = ds.map(lambda x: (augment(x, **aug), augment(x, **second)),
+                    num_parallel_calls=tf.data.AUTOTUNE)
+        return ds.prefetch(tf.data.AUTOTUNE)
     data = images if labels is None else (images, labels)
     ds = tf.data.Dataset.from_tensor_slices(data)
     if shuffle:
@@ -219,9 +293,9 @@ def make_dataset(images, labels=None, batch_size=64, shuffle=False, augment_imag
     if augment_images:
         # Augmenting whole batches is ~10x cheaper than per-image maps on 2 cores.
         if labels is None:
-            ds = ds.map(lambda x: augment(x, seed=seed), num_parallel_calls=tf.data.AUTOTUNE)
+            ds = ds.map(lambda x: augment(x, **aug), num_parallel_calls=tf.data.AUTOTUNE)
         else:
-            ds = ds.map(lambda x, y: (augment(x, seed=seed), y),
+            ds = ds.map(lambda x, y: (augment(x, **aug), y),
                         num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
 

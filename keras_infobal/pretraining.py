@@ -18,10 +18,12 @@ CONFIGS = {
     # The DIM(L) baseline on the same code path: same views and critics, lambda = 0.
     "dim": dict(num_views=2, split="rows", critic="jsd", infomin_weight=0.0),
 }
+# Options that shape the data rather than the model: an override, or the variant's value.
+DATA_OPTIONS = ("augmented_pairs", "color_jitter", "grayscale")
 
 
 DEFAULTS = dict(variant="infobal", critic=None, infomin_weight=None, num_views=None,
-                split=None, epochs=30, batch_size=64, lr=3e-4, critic_units=512,
+                split=None, augmented_pairs=None, color_jitter=None, grayscale=None, epochs=30, batch_size=64, lr=3e-4, critic_units=512,
                 probe_every=5, probe_train=10000, seed=0, threads=0, limit=0,
                 data=None, out=None, skip_final_probe=False, verbose=2,
                 probe_layers=("conv", "fc", "R"), final_probe_layers=("local", "conv", "fc", "R"))
@@ -31,7 +33,9 @@ def pretrain_cifar10(**kwargs):
     """Pretrains on CIFAR-10, resumable; writes OUT/{config.json,log.csv,model.keras,results.json}.
 
     Keyword arguments (defaults in `DEFAULTS`): variant ("infobal" or "dim"), critic,
-    infomin_weight, num_views, split (overrides of the variant), epochs, batch_size, lr (peak
+    infomin_weight, num_views, split, augmented_pairs (two augmentations per image, R of one
+    scored against the local views of the other), color_jitter, grayscale (colour distortion
+    of the augmentation) (overrides of the variant), epochs, batch_size, lr (peak
     of a cosine decay), critic_units, probe_every, probe_train, seed, threads, limit, data
     (CIFAR-10 folder/.tar.gz or None for $KERAS_INFOBAL_CIFAR10 / tfds), out (required),
     skip_final_probe, verbose, probe_layers (in-training probe), final_probe_layers.
@@ -60,13 +64,14 @@ def pretrain_cifar10(**kwargs):
     keras.utils.set_random_seed(args.seed)
     os.makedirs(args.out, exist_ok=True)
     config = dict(CONFIGS[args.variant])
-    for key, value in (("critic", args.critic), ("infomin_weight", args.infomin_weight),
-                       ("num_views", args.num_views), ("split", args.split)):
-        if value is not None:
-            config[key] = value
+    for key in ("critic", "infomin_weight", "num_views", "split") + DATA_OPTIONS:
+        if getattr(args, key) is not None:
+            config[key] = getattr(args, key)
+    aug = dict(color_jitter=float(config.pop("color_jitter", 0.0)),
+               grayscale=float(config.pop("grayscale", 0.0)))
     config["critic_units"] = args.critic_units
     with open(os.path.join(args.out, "config.json"), "w") as f:
-        json.dump({"model": config, "args": vars(args)}, f, indent=2)
+        json.dump({"model": config, "augmentation": aug, "args": vars(args)}, f, indent=2)
 
     x_train, y_train, _ = datasets.load_cifar10("train", source=args.data)
     x_test, y_test, _ = datasets.load_cifar10("test", source=args.data)
@@ -99,7 +104,8 @@ def pretrain_cifar10(**kwargs):
     model.compile(optimizer=optimizer(),
                   discriminator_optimizer=optimizer() if model.discriminator_active else None)
     train_ds = datasets.make_dataset(x_train, batch_size=args.batch_size, shuffle=True,
-                                     augment_images=True, drop_remainder=True, seed=args.seed)
+                                     augment_images=True, drop_remainder=True, seed=args.seed,
+                                     pairs=bool(config.get("augmented_pairs")), **aug)
     log_path = os.path.join(args.out, "log.csv")
 
     class Timer(keras.callbacks.Callback):
@@ -126,7 +132,8 @@ def pretrain_cifar10(**kwargs):
     if args.skip_final_probe:
         return None
 
-    results = {"variant": args.variant, "config": config, "epochs": args.epochs,
+    results = {"variant": args.variant, "config": config, "augmentation": aug,
+               "epochs": args.epochs,
                "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
                "train_seconds_this_process": train_seconds,
                "data": args.data or "tfds", "probe": {}}

@@ -97,3 +97,44 @@ def test_real_cifar10_copy_loads():
     assert x.shape == (10000, 32, 32, 3)
     assert np.bincount(y).tolist() == [1000] * 10
     assert classes == list(datasets.CIFAR10_CLASSES)
+
+
+def test_pairs_are_two_augmentations_of_the_same_images():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(16, 8, 8, 3), dtype=np.uint8)
+    for a, b in datasets.make_dataset(x, batch_size=8, pairs=True, seed=3):
+        a, b = a.numpy(), b.numpy()
+        assert a.shape == b.shape == (8, 8, 8, 3) and a.dtype == np.uint8
+        assert not np.array_equal(a, b)  # independent crops and flips
+    # Flat images survive crop and flip: both halves of a pair come from the same image,
+    # also after shuffling.
+    flat = np.repeat(np.arange(16, dtype=np.uint8)[:, None, None, None] * 10, 8 * 8 * 3)
+    flat = flat.reshape(16, 8, 8, 3)
+    seen = []
+    for a, b in datasets.make_dataset(flat, batch_size=4, pairs=True, shuffle=True, seed=1):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+        seen += list(a.numpy()[:, 0, 0, 0])
+    assert sorted(seen) == list(range(0, 160, 10))
+    with pytest.raises(ValueError, match="takes no labels"):
+        datasets.make_dataset(x, np.zeros(16), pairs=True)
+    with pytest.raises(ValueError, match="augment_images=True"):
+        datasets.make_dataset(x, color_jitter=0.5)
+
+
+def test_color_distortion_per_image():
+    x = np.full((64, 4, 4, 3), 100, np.uint8)
+    x[..., 0] = 200  # a colourful image: saturation and grey change it
+    out = datasets.augment(tf.constant(x), pad=0, flip=False, color_jitter=0.5,
+                           seed=0).numpy().astype(int)
+    means = out.reshape(64, -1).mean(1)
+    assert len(np.unique(means)) > 32  # one factor per image, not one per batch
+    assert out.min() >= 0 and out.max() <= 255
+    grey = datasets.augment(tf.constant(x), pad=0, flip=False, grayscale=1.0).numpy()
+    assert np.array_equal(grey[..., 0], grey[..., 1]) and np.array_equal(grey[..., 1],
+                                                                          grey[..., 2])
+    # 0.299 * 200 + 0.587 * 100 + 0.114 * 100 = 129.9
+    assert np.all(grey == 130)
+    untouched = datasets.augment(tf.constant(x), pad=0, flip=False).numpy()
+    assert np.array_equal(untouched, x)
+    with pytest.raises(ValueError, match="probability"):
+        datasets.augment(tf.constant(x), grayscale=2.0)

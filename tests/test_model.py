@@ -207,3 +207,72 @@ def test_configurations_train_and_roundtrip(tiny_config, images, tmp_path, kwarg
     loaded = keras.models.load_model(path)
     np.testing.assert_allclose(loaded.predict(images, verbose=0),
                                model.predict(images, verbose=0), atol=1e-5)
+
+
+def _locals(views, i):
+    v = views[:, i]
+    return tf.reshape(v, (v.shape[0], -1, v.shape[-1]))
+
+
+def test_augmented_pairs_score_each_R_against_the_other_augmentation(tiny_config, images):
+    model = make(tiny_config, augmented_pairs=True, infomin_weight=0.0, critic="infonce")
+    model.compile(**optimizers())
+    x1, x2 = images[:4], images[4:]  # different images stand in for two augmentations
+    model.fit(tf.data.Dataset.from_tensors((x1, x2)).repeat(10), epochs=1, verbose=0)
+    logs = model.evaluate(tf.data.Dataset.from_tensors((x1, x2)), verbose=0,
+                          return_dict=True)
+    views = model.encoder(np.concatenate([x1, x2]), training=False)
+    r = model.aggregator(views, training=False)
+    for i, critic in enumerate(model.infomax_critics):
+        cross = (critic([r[:4], _locals(views[4:], i)], training=False)
+                 + critic([r[4:], _locals(views[:4], i)], training=False)) / 2
+        same = (critic([r[:4], _locals(views[:4], i)], training=False)
+                + critic([r[4:], _locals(views[4:], i)], training=False)) / 2
+        assert logs[f"mi_R_V{i + 1}"] == pytest.approx(float(cross), abs=1e-4)
+        assert abs(float(cross) - float(same)) > 1e-3
+
+    # Two identical augmentations give the single-image model's estimate (same weights).
+    plain = make(tiny_config, infomin_weight=0.0, critic="infonce")
+    plain.compile(**optimizers())
+    plain.set_weights(model.get_weights())
+    same_logs = model.evaluate(tf.data.Dataset.from_tensors((x1, x1)), verbose=0,
+                               return_dict=True)
+    plain_logs = plain.evaluate(x1, batch_size=4, verbose=0, return_dict=True)
+    for key in ("mi_R_V1", "mi_R_V2", "objective"):
+        assert same_logs[key] == pytest.approx(plain_logs[key], abs=1e-4)
+
+
+def test_augmented_pairs_fit_predict_roundtrip_and_errors(tiny_config, images, tmp_path):
+    from keras_infobal import datasets
+
+    model = make(tiny_config, augmented_pairs=True, infomin_weight=1.0)
+    model.compile(**optimizers())
+    ds = datasets.make_dataset(images, batch_size=4, pairs=True, color_jitter=0.5,
+                               grayscale=0.2, drop_remainder=True, seed=0)
+    before = snapshot(model.encoder.variables)
+    hist = model.fit(ds, epochs=1, verbose=0)
+    assert all(np.isfinite(v[-1]) for v in hist.history.values())
+    assert "mi_V1_V2" in hist.history
+    assert all(changed(before, model.encoder.trainable_variables))
+    # Prediction and features take single images.
+    assert model.predict(images, verbose=0).shape == (8, tiny_config["output_dim"])
+    path = str(tmp_path / "pairs.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert loaded.augmented_pairs
+    np.testing.assert_allclose(loaded.predict(images, verbose=0),
+                               model.predict(images, verbose=0), atol=1e-5)
+    with pytest.raises(ValueError, match=r"augmented_pairs=True.*pair \(x1, x2\)"):
+        model.fit(images, batch_size=4, epochs=1, verbose=0)
+    # The training function already ran, so these fail when it runs (InvalidArgumentError).
+    with pytest.raises(Exception, match="at least 2 images per batch"):
+        model.fit(tf.data.Dataset.from_tensors((images[:1], images[1:2])), epochs=1,
+                  verbose=0)
+    with pytest.raises(Exception, match="same batch size"):
+        model.fit(tf.data.Dataset.from_tensors((images[:4], images[4:6])), epochs=1,
+                  verbose=0)
+    fresh = make(tiny_config, augmented_pairs=True, infomin_weight=0.0)
+    fresh.compile(**optimizers())
+    with pytest.raises(ValueError, match="same batch size; got 4 and 2"):
+        fresh.fit(tf.data.Dataset.from_tensors((images[:4], images[4:6])), epochs=1,
+                  verbose=0)

@@ -32,6 +32,13 @@ def parse_args(argv=None):
     p.add_argument("--infomin-weight", type=float, default=None, help="override lambda")
     p.add_argument("--num-views", type=int, default=None)
     p.add_argument("--split", default=None)
+    p.add_argument("--augmented-pairs", type=int, choices=[0, 1], default=None,
+                   help="1: two augmentations per image, R of one against the local views "
+                        "of the other")
+    p.add_argument("--color-jitter", type=float, default=None,
+                   help="colour distortion strength of the augmentation (0 = off)")
+    p.add_argument("--grayscale", type=float, default=None,
+                   help="probability of a grey image in the augmentation")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (cosine decay)")

@@ -151,6 +151,7 @@ class InfoBal(keras.Model):
         input_shape=(32, 32, 3),
         cross_replica_negatives=False,
         synchronized_batch_norm=False,
+        augmented_pairs=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -172,6 +173,7 @@ class InfoBal(keras.Model):
         if view_pooling not in ("mean", "flatten"):
             raise ValueError(f"`view_pooling` must be 'mean' or 'flatten'; got {view_pooling!r}.")
         self.cross_replica_negatives = bool(cross_replica_negatives)
+        self.augmented_pairs = bool(augmented_pairs)
         self.synchronized_batch_norm = bool(synchronized_batch_norm)
         self.encoder = ViewEncoder(num_views=num_views, split=split, filters=filters,
                                    synchronized_batch_norm=self.synchronized_batch_norm,
@@ -425,7 +427,16 @@ class InfoBal(keras.Model):
     def _objective(self, views, training):
         """J and its terms, on views computed by the encoder."""
         r = self.aggregator(views, training=training)
-        infomax = self._infomax_terms(views, r, training)
+        if self.augmented_pairs:
+            # The batch stacks two augmentations of the same images: R of each is scored
+            # against the local views of the other, so the encoder must see through the
+            # augmentation (AMDIM's cross-view InfoMax) instead of matching colours.
+            v1, v2 = ops.split(views, 2, axis=0)
+            r1, r2 = ops.split(r, 2, axis=0)
+            infomax = [(a + b) / 2.0 for a, b in zip(self._infomax_terms(v2, r1, training),
+                                                     self._infomax_terms(v1, r2, training))]
+        else:
+            infomax = self._infomax_terms(views, r, training)
         j = sum(float(self._alpha[i]) * t for i, t in enumerate(infomax))
         if self.infomin_weight > 0 and self.pairs:
             infomin = self._infomin_terms(self._pool(views), training)
@@ -433,14 +444,45 @@ class InfoBal(keras.Model):
         return j, infomax
 
     def _check_data(self, data):
+        self._require_built()
+        if self.augmented_pairs:
+            return self._check_pair(data)
+        x = data[0] if isinstance(data, (tuple, list)) else data
+        if isinstance(x, dict):
+            raise ValueError("InfoBal takes a batch of images, not a dict of inputs.")
+        return self._check_images(x)
+
+    def _require_built(self):
         if not self.built:
             raise ValueError(
                 "This InfoBal model is not built: it was created with input_shape=None. Call "
                 "model.build((None, height, width, 3)) before fit, evaluate or predict."
             )
-        x = data[0] if isinstance(data, (tuple, list)) else data
-        if isinstance(x, dict):
-            raise ValueError("InfoBal takes a batch of images, not a dict of inputs.")
+
+    def _check_pair(self, data):
+        if not (isinstance(data, (tuple, list)) and len(data) == 2
+                and not isinstance(data[0], dict) and not isinstance(data[1], dict)
+                and len(data[0].shape) == len(data[1].shape) == 4):
+            raise ValueError(
+                "This model has augmented_pairs=True: each batch must be a pair (x1, x2) of "
+                "two augmentations of the same images, both of shape (B, H, W, 3), e.g. from "
+                "keras_infobal.datasets.make_dataset(images, pairs=True, ...)."
+            )
+        import tensorflow as tf
+
+        x1, x2 = (self._check_images(x) for x in data)
+        message = "The two augmentations of a pair must have the same batch size"
+        if (x1.shape[0] is not None and x2.shape[0] is not None
+                and x1.shape[0] != x2.shape[0]):
+            raise ValueError(f"{message}; got {x1.shape[0]} and {x2.shape[0]}.")
+        # Traced functions may relax the batch size to None: check it when it runs too.
+        with tf.control_dependencies([
+            tf.debugging.assert_equal(tf.shape(x1)[0], tf.shape(x2)[0], message=message)
+        ]):
+            # One encoder pass over both halves; _objective splits them again.
+            return ops.concatenate([x1, x2], axis=0)
+
+    def _check_images(self, x):
         if len(x.shape) != 4:
             raise ValueError(
                 f"InfoBal expects batches of images of shape (B, H, W, 3); got {tuple(x.shape)}."
@@ -460,10 +502,12 @@ class InfoBal(keras.Model):
     def _assert_batch(self, x):
         import tensorflow as tf
 
-        if x.shape[0] is not None and x.shape[0] < 2:
-            raise ValueError(self._batch_message(x.shape[0]))
+        # With augmented pairs x stacks both halves: each half needs 2 images.
+        need = 4 if self.augmented_pairs else 2
+        if x.shape[0] is not None and x.shape[0] < need:
+            raise ValueError(self._batch_message(x.shape[0] * 2 // need))
         return tf.debugging.assert_greater_equal(
-            tf.shape(x)[0], 2, message=self._batch_message("1")
+            tf.shape(x)[0], need, message=self._batch_message("1")
         )
 
     @staticmethod
@@ -543,8 +587,9 @@ class InfoBal(keras.Model):
 
     def test_step(self, data):
         x = self._check_data(data)
-        if x.shape[0] is not None and x.shape[0] < 2:
-            raise ValueError(self._batch_message(x.shape[0]))
+        need = 4 if self.augmented_pairs else 2
+        if x.shape[0] is not None and x.shape[0] < need:
+            raise ValueError(self._batch_message(x.shape[0] * 2 // need))
         views = self.encoder(x, training=False)
         j, infomax = self._objective(views, training=False)
         logs = {"loss": -j, "objective": j}
@@ -575,8 +620,12 @@ class InfoBal(keras.Model):
         )
 
     def predict_step(self, data):
-        x = self._check_data(data)
-        return self(x, training=False)
+        # Prediction takes single images, also for a model trained on augmented pairs.
+        self._require_built()
+        x = data[0] if isinstance(data, (tuple, list)) else data
+        if isinstance(x, dict):
+            raise ValueError("InfoBal takes a batch of images, not a dict of inputs.")
+        return self(self._check_images(x), training=False)
 
     # ----------------------------------------------------------------------------------
     def get_config(self):
@@ -604,4 +653,5 @@ class InfoBal(keras.Model):
             "input_shape": None if self.image_shape is None else list(self.image_shape),
             "cross_replica_negatives": self.cross_replica_negatives,
             "synchronized_batch_norm": self.synchronized_batch_norm,
+            "augmented_pairs": self.augmented_pairs,
         }
