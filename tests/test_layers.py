@@ -184,6 +184,29 @@ def test_critic_scores_are_encode_and_dot():
     np.testing.assert_allclose(float(critic([g, l])), float(estimators.jsd(s)), atol=1e-5)
 
 
+def test_score_clip_is_a_soft_tanh_clip_of_the_dot_scores():
+    rng = np.random.default_rng(0)
+    g = 10 * rng.normal(size=(4, 3)).astype("float32")
+    l = 10 * rng.normal(size=(4, 2, 5)).astype("float32")
+    plain = InfoNCECritic(units=6, normalization="layer")
+    clipped = InfoNCECritic(units=6, normalization="layer", score_clip=2.0)
+    plain([g, l])
+    clipped([g, l])
+    clipped.set_weights(plain.get_weights())
+    raw = np.asarray(plain.scores([g, l]))
+    assert np.abs(raw).max() > 2.0  # the clip has something to do
+    np.testing.assert_allclose(np.asarray(clipped.scores([g, l])), 2.0 * np.tanh(raw / 2.0),
+                               rtol=1e-5, atol=1e-5)
+    from keras_infobal import estimators
+
+    np.testing.assert_allclose(float(clipped([g, l])),
+                               float(estimators.infonce(2.0 * np.tanh(raw / 2.0))), atol=1e-5)
+    assert clipped.get_config()["score_clip"] == 2.0
+    for bad in (0, -1.0, "10"):
+        with pytest.raises(ValueError, match="score_clip"):
+            JSDCritic(score_clip=bad)
+
+
 def test_concat_scorer():
     rng = np.random.default_rng(0)
     g = rng.normal(size=(4, 3)).astype("float32")

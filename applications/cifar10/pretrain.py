@@ -32,6 +32,8 @@ def parse_args(argv=None):
     p.add_argument("--infomin-weight", type=float, default=None, help="override lambda")
     p.add_argument("--num-views", type=int, default=None)
     p.add_argument("--split", default=None)
+    p.add_argument("--score-clip", type=float, default=None,
+                   help="soft-clip critic scores to (-c, c)")
     p.add_argument("--augmented-pairs", type=int, choices=[0, 1], default=None,
                    help="1: two augmentations per image, R of one against the local views "
                         "of the other")

@@ -77,6 +77,9 @@ class MICritic(keras.layers.Layer):
         normalization: in the encoders, "batch" (DIM), "sync_batch" (batch statistics over
             all replicas under tf.distribute), "layer" or None. "layer" keeps no running
             statistics, so calling the critic never changes its state.
+        score_clip: None, or c > 0 to soft-clip every score to (-c, c) with
+            `c * tanh(s / c)` (AMDIM's stabilizer: unbounded dot products let InfoNCE and DV
+            estimates swing from epoch to epoch).
 
     Calling it with `gather_fn=f` (as `InfoBal(cross_replica_negatives=True)` does under
     tf.distribute) scores each global vector against the local vectors `f` gathers from all
@@ -91,8 +94,14 @@ class MICritic(keras.layers.Layer):
     """
 
     def __init__(self, units=512, estimator="jsd", scorer="dot", normalization="batch",
-                 **kwargs):
+                 score_clip=None, **kwargs):
         super().__init__(**kwargs)
+        if score_clip is not None and not (isinstance(score_clip, (int, float))
+                                           and score_clip > 0):
+            raise ValueError(
+                f"`score_clip` must be None or a positive number; got {score_clip!r}."
+            )
+        self.score_clip = None if score_clip is None else float(score_clip)
         if normalization not in ("batch", "sync_batch", "layer", None):
             raise ValueError(
                 "`normalization` must be 'batch', 'sync_batch', 'layer' or None; got "
@@ -174,11 +183,15 @@ class MICritic(keras.layers.Layer):
 
     def _score(self, eg, el):
         if self.scorer == "dot":
-            return ops.einsum("ad,bld->abl", eg, el)
-        # An MLP on the concatenated encodings [e_g; e_l] whose first layer is a sum: only the
-        # (B, B, L, units) pairwise sum is materialized, never the concatenation.
-        h = ops.relu(eg[:, None, None, :] + el[None, :, :, :])
-        return ops.squeeze(self.pair_hidden(h), -1)
+            s = ops.einsum("ad,bld->abl", eg, el)
+        else:
+            # An MLP on the concatenated encodings [e_g; e_l] whose first layer is a sum: only
+            # the (B, B, L, units) pairwise sum is materialized, never the concatenation.
+            h = ops.relu(eg[:, None, None, :] + el[None, :, :, :])
+            s = ops.squeeze(self.pair_hidden(h), -1)
+        if self.score_clip is not None:
+            s = self.score_clip * ops.tanh(s / self.score_clip)
+        return s
 
     def call(self, inputs, training=None, gather_fn=None):
         estimator = estimators.get(self.estimator)
@@ -198,20 +211,22 @@ class MICritic(keras.layers.Layer):
             "estimator": self.estimator,
             "scorer": self.scorer,
             "normalization": self.normalization,
+            "score_clip": self.score_clip,
         }
 
 
 class _FixedEstimatorCritic(MICritic):
     ESTIMATOR = None
 
-    def __init__(self, units=512, scorer="dot", normalization="batch", **kwargs):
+    def __init__(self, units=512, scorer="dot", normalization="batch", score_clip=None,
+                 **kwargs):
         if kwargs.pop("estimator", self.ESTIMATOR) != self.ESTIMATOR:
             raise ValueError(
                 f"{type(self).__name__} always uses the {self.ESTIMATOR!r} estimator; use "
                 "MICritic(estimator=...) for another one."
             )
         super().__init__(units=units, estimator=self.ESTIMATOR, scorer=scorer,
-                         normalization=normalization, **kwargs)
+                         normalization=normalization, score_clip=score_clip, **kwargs)
 
     def get_config(self):
         config = super().get_config()

@@ -115,6 +115,11 @@ class InfoBal(keras.Model):
             would; otherwise negatives come from the replica's own batch.
         synchronized_batch_norm: BatchNorm statistics over the global batch under
             tf.distribute (what one device with the global batch computes).
+        augmented_pairs: batches are pairs `(x1, x2)` of two augmentations of the same
+            images (`datasets.make_dataset(..., pairs=True)`); R of each is scored against
+            the local views of the other (AMDIM's cross-view InfoMax). Prediction and
+            features still take single images.
+        score_clip: None, or c to soft-clip the critics' scores to (-c, c) (see `MICritic`).
 
     Example:
 
@@ -152,6 +157,7 @@ class InfoBal(keras.Model):
         cross_replica_negatives=False,
         synchronized_batch_norm=False,
         augmented_pairs=False,
+        score_clip=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -174,6 +180,7 @@ class InfoBal(keras.Model):
             raise ValueError(f"`view_pooling` must be 'mean' or 'flatten'; got {view_pooling!r}.")
         self.cross_replica_negatives = bool(cross_replica_negatives)
         self.augmented_pairs = bool(augmented_pairs)
+        self.score_clip = None if score_clip is None else float(score_clip)
         self.synchronized_batch_norm = bool(synchronized_batch_norm)
         self.encoder = ViewEncoder(num_views=num_views, split=split, filters=filters,
                                    synchronized_batch_norm=self.synchronized_batch_norm,
@@ -206,7 +213,7 @@ class InfoBal(keras.Model):
         self.infomax_critics = [
             get_critic(critic, units=critic_units, scorer=scorer,
                        normalization="sync_batch" if self.synchronized_batch_norm else "batch",
-                       name=f"infomax_critic_{i + 1}")
+                       score_clip=score_clip, name=f"infomax_critic_{i + 1}")
             for i in range(n_critics)
         ]
         self.pairs = list(itertools.combinations(range(num_views), 2))
@@ -214,7 +221,7 @@ class InfoBal(keras.Model):
         # so the encoder step cannot change them by merely calling them.
         self.infomin_critics = [
             get_critic(infomin_critic, units=critic_units, normalization="layer",
-                       name=f"infomin_critic_{i + 1}_{j + 1}")
+                       score_clip=score_clip, name=f"infomin_critic_{i + 1}_{j + 1}")
             for i, j in self.pairs
         ]
         self.discriminator_optimizer = None
@@ -654,4 +661,5 @@ class InfoBal(keras.Model):
             "cross_replica_negatives": self.cross_replica_negatives,
             "synchronized_batch_norm": self.synchronized_batch_norm,
             "augmented_pairs": self.augmented_pairs,
+            "score_clip": self.score_clip,
         }
