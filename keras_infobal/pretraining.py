@@ -23,7 +23,8 @@ DATA_OPTIONS = ("augmented_pairs", "color_jitter", "grayscale")
 
 
 DEFAULTS = dict(variant="infobal", critic=None, infomin_weight=None, num_views=None,
-                split=None, score_clip=None, augmented_pairs=None, color_jitter=None, grayscale=None, epochs=30, batch_size=64, lr=3e-4, critic_units=512,
+                split=None, score_clip=None, augmented_pairs=None, color_jitter=None,
+                grayscale=None, epochs=30, batch_size=64, lr=3e-4, critic_units=512,
                 probe_every=5, probe_train=10000, seed=0, threads=0, limit=0,
                 data=None, out=None, skip_final_probe=False, verbose=2,
                 probe_layers=("conv", "fc", "R"), final_probe_layers=("local", "conv", "fc", "R"))
@@ -33,9 +34,9 @@ def pretrain_cifar10(**kwargs):
     """Pretrains on CIFAR-10, resumable; writes OUT/{config.json,log.csv,model.keras,results.json}.
 
     Keyword arguments (defaults in `DEFAULTS`): variant ("infobal" or "dim"), critic,
-    infomin_weight, num_views, split, score_clip, augmented_pairs (two augmentations per image, R of one
-    scored against the local views of the other), color_jitter, grayscale (colour distortion
-    of the augmentation) (overrides of the variant), epochs, batch_size, lr (peak
+    infomin_weight, num_views, split, score_clip, augmented_pairs (two augmentations per
+    image, R of one scored against the local views of the other), color_jitter, grayscale
+    (colour distortion of the augmentation) (overrides of the variant), epochs, batch_size, lr (peak
     of a cosine decay), critic_units, probe_every, probe_train, seed, threads, limit, data
     (CIFAR-10 folder/.tar.gz or None for $KERAS_INFOBAL_CIFAR10 / tfds), out (required),
     skip_final_probe, verbose, probe_layers (in-training probe), final_probe_layers.
