@@ -36,8 +36,8 @@ def pretrain_cifar10(**kwargs):
     Keyword arguments (defaults in `DEFAULTS`): variant ("infobal" or "dim"), critic,
     infomin_weight, num_views, split, score_clip, augmented_pairs (two augmentations per
     image, R of one scored against the local views of the other), color_jitter, grayscale
-    (colour distortion of the augmentation) (overrides of the variant), epochs, batch_size, lr (peak
-    of a cosine decay), critic_units, probe_every, probe_train, seed, threads, limit, data
+    (colour distortion of the augmentation) (overrides of the variant), epochs, batch_size,
+    lr (peak of a cosine decay), critic_units, probe_every, probe_train, seed, threads, limit, data
     (CIFAR-10 folder/.tar.gz or None for $KERAS_INFOBAL_CIFAR10 / tfds), out (required),
     skip_final_probe, verbose, probe_layers (in-training probe), final_probe_layers.
     Returns the results dict (None with skip_final_probe).
