@@ -21,16 +21,18 @@ PROTOCOLS = ("note", "converged")
 
 def _make_classifier(dim, classes, head, seed):
     keras.utils.set_random_seed(seed)
+    # float32 whatever the global policy (pretraining may run under mixed_bfloat16).
+    f32 = dict(dtype="float32")
     inputs = keras.Input((dim,))
     if head == "linear":
-        outputs = keras.layers.Dense(classes, name="logits")(inputs)
+        outputs = keras.layers.Dense(classes, name="logits", **f32)(inputs)
     elif head == "mlp":
         # DIM's evaluation classifier: dense 200 -> BN -> dropout 0.1 -> ReLU -> dense.
-        h = keras.layers.Dense(200)(inputs)
-        h = keras.layers.BatchNormalization()(h)
-        h = keras.layers.Dropout(0.1)(h)
-        h = keras.layers.ReLU()(h)
-        outputs = keras.layers.Dense(classes, name="logits")(h)
+        h = keras.layers.Dense(200, **f32)(inputs)
+        h = keras.layers.BatchNormalization(**f32)(h)
+        h = keras.layers.Dropout(0.1, **f32)(h)
+        h = keras.layers.ReLU(**f32)(h)
+        outputs = keras.layers.Dense(classes, name="logits", **f32)(h)
     else:
         raise ValueError(f"`head` must be 'linear' or 'mlp'; got {head!r}.")
     return keras.Model(inputs, outputs)

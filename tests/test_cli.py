@@ -58,6 +58,28 @@ def test_pretrain_evaluate_extract_plot(tiny_cifar, tmp_path, capsys):
     assert open(png, "rb").read(4) == b"\x89PNG"
 
 
+def test_pretrain_with_the_augmented_pairs_recipe(tiny_cifar, tmp_path):
+    import keras
+
+    out = str(tmp_path / "pairs")
+    config = tmp_path / "pairs.json"
+    config.write_text(json.dumps({
+        "variant": "dim", "critic": "infonce", "augmented_pairs": True, "color_jitter": 0.5,
+        "grayscale": 0.2, "score_clip": 20.0, "mixed_precision": True, "epochs": 1,
+        "batch_size": 8, "critic_units": 8, "probe_every": 1, "probe_train": 30,
+        "probe_layers": ["conv"], "final_probe_layers": ["conv"]}))
+    assert cli.main(["pretrain", "--config", str(config), "--out", out,
+                     "--data", tiny_cifar]) == 0
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored
+    saved = json.load(open(os.path.join(out, "config.json")))
+    assert saved["augmentation"] == {"color_jitter": 0.5, "grayscale": 0.2}
+    assert saved["model"]["augmented_pairs"] and saved["model"]["score_clip"] == 20.0
+    model = keras.models.load_model(os.path.join(out, "model.keras"))
+    assert model.augmented_pairs and model.score_clip == 20.0
+    assert model.encoder.compute_dtype == "float32"  # saved as a float32 model
+    assert 0.0 <= json.load(open(os.path.join(out, "results.json")))["probe"]["note"]["conv"]
+
+
 @pytest.mark.parametrize("argv,message", [
     (["train"], "invalid choice"),
     (["evaluate"], "required: --model"),

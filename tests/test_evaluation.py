@@ -97,3 +97,16 @@ def test_mi_terms_and_probe_reach_tensorboard(tmp_path):
     for tag in ("epoch_mi_R_V1", "epoch_mi_R_V2", "epoch_mi_V1_V2",
                 "epoch_discriminator_objective", "epoch_objective", "epoch_probe_conv"):
         assert tag in tags, (tag, sorted(tags))
+
+
+def test_probe_classifier_is_float32_under_a_mixed_policy():
+    import keras
+
+    from keras_infobal.evaluation import _make_classifier
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = _make_classifier(8, 3, "mlp", seed=0)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert all(layer.compute_dtype == "float32" for layer in model.layers[1:])

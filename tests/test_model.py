@@ -276,3 +276,29 @@ def test_augmented_pairs_fit_predict_roundtrip_and_errors(tiny_config, images, t
     with pytest.raises(ValueError, match="same batch size; got 4 and 2"):
         fresh.fit(tf.data.Dataset.from_tensors((images[:4], images[4:6])), epochs=1,
                   verbose=0)
+
+
+def test_mixed_bfloat16_policy_trains_with_float32_estimates(tiny_config, images):
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = make(tiny_config, infomin_weight=1.0, critic="infonce")
+        model.compile(**optimizers())
+        assert model.encoder.compute_dtype == "bfloat16"
+        assert all(v.dtype == "float32" for v in model.trainable_variables)
+        hist = model.fit(images, batch_size=4, epochs=2, verbose=0)
+        assert all(np.isfinite(v[-1]) for v in hist.history.values())
+        x = tf.constant(images)
+        views = model.encoder(x, training=False)
+        r = model.aggregator(views, training=False)
+        critic = model.infomax_critics[0]
+        mi = critic([r, _locals(views, 0)], training=False)
+        assert mi.dtype == "float32"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    # The same weights in float32 give nearly the same estimate (bfloat16 activations).
+    full = make(tiny_config, infomin_weight=1.0, critic="infonce")
+    full.set_weights(model.get_weights())
+    views32 = full.encoder(x, training=False)
+    mi32 = full.infomax_critics[0]([full.aggregator(views32, training=False),
+                                    _locals(views32, 0)], training=False)
+    assert float(mi) == pytest.approx(float(mi32), abs=0.05)

@@ -41,6 +41,8 @@ def parse_args(argv=None):
                    help="colour distortion strength of the augmentation (0 = off)")
     p.add_argument("--grayscale", type=float, default=None,
                    help="probability of a grey image in the augmentation")
+    p.add_argument("--mixed-precision", action="store_true",
+                   help="train under the mixed_bfloat16 policy (~2x faster with AVX512_BF16)")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (cosine decay)")

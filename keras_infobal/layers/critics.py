@@ -182,13 +182,15 @@ class MICritic(keras.layers.Layer):
         return self._score(eg, el)
 
     def _score(self, eg, el):
+        # Scores and estimates are computed in float32 also under a mixed-precision policy:
+        # bfloat16 keeps 8 bits of mantissa, too few for a logsumexp over the batch.
         if self.scorer == "dot":
-            s = ops.einsum("ad,bld->abl", eg, el)
+            s = ops.einsum("ad,bld->abl", ops.cast(eg, "float32"), ops.cast(el, "float32"))
         else:
             # An MLP on the concatenated encodings [e_g; e_l] whose first layer is a sum: only
             # the (B, B, L, units) pairwise sum is materialized, never the concatenation.
             h = ops.relu(eg[:, None, None, :] + el[None, :, :, :])
-            s = ops.squeeze(self.pair_hidden(h), -1)
+            s = ops.cast(ops.squeeze(self.pair_hidden(h), -1), "float32")
         if self.score_clip is not None:
             s = self.score_clip * ops.tanh(s / self.score_clip)
         return s
