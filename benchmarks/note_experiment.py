@@ -55,13 +55,16 @@ def main():
     p.add_argument("--critic-units", type=int, default=512)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--mixed-precision", action="store_true",
+                   help="train under mixed_bfloat16 (evaluation stays float32)")
     args = p.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from keras_infobal.evaluation import plot_mi_vs_accuracy
     from keras_infobal.pretraining import pretrain_cifar10
 
     out = {"budget": {"epochs": args.epochs, "train_images": args.limit or 50000,
-                      "batch_size": args.batch_size, "critic_units": args.critic_units},
+                      "batch_size": args.batch_size, "critic_units": args.critic_units,
+                      "mixed_precision": args.mixed_precision, "threads": args.threads},
            "seeds": args.seeds, "data": args.data or "tfds", "cells": {}}
     logs = {}
     for name, cfg in cells(args.study):
@@ -74,7 +77,9 @@ def main():
                                    data=args.data, out=run_dir, threads=args.threads,
                                    critic_units=args.critic_units,
                                    batch_size=args.batch_size,
-                                   probe_every=1, probe_train=5000, verbose=0)
+                                   probe_every=1, probe_train=5000, verbose=0,
+                                   mixed_precision=args.mixed_precision,
+                                   final_probe_layers=("conv", "fc", "R"))
             res["wall_seconds"] = time.time() - t0
             runs.append(res)
             logs.setdefault(name, os.path.join(run_dir, "log.csv"))
@@ -89,10 +94,13 @@ def main():
     os.makedirs(RESULTS, exist_ok=True)
     with open(os.path.join(RESULTS, stem + ".json"), "w") as f:
         json.dump(out, f, indent=2)
+    precision = "mixed bfloat16" if args.mixed_precision else "float32"
     md = [f"Budget per cell: {args.epochs} epochs x {out['budget']['train_images']} images, "
-          f"batch {args.batch_size}, seeds {args.seeds} (mean ± std over seeds).", "",
+          f"batch {args.batch_size}, {precision} training, {args.threads or 'all'} thread(s), "
+          f"seeds {args.seeds} (mean ± std over seeds).", "",
           "| run | note probe conv | converged conv | converged fc | converged R | "
-          "final I(R;V1) | final I(V1;V2) | s/epoch |", "|---" * 8 + "|"]
+          "final I(R;V1) | final I(V1;V2) | s/epoch | ms/step |", "|---" * 9 + "|"]
+    steps = out["budget"]["train_images"] // args.batch_size
     for name, cell in out["cells"].items():
         rs = cell["runs"]
 
@@ -105,7 +113,8 @@ def main():
         vv = "-" if "mi_V1_V2" not in rs[0]["final_mi"] else mi("mi_V1_V2")
         md.append(f"| {name} | {col('note', 'conv')} | {col('converged', 'conv')} | "
                   f"{col('converged', 'fc')} | {col('converged', 'R')} | {mi('mi_R_V1')} | "
-                  f"{vv} | {statistics.mean(r['seconds_per_epoch'] for r in rs):.0f} |")
+                  f"{vv} | {statistics.mean(r['seconds_per_epoch'] for r in rs):.0f} | "
+                  f"{1000 * statistics.mean(r['seconds_per_epoch'] for r in rs) / steps:.0f} |")
     with open(os.path.join(RESULTS, stem + ".md"), "w") as f:
         f.write("\n".join(md) + "\n")
     if args.study == "note":

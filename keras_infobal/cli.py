@@ -11,6 +11,8 @@ import json
 import os
 import sys
 
+from keras_infobal.pretraining import CONFIGS
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
@@ -29,7 +31,7 @@ def build_parser():
     pre.add_argument("--out", help="run folder (weights, log.csv, results.json, figure)")
     pre.add_argument("--data", help="CIFAR-10 folder or .tar.gz (else $KERAS_INFOBAL_CIFAR10, "
                      "else tfds)")
-    pre.add_argument("--variant", choices=["infobal", "dim"])
+    pre.add_argument("--variant", choices=sorted(CONFIGS))
     pre.add_argument("--epochs", type=int)
     pre.add_argument("--limit", type=int, help="use only N training images")
 

@@ -206,4 +206,8 @@ def test_shipped_classifier_on_500_real_test_images(variant):
     idx = np.random.default_rng(0).permutation(len(x))[:500]
     probs = InfoBalCIFAR(variant=variant).predict(x[idx], batch_size=250, verbose=0)
     acc = float(np.mean(probs.argmax(-1) == y[idx]))
-    assert acc > 0.55, acc  # chance is 0.10; the full test set is in the README table
+    # Chance is 0.10. The floor is the accuracy recorded on the full test set (README table)
+    # less 5 points: a 500-image sample has a standard error of ~2.2 points.
+    floor = _weights_registry.WEIGHTS[variant]["test_accuracy"] - 0.05
+    assert floor > 0.45
+    assert acc > floor, (acc, floor)

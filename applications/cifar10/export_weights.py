@@ -49,7 +49,7 @@ def to_float16(path):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--run", required=True)
-    p.add_argument("--variant", required=True, choices=["infobal", "dim"])
+    p.add_argument("--variant", required=True, choices=["infobal", "dim", "dim_pairs"])
     p.add_argument("--data", default=os.environ.get("KERAS_INFOBAL_CIFAR10"))
     args = p.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -11,7 +11,7 @@ from keras_infobal.layers.view_aggregator import ViewAggregator
 from keras_infobal.layers.view_encoder import ViewEncoder
 
 WEIGHTS_DIR = os.path.join(os.path.dirname(__file__), "weights")
-VARIANTS = ("infobal", "dim")
+VARIANTS = ("infobal", "dim", "dim_pairs")
 FEATURE_LAYERS = ("local", "conv", "fc", "R")
 
 
@@ -84,7 +84,9 @@ def InfoBalCIFAR(
         classifier_activation: activation of the top ("softmax", None for logits, ...).
         feature_layer: the layer the top (or the output) uses; None picks the shipped head's
             layer (the best under the linear probe) with the top, and "conv" without it.
-        variant: "infobal" (lambda = 1) or "dim" (lambda = 0, the baseline).
+        variant: "infobal" (lambda = 1), "dim" (lambda = 0, the baseline; both JSD, same
+            budget) or "dim_pairs" (lambda = 0, InfoNCE on augmented pairs: the best linear
+            probe of the three; see the README table).
         name: model name.
 
     Example:
