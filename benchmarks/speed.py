@@ -4,8 +4,10 @@
     python benchmarks/speed.py       # writes benchmarks/results/speed.{json,md}
 
 Measured in one run on the same machine: images/s of a DIM(L) training step (batch 64,
-512 critic units) and of an InfoBal step (M=2), with and without XLA; images/s of the frozen
-feature extractor; the same DIM(L) step written plainly in PyTorch; achieved GFLOP/s of each
+512 critic units) and of an InfoBal step (M=2), with and without XLA, and under Keras'
+mixed_bfloat16 policy (also the dim_pairs recipe's step); images/s of the frozen
+feature extractor; the same DIM(L) step written plainly in PyTorch (float32, and under
+torch.autocast bfloat16); achieved GFLOP/s of each
 step (FLOPs counted analytically, backward = 2x forward) against the fp32 matmul GFLOP/s of
 both frameworks; peak RSS of training at batch 64 and 256 (fresh processes). Run it on an
 idle machine: it is a benchmark, not a test.
@@ -64,27 +66,47 @@ def bench_tf(batch, steps, warmup):
     mm = tf.function(lambda: tf.matmul(a, b))
     sec = time_steps(lambda: mm().numpy(), n, 3)
     out["tf_matmul_gflops"] = 2 * 1024 ** 3 / sec / 1e9
+    a16, b16 = tf.cast(a, tf.bfloat16), tf.cast(b, tf.bfloat16)
+    mm16 = tf.function(lambda: tf.matmul(a16, b16))
+    sec = time_steps(lambda: mm16().numpy(), n, 3)
+    out["tf_matmul_bf16_gflops"] = 2 * 1024 ** 3 / sec / 1e9
 
     x = np.random.default_rng(0).integers(0, 256, (batch, 32, 32, 3)).astype("uint8")
     ds = tf.data.Dataset.from_tensors(x).repeat()
-    for name, kwargs, jit in [
-        ("dim_step", dict(num_views=1, infomin_weight=0.0), False),
-        ("dim_step_xla", dict(num_views=1, infomin_weight=0.0), True),
-        ("infobal_step", dict(num_views=2, infomin_weight=1.0), False),
-        ("infobal_step_xla", dict(num_views=2, infomin_weight=1.0), True),
+    pairs = tf.data.Dataset.from_tensors((x, x)).repeat()
+    dim, infobal = dict(num_views=1, infomin_weight=0.0), dict(num_views=2, infomin_weight=1.0)
+    # (name, model arguments, XLA, policy); a pair step encodes 2 x batch images.
+    for name, kwargs, jit, policy in [
+        ("dim_step", dim, False, "float32"),
+        ("dim_step_xla", dim, True, "float32"),
+        ("dim_step_bf16", dim, False, "mixed_bfloat16"),
+        ("infobal_step", infobal, False, "float32"),
+        ("infobal_step_xla", infobal, True, "float32"),
+        ("infobal_step_bf16", infobal, False, "mixed_bfloat16"),
+        ("dim_pairs_step_bf16", dict(num_views=2, infomin_weight=0.0, critic="infonce",
+                                     augmented_pairs=True, score_clip=20.0),
+         False, "mixed_bfloat16"),
     ]:
         keras.utils.set_random_seed(0)
-        model = InfoBal(critic_units=512, **kwargs)
+        keras.mixed_precision.set_global_policy(policy)
+        try:
+            model = InfoBal(critic_units=512, **kwargs)
+        finally:
+            keras.mixed_precision.set_global_policy("float32")
         model.compile(optimizer=keras.optimizers.Adam(1e-4, beta_1=0.5),
                       discriminator_optimizer=keras.optimizers.Adam(1e-4, beta_1=0.5),
                       jit_compile=jit)
-        model.fit(ds, steps_per_epoch=warmup, epochs=1, verbose=0)
+        data = pairs if model.augmented_pairs else ds
+        model.fit(data, steps_per_epoch=warmup, epochs=1, verbose=0)
         t0 = time.perf_counter()
-        model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
+        model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0)
         sec = (time.perf_counter() - t0) / steps
-        flops = dim_step_flops(batch, 512, kwargs["num_views"], kwargs["infomin_weight"] > 0)
-        out[name] = {"images_per_second": batch / sec, "seconds_per_step": sec,
-                     "gflops_per_step": flops / 1e9, "achieved_gflops": flops / sec / 1e9}
+        images = batch * (2 if model.augmented_pairs else 1)
+        flops = dim_step_flops(images, 512, kwargs["num_views"], kwargs["infomin_weight"] > 0)
+        out[name] = {"images_per_second": images / sec, "seconds_per_step": sec,
+                     "gflops_per_step": flops / 1e9, "achieved_gflops": flops / sec / 1e9,
+                     "policy": policy}
+    model = InfoBal(critic_units=512, **infobal)
     big = np.repeat(x, 4, axis=0)
     model.extract_features(big, layers=("conv", "fc", "R"), batch_size=256)
     t0 = time.perf_counter()
@@ -157,6 +179,14 @@ def bench_torch(batch, steps, warmup):
     flops = dim_step_flops(batch, 512, 1, False)
     out["torch_dim_step"] = {"images_per_second": batch / sec, "seconds_per_step": sec,
                              "achieved_gflops": flops / sec / 1e9}
+
+    def step_bf16():  # PyTorch's own mixed precision on CPU, the peer of our bfloat16 row
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            step()
+
+    sec = time_steps(step_bf16, steps, warmup)
+    out["torch_dim_step_bf16"] = {"images_per_second": batch / sec, "seconds_per_step": sec,
+                                  "achieved_gflops": flops / sec / 1e9}
     return out
 
 
@@ -201,6 +231,9 @@ def main():
         ref = result["torch_dim_step"]["images_per_second"]
         result["ratio_ours_over_torch"] = ours / ref
         result["ratio_best_ours_over_torch"] = best / ref
+        result["ratio_ours_over_torch_bf16"] = (
+            result["dim_step_bf16"]["images_per_second"]
+            / result["torch_dim_step_bf16"]["images_per_second"])
     result["fraction_of_matmul_ceiling"] = (
         result["dim_step"]["achieved_gflops"] / result["tf_matmul_gflops"])
     os.makedirs(args.out, exist_ok=True)
@@ -208,10 +241,16 @@ def main():
         json.dump(result, f, indent=2)
     rows = [("DIM(L) step, ours (TF)", result["dim_step"]),
             ("DIM(L) step, ours (TF, XLA)", result["dim_step_xla"]),
+            ("DIM(L) step, ours (TF, mixed bfloat16)", result["dim_step_bf16"]),
             ("InfoBal step M=2, ours (TF)", result["infobal_step"]),
-            ("InfoBal step M=2, ours (TF, XLA)", result["infobal_step_xla"])]
+            ("InfoBal step M=2, ours (TF, XLA)", result["infobal_step_xla"]),
+            ("InfoBal step M=2, ours (TF, mixed bfloat16)", result["infobal_step_bf16"]),
+            ("dim_pairs step (2 augmentations per image, InfoNCE; images = 2 x batch), "
+             "mixed bfloat16", result["dim_pairs_step_bf16"])]
     if result.get("torch_dim_step"):
         rows.append(("DIM(L) step, PyTorch reference", result["torch_dim_step"]))
+        rows.append(("DIM(L) step, PyTorch reference (autocast bfloat16)",
+                     result["torch_dim_step_bf16"]))
     md = ["| step (batch %d, 512 critic units) | images/s | achieved GFLOP/s |" % args.batch,
           "|---|---|---|"]
     md += [f"| {n} | {r['images_per_second']:.0f} | {r['achieved_gflops']:.1f} |"
@@ -219,15 +258,19 @@ def main():
     md += ["", f"fp32 matmul 1024x1024: TF {result['tf_matmul_gflops']:.1f} GFLOP/s"
            + (f", PyTorch {result['torch_matmul_gflops']:.1f} GFLOP/s"
               if result.get("torch_matmul_gflops") else ""),
+           f"bfloat16 matmul 1024x1024: TF {result['tf_matmul_bf16_gflops']:.1f} GFLOP/s",
            f"Feature extraction (conv, fc, R; batch 256): "
            f"{result['inference_images_per_second']:.0f} images/s",
            f"Peak RSS training DIM(L): batch 64 {result['peak_rss_mib']['64']:.0f} MiB, "
            f"batch 256 {result['peak_rss_mib']['256']:.0f} MiB"]
     if "ratio_ours_over_torch" in result:
         md.append(f"Ours / PyTorch (DIM(L) step): {result['ratio_ours_over_torch']:.2f} "
-                  f"(best of ours with/without XLA: {result['ratio_best_ours_over_torch']:.2f})")
+                  f"(best of ours with/without XLA: {result['ratio_best_ours_over_torch']:.2f}); "
+                  f"both in mixed bfloat16: {result['ratio_ours_over_torch_bf16']:.2f}")
     md.append(f"DIM(L) step at {100 * result['fraction_of_matmul_ceiling']:.0f}% of the TF "
               "matmul ceiling")
+    md.append(f"Mixed bfloat16 / float32 (DIM(L) step): "
+              f"{result['dim_step_bf16']['images_per_second'] / ours:.2f}")
     with open(os.path.join(args.out, "speed.md"), "w") as f:
         f.write("\n".join(md) + "\n")
     print("\n".join(md))
