@@ -2,8 +2,8 @@
 
     python applications/cifar10/collect_results.py
 
-Reads applications/cifar10/runs/{infobal,dim}/{results,export,config}.json and log.csv, and
-benchmarks/results/reference_encoders.json; writes applications/cifar10/results.{json,md}
+Reads applications/cifar10/runs/{infobal,dim,dim_pairs}/{results,export,config}.json and
+log.csv, and benchmarks/results/reference_encoders.json; writes applications/cifar10/results.{json,md}
 and applications/cifar10/mi_vs_accuracy.png.
 """
 
@@ -14,6 +14,8 @@ import os
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 LAYERS = ("local", "conv", "fc", "R")
+VARIANTS = (("dim", "DIM baseline (lambda = 0)"), ("infobal", "InfoBal (lambda = 1)"),
+            ("dim_pairs", "dim_pairs: DIM, InfoNCE, augmented pairs (lambda = 0)"))
 
 
 def load(path):
@@ -25,7 +27,7 @@ def main():
     from keras_infobal.evaluation import plot_mi_vs_accuracy
 
     rows, out = [], {}
-    for variant, label in (("dim", "DIM baseline (lambda = 0)"), ("infobal", "InfoBal (lambda = 1)")):
+    for variant, label in VARIANTS:
         run = os.path.join(HERE, "runs", variant)
         res = load(os.path.join(run, "results.json"))
         export = load(os.path.join(run, "export.json"))
@@ -57,7 +59,8 @@ def main():
     with open(os.path.join(HERE, "results.md"), "w") as f:
         f.write("\n".join(md) + "\n")
     plot_mi_vs_accuracy({"DIM": os.path.join(HERE, "runs", "dim", "log.csv"),
-                         "InfoBal": os.path.join(HERE, "runs", "infobal", "log.csv")},
+                         "InfoBal": os.path.join(HERE, "runs", "infobal", "log.csv"),
+                         "dim_pairs": os.path.join(HERE, "runs", "dim_pairs", "log.csv")},
                         os.path.join(HERE, "mi_vs_accuracy.png"),
                         title="CIFAR-10 pretraining: MI estimates and probe accuracy (held-out "
                               "train split)")
