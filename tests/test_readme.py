@@ -4,6 +4,7 @@ import os
 import re
 import subprocess
 
+import numpy as np
 import pytest
 
 from conftest import ROOT
@@ -26,6 +27,26 @@ def test_readme_user_script_runs(tmp_path, monkeypatch):
     # the reloaded model continued: its optimizers counted the steps before and after saving
     assert int(namespace["model"].optimizer.iterations) == 3 * 4
     assert int(namespace["model"].discriminator_optimizer.iterations) == 3 * 4
+
+
+def test_readme_recipe_runs(tmp_path, monkeypatch):
+    import keras
+
+    monkeypatch.chdir(tmp_path)
+    text = open(os.path.join(ROOT, "README.md")).read()
+    marker = text.index("<!-- readme-recipe")
+    code = re.search(r"```python\n(.*?)```", text[marker:], re.S).group(1)
+    namespace = {}
+    try:
+        exec(compile(code, "README.md", "exec"), namespace)
+        model = namespace["model"]
+        assert model.augmented_pairs and model.encoder.compute_dtype == "bfloat16"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    history = namespace["history"].history
+    assert {"mi_R_V1", "mi_R_V2"} <= set(history) and "mi_V1_V2" not in history
+    assert np.isfinite(history["loss"][-1])
+    assert namespace["feats"]["fc"].shape == (8, 1024)
 
 
 def readme_cli():
