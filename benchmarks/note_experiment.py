@@ -1,15 +1,17 @@
-"""The note's experiment (DIM vs InfoBal, DV then JSD critic) and the many-view study.
+"""The note's experiment (DIM vs InfoBal, DV then JSD), the many-view and the recipe study.
 
     python benchmarks/note_experiment.py --data ../shared/data/cifar10-jpeg.tar.gz \
         --epochs 2 --limit 10000 --seeds 0 1 --study note
     python benchmarks/note_experiment.py --data ../shared/data/cifar10-jpeg.tar.gz \
-        --epochs 2 --limit 10000 --seeds 0 --study views
+        --epochs 2 --limit 10000 --seeds 0 --study views --mixed-precision
+    python benchmarks/note_experiment.py --data ../shared/data/cifar10-jpeg.tar.gz \
+        --epochs 4 --limit 20000 --seeds 0 --study recipe --mixed-precision
 
 Every cell is one `keras_infobal.pretraining.pretrain_cifar10` run under the same budget
 (epochs x images), scored with both probes (the note's 4-epoch linear layer, and the
 converged one) on the full CIFAR-10 test set. Writes
-benchmarks/results/{note_experiment,views_study}.{json,md} and, for the note study, a figure
-of MI against probe accuracy over training. Runs go to benchmarks/runs/ (not committed).
+benchmarks/results/{note_experiment,views_study,recipe_study}.{json,md} and, for the note
+study, a figure of MI against probe accuracy over training. Runs go to benchmarks/runs/ (not committed).
 """
 
 import argparse
@@ -29,6 +31,10 @@ def cells(study):
                 yield f"{name} {critic.upper()}", dict(variant="infobal", critic=critic,
                                                       infomin_weight=lam, num_views=2,
                                                       split="rows")
+    elif study == "recipe":
+        # The note's comparison again, under the dim_pairs recipe (InfoNCE, augmented pairs).
+        yield "DIM pairs", dict(variant="dim_pairs")
+        yield "InfoBal pairs", dict(variant="infobal_pairs")
     else:
         for m, split in ((2, "rows"), (4, "rows"), (4, "grid"), (8, "rows"), (8, "grid")):
             for name, lam in (("DIM", 0.0), ("InfoBal", 1.0)):
@@ -48,7 +54,7 @@ def summarize(values, scale=100.0):
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", default=os.environ.get("KERAS_INFOBAL_CIFAR10"))
-    p.add_argument("--study", choices=["note", "views"], default="note")
+    p.add_argument("--study", choices=["note", "views", "recipe"], default="note")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--limit", type=int, default=10000)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
@@ -90,7 +96,7 @@ def main():
                       "seconds_per_epoch": r["wall_seconds_all_epochs"] / args.epochs}
                      for s, r in zip(args.seeds, runs)],
         }
-    stem = "note_experiment" if args.study == "note" else "views_study"
+    stem = {"note": "note_experiment", "views": "views_study", "recipe": "recipe_study"}[args.study]
     os.makedirs(RESULTS, exist_ok=True)
     with open(os.path.join(RESULTS, stem + ".json"), "w") as f:
         json.dump(out, f, indent=2)
