@@ -301,11 +301,13 @@ def make_dataset(images, labels=None, batch_size=64, shuffle=False, augment_imag
 
 
 def cifar10_dataset(split="train", batch_size=64, augment=None, with_labels=False,
-                    source=None, cache_dir=None, shuffle=None, drop_remainder=None, seed=None):
+                    source=None, cache_dir=None, shuffle=None, drop_remainder=None, seed=None,
+                    pairs=False, color_jitter=0.0, grayscale=0.0):
     """CIFAR-10 as a batched `tf.data.Dataset` of uint8 images (and labels).
 
     Training defaults: shuffled, crop+flip augmented, remainder dropped (every batch keeps
-    in-batch negatives). Test defaults: none of those.
+    in-batch negatives). Test defaults: none of those. `pairs`, `color_jitter` and
+    `grayscale` as in `make_dataset` (the `dim_pairs` recipe uses True, 0.5 and 0.2).
     """
     images, labels, _ = load_cifar10(split, source=source, cache_dir=cache_dir)
     training = split == "train"
@@ -317,4 +319,7 @@ def cifar10_dataset(split="train", batch_size=64, augment=None, with_labels=Fals
         augment_images=training if augment is None else augment,
         drop_remainder=training if drop_remainder is None else drop_remainder,
         seed=seed,
+        pairs=pairs,
+        color_jitter=color_jitter,
+        grayscale=grayscale,
     )

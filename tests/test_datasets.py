@@ -54,6 +54,9 @@ def test_env_var_picks_the_source(tmp_path, monkeypatch):
     ds = datasets.cifar10_dataset("train", batch_size=4, with_labels=True)
     xb, yb = next(iter(ds))
     assert xb.shape == (4, 32, 32, 3) and xb.dtype == tf.uint8 and yb.shape == (4,)
+    x1, x2 = next(iter(datasets.cifar10_dataset("train", batch_size=4, pairs=True,
+                                                color_jitter=0.5, grayscale=0.2)))
+    assert x1.shape == x2.shape == (4, 32, 32, 3) and x1.dtype == tf.uint8
 
 
 def test_no_source_names_both_ways(tmp_path):
