@@ -218,7 +218,11 @@ def test_augmented_pairs_score_each_R_against_the_other_augmentation(tiny_config
     model = make(tiny_config, augmented_pairs=True, infomin_weight=0.0, critic="infonce")
     model.compile(**optimizers())
     x1, x2 = images[:4], images[4:]  # different images stand in for two augmentations
-    model.fit(tf.data.Dataset.from_tensors((x1, x2)).repeat(10), epochs=1, verbose=0)
+    # Larger critic weights spread the scores, so cross- and same-view estimates differ
+    # clearly whatever the random initialization.
+    for critic in model.infomax_critics:
+        for v in critic.trainable_variables:
+            v.assign(v * 4.0)
     logs = model.evaluate(tf.data.Dataset.from_tensors((x1, x2)), verbose=0,
                           return_dict=True)
     views = model.encoder(np.concatenate([x1, x2]), training=False)
@@ -228,8 +232,8 @@ def test_augmented_pairs_score_each_R_against_the_other_augmentation(tiny_config
                  + critic([r[4:], _locals(views[:4], i)], training=False)) / 2
         same = (critic([r[:4], _locals(views[:4], i)], training=False)
                 + critic([r[4:], _locals(views[4:], i)], training=False)) / 2
-        assert logs[f"mi_R_V{i + 1}"] == pytest.approx(float(cross), abs=1e-4)
-        assert abs(float(cross) - float(same)) > 1e-3
+        assert logs[f"mi_R_V{i + 1}"] == pytest.approx(float(cross), rel=1e-4, abs=1e-5)
+        assert abs(float(cross) - float(same)) > 0.05
 
     # Two identical augmentations give the single-image model's estimate (same weights).
     plain = make(tiny_config, infomin_weight=0.0, critic="infonce")
@@ -239,7 +243,8 @@ def test_augmented_pairs_score_each_R_against_the_other_augmentation(tiny_config
                                return_dict=True)
     plain_logs = plain.evaluate(x1, batch_size=4, verbose=0, return_dict=True)
     for key in ("mi_R_V1", "mi_R_V2", "objective"):
-        assert same_logs[key] == pytest.approx(plain_logs[key], abs=1e-4)
+        # Batches of 8 and 4 may take different float paths through the convolutions.
+        assert same_logs[key] == pytest.approx(plain_logs[key], rel=1e-4, abs=1e-4)
 
 
 def test_augmented_pairs_fit_predict_roundtrip_and_errors(tiny_config, images, tmp_path):
