@@ -20,6 +20,16 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 
+def batches_per_second(ds, batches, warmup=20):
+    it = iter(ds.repeat())
+    for _ in range(warmup):
+        next(it)
+    t0 = time.perf_counter()
+    for _ in range(batches):
+        next(it)
+    return batches / (time.perf_counter() - t0)
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--data", default=os.environ.get("KERAS_INFOBAL_CIFAR10"))
@@ -38,23 +48,11 @@ def main():
     x, _, _ = datasets.load_cifar10("train", source=args.data)
     ds = datasets.make_dataset(x, batch_size=64, shuffle=True, augment_images=True,
                                drop_remainder=True)
-    it = iter(ds.repeat())
-    for _ in range(20):
-        next(it)
-    t0 = time.perf_counter()
-    for _ in range(args.batches):
-        next(it)
-    out["pipeline_images_per_second"] = 64 * args.batches / (time.perf_counter() - t0)
+    out["pipeline_images_per_second"] = batches_per_second(ds, args.batches) * 64
     # The dim_pairs recipe: two crop/flip/colour augmentations of every image.
     pairs = datasets.make_dataset(x, batch_size=64, shuffle=True, pairs=True, color_jitter=0.5,
                                   grayscale=0.2, drop_remainder=True)
-    it = iter(pairs.repeat())
-    for _ in range(20):
-        next(it)
-    t0 = time.perf_counter()
-    for _ in range(args.batches):
-        next(it)
-    out["pairs_pipeline_pairs_per_second"] = 64 * args.batches / (time.perf_counter() - t0)
+    out["pairs_pipeline_pairs_per_second"] = batches_per_second(pairs, args.batches) * 64
     training = {}
     for variant in ("dim", "infobal", "dim_pairs"):
         log = os.path.join(ROOT, "applications", "cifar10", "runs", variant, "log.csv")
