@@ -276,21 +276,16 @@ def make_dataset(images, labels=None, batch_size=64, shuffle=False, augment_imag
             "augment_images=True (or pairs=True)."
         )
     aug = dict(color_jitter=color_jitter, grayscale=grayscale, seed=seed)
-    second = dict(aug, seed=None if seed is None else seed + 1)
-    if pairs:
-        ds = tf.data.Dataset.from_tensor_slices(images)
-        if shuffle:
-            ds = ds.shuffle(min(len(images), 50_000), seed=seed, reshuffle_each_iteration=True)
-        ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-        ds = ds.map(lambda x: (augment(x, **aug), augment(x, **second)),
-                    num_parallel_calls=tf.data.AUTOTUNE)
-        return ds.prefetch(tf.data.AUTOTUNE)
     data = images if labels is None else (images, labels)
     ds = tf.data.Dataset.from_tensor_slices(data)
     if shuffle:
         ds = ds.shuffle(min(len(images), 50_000), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-    if augment_images:
+    if pairs:
+        second = dict(aug, seed=None if seed is None else seed + 1)
+        ds = ds.map(lambda x: (augment(x, **aug), augment(x, **second)),
+                    num_parallel_calls=tf.data.AUTOTUNE)
+    elif augment_images:
         # Augmenting whole batches is ~10x cheaper than per-image maps on 2 cores.
         if labels is None:
             ds = ds.map(lambda x: augment(x, **aug), num_parallel_calls=tf.data.AUTOTUNE)

@@ -115,41 +115,40 @@ def pretrain_cifar10(**kwargs):
     previous_policy = keras.mixed_precision.global_policy()
     if args.mixed_precision:
         # 1.4x faster DIM(L) steps with AVX512_BF16 (benchmarks/results/speed.md);
-        # variables and the MI estimates stay float32.
+        # variables and the MI estimates stay float32. Layers keep the policy they were
+        # built with, so the global one is restored right away.
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
         model = InfoBal(**config)
-        model.compile(optimizer=optimizer(), discriminator_optimizer=(
-            optimizer() if model.discriminator_active else None))
-        train_ds = datasets.make_dataset(x_train, batch_size=args.batch_size, shuffle=True,
-                                         augment_images=True, drop_remainder=True,
-                                         seed=args.seed,
-                                         pairs=bool(config.get("augmented_pairs")), **aug)
-        log_path = os.path.join(args.out, "log.csv")
-
-        class Timer(keras.callbacks.Callback):
-            def on_epoch_begin(self, epoch, logs=None):
-                self.t0 = time.time()
-
-            def on_epoch_end(self, epoch, logs=None):
-                logs["epoch_seconds"] = time.time() - self.t0
-                logs["images_per_second"] = (steps_per_epoch * args.batch_size
-                                             / logs["epoch_seconds"])
-
-        callbacks = [
-            keras.callbacks.BackupAndRestore(os.path.join(args.out, "backup"),
-                                             double_checkpoint=True),
-            Timer(),
-            probe,
-            NonFiniteGuard(),
-            keras.callbacks.CSVLogger(log_path, append=True),
-        ]
-        t0 = time.time()
-        model.fit(train_ds, epochs=args.epochs, callbacks=callbacks, verbose=args.verbose,
-                  shuffle=False)  # the dataset shuffles itself
-        train_seconds = time.time() - t0
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
+    model.compile(optimizer=optimizer(),
+                  discriminator_optimizer=optimizer() if model.discriminator_active else None)
+    train_ds = datasets.make_dataset(x_train, batch_size=args.batch_size, shuffle=True,
+                                     augment_images=True, drop_remainder=True, seed=args.seed,
+                                     pairs=bool(config.get("augmented_pairs")), **aug)
+    log_path = os.path.join(args.out, "log.csv")
+
+    class Timer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t0 = time.time()
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs["epoch_seconds"] = time.time() - self.t0
+            logs["images_per_second"] = steps_per_epoch * args.batch_size / logs["epoch_seconds"]
+
+    callbacks = [
+        keras.callbacks.BackupAndRestore(os.path.join(args.out, "backup"),
+                                         double_checkpoint=True),
+        Timer(),
+        probe,
+        NonFiniteGuard(),
+        keras.callbacks.CSVLogger(log_path, append=True),
+    ]
+    t0 = time.time()
+    model.fit(train_ds, epochs=args.epochs, callbacks=callbacks, verbose=args.verbose,
+              shuffle=False)  # the dataset shuffles itself
+    train_seconds = time.time() - t0
     if args.mixed_precision:
         # Evaluate and save a float32 copy: the saved model does not depend on the policy.
         trained, model = model, InfoBal(**config)

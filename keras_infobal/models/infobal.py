@@ -450,9 +450,11 @@ class InfoBal(keras.Model):
             j = j - self.infomin_weight * self._weighted_infomin(infomin)
         return j, infomax
 
-    def _check_data(self, data):
+    def _check_data(self, data, single=False):
+        """The batch of images to encode; with augmented pairs (unless `single`), both
+        halves stacked."""
         self._require_built()
-        if self.augmented_pairs:
+        if self.augmented_pairs and not single:
             return self._check_pair(data)
         x = data[0] if isinstance(data, (tuple, list)) else data
         if isinstance(x, dict):
@@ -506,13 +508,18 @@ class InfoBal(keras.Model):
 
         return tf.distribute.get_strategy().num_replicas_in_sync
 
-    def _assert_batch(self, x):
-        import tensorflow as tf
-
+    def _check_static_batch(self, x):
+        """Raises when the known batch size is too small; returns the minimum size of x."""
         # With augmented pairs x stacks both halves: each half needs 2 images.
         need = 4 if self.augmented_pairs else 2
         if x.shape[0] is not None and x.shape[0] < need:
             raise ValueError(self._batch_message(x.shape[0] * 2 // need))
+        return need
+
+    def _assert_batch(self, x):
+        import tensorflow as tf
+
+        need = self._check_static_batch(x)
         return tf.debugging.assert_greater_equal(
             tf.shape(x)[0], need, message=self._batch_message("1")
         )
@@ -594,9 +601,7 @@ class InfoBal(keras.Model):
 
     def test_step(self, data):
         x = self._check_data(data)
-        need = 4 if self.augmented_pairs else 2
-        if x.shape[0] is not None and x.shape[0] < need:
-            raise ValueError(self._batch_message(x.shape[0] * 2 // need))
+        self._check_static_batch(x)
         views = self.encoder(x, training=False)
         j, infomax = self._objective(views, training=False)
         logs = {"loss": -j, "objective": j}
@@ -628,11 +633,7 @@ class InfoBal(keras.Model):
 
     def predict_step(self, data):
         # Prediction takes single images, also for a model trained on augmented pairs.
-        self._require_built()
-        x = data[0] if isinstance(data, (tuple, list)) else data
-        if isinstance(x, dict):
-            raise ValueError("InfoBal takes a batch of images, not a dict of inputs.")
-        return self(self._check_images(x), training=False)
+        return self(self._check_data(data, single=True), training=False)
 
     # ----------------------------------------------------------------------------------
     def get_config(self):
