@@ -30,27 +30,62 @@ CONFIGS = {
 DATA_OPTIONS = ("augmented_pairs", "color_jitter", "grayscale")
 
 
-DEFAULTS = dict(variant="infobal", critic=None, infomin_weight=None, num_views=None,
+DEFAULTS = dict(variant="infobal", critic=None, infomin_critic=None, infomin_weight=None, num_views=None,
                 split=None, score_clip=None, augmented_pairs=None, color_jitter=None,
                 grayscale=None, mixed_precision=False, epochs=30, batch_size=64, lr=3e-4,
                 critic_units=512,
                 probe_every=5, probe_train=10000, seed=0, threads=0, limit=0,
-                data=None, out=None, skip_final_probe=False, verbose=2,
+                data=None, out=None, skip_final_probe=False, verbose=2, init_from=None,
                 probe_layers=("conv", "fc", "R"), final_probe_layers=("local", "conv", "fc", "R"))
+
+
+def _initialize_from(model, source):
+    """Loads trained weights into `model` before training (a warm start)."""
+    import keras
+
+    if str(source).endswith(".keras"):
+        from keras_infobal.models.infobal import load_infobal
+
+        trained = load_infobal(source)
+        if trained.get_config()["num_views"] != model.num_views:
+            raise ValueError(f"`init_from` {source} has another number of views than the model.")
+        pairs = [(model.encoder, trained.encoder), (model.aggregator, trained.aggregator)]
+        pairs += list(zip(model.infomax_critics, trained.infomax_critics))
+        pairs += list(zip(model.infomin_critics, trained.infomin_critics))
+    else:
+        from keras_infobal.applications.infobal_cifar import (
+            _load_keras_weights, _registry, canonical_model, shipped_weights_path)
+
+        registry = _registry()
+        if source not in registry:
+            raise ValueError(
+                f"`init_from` must be a shipped variant ({sorted(registry)}) or a `.keras` "
+                f"file; got {source!r}."
+            )
+        full = canonical_model(registry[source]["feature_layer"])
+        _load_keras_weights(full, shipped_weights_path(source))
+        pairs = [(model.encoder, full.get_layer("view_encoder")),
+                 (model.aggregator, full.get_layer("view_aggregator"))]
+    for target, src in pairs:
+        target.set_weights([keras.ops.convert_to_numpy(w).astype("float32")
+                            for w in src.get_weights()])
 
 
 def pretrain_cifar10(**kwargs):
     """Pretrains on CIFAR-10, resumable; writes OUT/{config.json,log.csv,model.keras,results.json}.
 
-    Keyword arguments (defaults in `DEFAULTS`): variant ("infobal" or "dim"), critic,
-    infomin_weight, num_views, split, score_clip, augmented_pairs (two augmentations per
+    Keyword arguments (defaults in `DEFAULTS`): variant (a key of `CONFIGS`), critic,
+    infomin_critic (the InfoMin estimator: a lower-bound critic or "club"), infomin_weight, num_views, split, score_clip, augmented_pairs (two augmentations per
     image, R of one scored against the local views of the other), color_jitter, grayscale
     (colour distortion of the augmentation) (overrides of the variant), mixed_precision
     (train under keras' "mixed_bfloat16" policy; evaluation and model.keras stay float32),
     epochs, batch_size,
     lr (peak of a cosine decay), critic_units, probe_every, probe_train, seed, threads, limit, data
     (CIFAR-10 folder/.tar.gz or None for $KERAS_INFOBAL_CIFAR10 / tfds), out (required),
-    skip_final_probe, verbose, probe_layers (in-training probe), final_probe_layers.
+    skip_final_probe, verbose, probe_layers (in-training probe), final_probe_layers,
+    init_from (continue from trained weights: a shipped variant name, whose encoder and
+    aggregator are loaded and whose critics start fresh, or an InfoBal `.keras` file of the
+    same configuration, loaded whole).
     Returns the results dict (None with skip_final_probe).
     """
     unknown = set(kwargs) - set(DEFAULTS)
@@ -76,7 +111,7 @@ def pretrain_cifar10(**kwargs):
     keras.utils.set_random_seed(args.seed)
     os.makedirs(args.out, exist_ok=True)
     config = dict(CONFIGS[args.variant])
-    for key in ("critic", "infomin_weight", "num_views", "split", "score_clip") + DATA_OPTIONS:
+    for key in ("critic", "infomin_critic", "infomin_weight", "num_views", "split", "score_clip") + DATA_OPTIONS:
         if getattr(args, key) is not None:
             config[key] = getattr(args, key)
     aug = dict(color_jitter=float(config.pop("color_jitter", 0.0)),
@@ -122,6 +157,8 @@ def pretrain_cifar10(**kwargs):
         model = InfoBal(**config)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
+    if args.init_from:
+        _initialize_from(model, args.init_from)
     model.compile(optimizer=optimizer(),
                   discriminator_optimizer=optimizer() if model.discriminator_active else None)
     train_ds = datasets.make_dataset(x_train, batch_size=args.batch_size, shuffle=True,

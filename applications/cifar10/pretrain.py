@@ -29,6 +29,10 @@ def parse_args(argv=None):
     p.add_argument("--variant", choices=sorted(CONFIGS), default="infobal")
     p.add_argument("--critic", choices=["jsd", "dv", "infonce", "nwj"], default=None,
                    help="override the variant's estimator")
+    p.add_argument("--infomin-critic", default=None,
+                   choices=["jsd", "dv", "infonce", "nwj", "club", "club_sampled"],
+                   help="InfoMin estimator: an adversarial lower-bound critic, or the CLUB "
+                        "upper bound")
     p.add_argument("--infomin-weight", type=float, default=None, help="override lambda")
     p.add_argument("--num-views", type=int, default=None)
     p.add_argument("--split", default=None)
@@ -57,6 +61,9 @@ def parse_args(argv=None):
                    help="CIFAR-10 folder/.tar.gz (default: $KERAS_INFOBAL_CIFAR10, else tfds)")
     p.add_argument("--out", required=True)
     p.add_argument("--skip-final-probe", action="store_true")
+    p.add_argument("--init-from", default=None,
+                   help="warm start: a shipped variant name (its encoder and aggregator) or an "
+                        "InfoBal .keras file")
     return p.parse_args(argv)
 
 

@@ -8,5 +8,6 @@ from keras_infobal.layers.critics import (
     NWJCritic,
     get_critic,
 )
+from keras_infobal.layers.club import CLUB
 from keras_infobal.layers.view_aggregator import ViewAggregator
 from keras_infobal.layers.view_encoder import ViewEncoder

@@ -202,6 +202,15 @@ class MICritic(keras.layers.Layer):
         scores, offset = self.scores(inputs, training=training, gather_fn=gather_fn)
         return estimator(scores, offset=offset)
 
+    def fit_and_estimate(self, inputs, training=None, gather_fn=None):
+        """(what the critic's own update maximizes, the MI estimate): both the estimate.
+
+        The InfoMin step calls this on every discriminator; `CLUB` returns its
+        log-likelihood and its upper bound instead.
+        """
+        value = self(inputs, training=training, gather_fn=gather_fn)
+        return value, value
+
     def compute_output_shape(self, input_shape):
         self._split_shapes(input_shape)
         return ()
@@ -285,6 +294,25 @@ class NWJCritic(_FixedEstimatorCritic):
 
 
 CRITICS = {"jsd": JSDCritic, "dv": DVCritic, "infonce": InfoNCECritic, "nwj": NWJCritic}
+
+
+# InfoMin estimators: the lower-bound critics above, trained adversarially, or the CLUB upper
+# bound (layers/club.py), whose q network is fitted by maximum likelihood.
+UPPER_BOUNDS = {"club": dict(sampled=False), "club_sampled": dict(sampled=True)}
+INFOMIN_CRITICS = tuple(sorted(CRITICS)) + tuple(UPPER_BOUNDS)
+
+
+def get_infomin_critic(estimator, units=512, score_clip=None, name=None):
+    """The InfoMin term's estimator for one view pair: a critic in CRITICS or a CLUB."""
+    key = str(estimator).lower()
+    if key in UPPER_BOUNDS:
+        from keras_infobal.layers.club import CLUB
+
+        return CLUB(units=units, name=name, **UPPER_BOUNDS[key])
+    # LayerNorm, not BatchNorm, in the discriminators: they then hold no running state,
+    # so the encoder step cannot change them by merely calling them.
+    return get_critic(key, units=units, normalization="layer", score_clip=score_clip,
+                      name=name)
 
 
 def get_critic(estimator, **kwargs):

@@ -7,7 +7,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_infobal.layers.critics import CRITICS, get_critic
+from keras_infobal.layers.critics import CRITICS, INFOMIN_CRITICS, get_critic, get_infomin_critic
 from keras_infobal.layers.view_aggregator import ViewAggregator
 from keras_infobal.layers.view_encoder import ViewEncoder
 
@@ -93,7 +93,11 @@ class InfoBal(keras.Model):
             "separate"); M=2 rows is the note's top/bottom setting, M=1 is plain DIM(L).
         aggregator: "concat", "mean" or "attention" (see `ViewAggregator`).
         critic: InfoMax estimator, "jsd", "dv", "infonce" or "nwj".
-        infomin_critic: InfoMin estimator; defaults to `critic`.
+        infomin_critic: InfoMin estimator; defaults to `critic`. A lower-bound critic
+            ("jsd", "dv", "infonce", "nwj") is trained adversarially (it maximizes its
+            estimate); "club" / "club_sampled" use the CLUB upper bound (`layers.CLUB`):
+            its q(v_j | v_i) is fitted by maximum likelihood in the discriminator step and
+            the encoder minimizes the bound (the note's "minimize the upper bound" route).
         critic_units: width of the critics' encodings.
         scorer: "dot" (encode-and-dot) or "concat" for the InfoMax critics.
         shared_critic: one InfoMax critic for all views instead of one per view.
@@ -162,11 +166,14 @@ class InfoBal(keras.Model):
     ):
         super().__init__(**kwargs)
         infomin_critic = critic if infomin_critic is None else infomin_critic
-        for name, value in (("critic", critic), ("infomin_critic", infomin_critic)):
-            if str(value).lower() not in CRITICS:
-                raise ValueError(
-                    f"`{name}` must be one of {sorted(CRITICS)}; got {value!r}."
-                )
+        if str(critic).lower() not in CRITICS:
+            raise ValueError(f"`critic` must be one of {sorted(CRITICS)}; got {critic!r}.")
+        if str(infomin_critic).lower() not in INFOMIN_CRITICS:
+            raise ValueError(
+                f"`infomin_critic` must be one of {list(INFOMIN_CRITICS)} (a lower-bound "
+                f"critic trained adversarially, or the CLUB upper bound); got "
+                f"{infomin_critic!r}."
+            )
         if not np.isfinite(infomin_weight) or infomin_weight < 0:
             raise ValueError(
                 "`infomin_weight` (lambda) must be a finite number >= 0 (0 gives the DIM "
@@ -217,11 +224,9 @@ class InfoBal(keras.Model):
             for i in range(n_critics)
         ]
         self.pairs = list(itertools.combinations(range(num_views), 2))
-        # LayerNorm, not BatchNorm, in the discriminators: they then hold no running state,
-        # so the encoder step cannot change them by merely calling them.
         self.infomin_critics = [
-            get_critic(infomin_critic, units=critic_units, normalization="layer",
-                       score_clip=score_clip, name=f"infomin_critic_{i + 1}_{j + 1}")
+            get_infomin_critic(infomin_critic, units=critic_units, score_clip=score_clip,
+                               name=f"infomin_critic_{i + 1}_{j + 1}")
             for i, j in self.pairs
         ]
         self.discriminator_optimizer = None
@@ -418,6 +423,15 @@ class InfoBal(keras.Model):
             for critic, (i, j) in zip(self.infomin_critics, self.pairs)
         ]
 
+    def _infomin_fit_terms(self, pooled, training):
+        """Per pair: (what the discriminator step maximizes, the InfoMin estimate)."""
+        gather_fn = self._gather_fn()
+        return [
+            critic.fit_and_estimate([pooled[:, i], pooled[:, j]], training=training,
+                                    gather_fn=gather_fn)
+            for critic, (i, j) in zip(self.infomin_critics, self.pairs)
+        ]
+
     def _weighted_infomin(self, terms):
         return sum(float(self._beta[i, j]) * t for t, (i, j) in zip(terms, self.pairs))
 
@@ -549,20 +563,28 @@ class InfoBal(keras.Model):
         pooled = tf.stop_gradient(self._pool(views))
         variables = self.discriminator_variables
         with tf.GradientTape() as tape:
-            terms = self._infomin_terms(pooled, training=True)
-            objective = self._weighted_infomin(terms)
-            loss = -objective / self._replicas()
+            fits, terms = zip(*self._infomin_fit_terms(pooled, training=True))
+            # Adversarial critics maximize their MI estimate; CLUB fits q by likelihood.
+            loss = -self._weighted_infomin(fits) / self._replicas()
         grads = tape.gradient(loss, variables)
         self.discriminator_optimizer.apply(grads, variables)
-        return objective, terms
+        return self._weighted_infomin(fits), list(terms)
 
-    def encoder_step(self, images):
-        """One update of encoder, aggregator and InfoMax critics; returns (J, InfoMax terms)."""
+    def encoder_step(self, images, before_update=None):
+        """One update of encoder, aggregator and InfoMax critics; returns (loss, J, InfoMax terms).
+
+        `before_update(views)` runs on this step's views before the encoder's objective, off
+        the gradient tape: `train_step` runs the discriminator steps there, so both updates
+        share one encoder pass and the discriminators never change the encoder's gradient.
+        """
         import tensorflow as tf
 
         variables = self.encoder_variables
         with tf.GradientTape() as tape:
             views = self.encoder(images, training=True)
+            if before_update is not None:
+                with tape.stop_recording():
+                    before_update(views)
             j, infomax = self._objective(views, training=True)
             loss = -j + sum(self.losses) if self.losses else -j
             scaled = loss / self._replicas()
@@ -576,26 +598,21 @@ class InfoBal(keras.Model):
         x = self._check_data(data)
         with tf.control_dependencies([self._assert_batch(x)]):
             x = tf.identity(x)
+        d_out = []
+        before_update = None
         if self.discriminator_active:
             self._require_discriminator_optimizer()
-        variables = self.encoder_variables
-        with tf.GradientTape() as tape:
-            views = self.encoder(x, training=True)
-            if self.discriminator_active:
-                # The discriminator sees the same forward pass the encoder step uses: one
-                # encoder pass per batch, and the encoder's variables are untouched by it.
-                with tape.stop_recording():
-                    for _ in range(self.discriminator_steps):
-                        d_objective, d_terms = self.discriminator_step(views)
-            j, infomax = self._objective(views, training=True)
-            loss = -j + sum(self.losses) if self.losses else -j
-            scaled = loss / self._replicas()
-        grads = tape.gradient(scaled, variables)
-        self.optimizer.apply(grads, variables)
+
+            def before_update(views):
+                for _ in range(self.discriminator_steps):
+                    d_out[:] = self.discriminator_step(views)
+
+        loss, j, infomax = self.encoder_step(x, before_update=before_update)
         logs = {"loss": loss, "objective": j}
         logs.update({f"mi_R_V{i + 1}": t for i, t in enumerate(infomax)})
         if self.discriminator_active:
-            logs.update({f"mi_V{i + 1}_V{j_ + 1}": t for t, (i, j_) in zip(d_terms, self.pairs)})
+            d_objective, d_terms = d_out
+            logs.update({f"mi_V{i + 1}_V{k + 1}": t for t, (i, k) in zip(d_terms, self.pairs)})
             logs["discriminator_objective"] = d_objective
         return self._update_trackers(logs)
 
@@ -607,9 +624,9 @@ class InfoBal(keras.Model):
         logs = {"loss": -j, "objective": j}
         logs.update({f"mi_R_V{i + 1}": t for i, t in enumerate(infomax)})
         if self.discriminator_active:
-            terms = self._infomin_terms(self._pool(views), training=False)
+            fits, terms = zip(*self._infomin_fit_terms(self._pool(views), training=False))
             logs.update({f"mi_V{i + 1}_V{k + 1}": t for t, (i, k) in zip(terms, self.pairs)})
-            logs["discriminator_objective"] = self._weighted_infomin(terms)
+            logs["discriminator_objective"] = self._weighted_infomin(fits)
         return self._update_trackers(logs)
 
     def _update_trackers(self, logs):

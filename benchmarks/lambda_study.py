@@ -1,0 +1,288 @@
+"""The lambda study: InfoBal's InfoMin weight under the dim_pairs recipe, both routes, seeds.
+
+    # train + evaluate cells (skips cells whose result file exists; resumable)
+    python benchmarks/lambda_study.py run --route none --lambdas 0 --seeds 0 1 2
+    python benchmarks/lambda_study.py run --route adversarial --lambdas 0.03 0.1 0.3 1 --seeds 0 1
+    python benchmarks/lambda_study.py run --route club --lambdas 0.03 0.1 0.3 1 --seeds 0 1
+    # the table, the results file and the figure
+    python benchmarks/lambda_study.py report
+
+Every cell is one `pretrain_cifar10` run of the dim_pairs recipe (InfoNCE InfoMax, augmented
+pairs, colour, score clip 20, mixed bfloat16) with `infomin_weight=lambda` and the InfoMin
+term estimated either by the adversarial InfoNCE discriminator ("adversarial") or by the CLUB
+upper bound ("club"); lambda = 0 is DIM. After training, with the encoder frozen:
+- a converged linear probe on `conv` and `fc`, fitted on 10,000 training images and scored on
+  a fixed validation split of 5,000 other training images (the number models are chosen on)
+  and on the full test set (reported only);
+- I(V1; V2) measured by an independent monitor: a fresh InfoNCE critic trained on the frozen,
+  mean-pooled views of 20,000 training images and evaluated on the validation split (nats,
+  a lower bound, at most log 256 = 5.55);
+- the cost per training step (ms), from the epoch times in the run's log.
+Per-run results go to benchmarks/results/lambda_study/<cell>/seed<k>.json; `report` writes
+benchmarks/results/lambda_study.{json,md,png}. Runs (models, logs) go to benchmarks/runs/.
+"""
+
+import argparse
+import csv
+import glob
+import json
+import os
+import statistics
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS = os.path.join(HERE, "results")
+PER_RUN = os.path.join(RESULTS, "lambda_study")
+ROUTES = {"none": None, "adversarial": "infonce", "club": "club", "club_sampled": "club_sampled"}
+MONITOR_BATCH = 256
+
+
+def cell_name(route, lam):
+    return "dim" if lam == 0 else f"{route}_lambda{lam:g}"
+
+
+def split_indices(n_train=50000):
+    """Fixed splits of the training set: validation (5,000) and probe-training (10,000)."""
+    import numpy as np
+
+    order = np.random.default_rng(12345).permutation(n_train)
+    return order[:5000], order[5000:15000], order[15000:35000]
+
+
+def monitor_view_mi(model, x_fit, x_val, epochs=3, seed=0):
+    """I(V1; V2) of a frozen model, by a fresh InfoNCE critic on its mean-pooled views."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from keras_infobal.layers.critics import InfoNCECritic
+
+    @tf.function(autograph=False)
+    def pooled(x):
+        return model._pool(model.encoder(x, training=False))
+
+    def views(x):
+        return np.concatenate([pooled(x[i:i + 500]).numpy() for i in range(0, len(x), 500)])
+
+    v_fit, v_val = views(x_fit), views(x_val)
+    keras.utils.set_random_seed(seed)
+    critic = InfoNCECritic(units=512, normalization="layer", dtype="float32")
+    critic.build([(None, v_fit.shape[-1]), (None, v_fit.shape[-1])])
+    opt = keras.optimizers.Adam(1e-3)
+    variables = critic.trainable_variables
+
+    @tf.function(autograph=False)
+    def step(a, b):
+        with tf.GradientTape() as tape:
+            loss = -critic([a, b])
+        opt.apply(tape.gradient(loss, variables), variables)
+        return -loss
+
+    rng = np.random.default_rng(seed)
+    for _ in range(epochs):
+        order = rng.permutation(len(v_fit))
+        for i in range(0, len(order) - MONITOR_BATCH + 1, MONITOR_BATCH):
+            idx = order[i:i + MONITOR_BATCH]
+            step(v_fit[idx, 0], v_fit[idx, 1])
+    estimates = [float(critic([v_val[i:i + MONITOR_BATCH, 0], v_val[i:i + MONITOR_BATCH, 1]]))
+                 for i in range(0, len(v_val) - MONITOR_BATCH + 1, MONITOR_BATCH)]
+    return float(np.mean(estimates))
+
+
+def evaluate(run_dir, x_train, y_train, x_test, y_test, seed):
+    import keras_infobal  # noqa: F401
+    from keras_infobal.evaluation import train_classifier
+    from keras_infobal.models.infobal import load_infobal
+
+    model = load_infobal(os.path.join(run_dir, "model.keras"))
+    val, probe_tr, monitor_fit = split_indices(len(x_train))
+    layers = ("conv", "fc")
+    f_tr = model.extract_features(x_train[probe_tr], layers=layers)
+    f_val = model.extract_features(x_train[val], layers=layers)
+    f_te = model.extract_features(x_test, layers=layers)
+    out = {"val": {}, "test": {}}
+    for layer in layers:
+        out["val"][layer] = train_classifier(f_tr[layer], y_train[probe_tr], f_val[layer],
+                                             y_train[val], seed=seed)
+        out["test"][layer] = train_classifier(f_tr[layer], y_train[probe_tr], f_te[layer],
+                                              y_test, seed=seed)
+    out["monitor_view_mi"] = monitor_view_mi(model, x_train[monitor_fit], x_train[val],
+                                             seed=seed)
+    with open(os.path.join(run_dir, "log.csv")) as f:
+        rows = list(csv.DictReader(f))
+    out["seconds_per_epoch"] = [float(r["epoch_seconds"]) for r in rows]
+    out["final_log"] = {k: float(v) for k, v in rows[-1].items()
+                        if k.startswith(("mi_", "objective", "discriminator"))}
+    return out
+
+
+def run(args):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from keras_infobal import datasets
+    from keras_infobal.pretraining import pretrain_cifar10
+
+    x_train, y_train, _ = datasets.load_cifar10("train", source=args.data)
+    x_test, y_test, _ = datasets.load_cifar10("test", source=args.data)
+    for seed in args.seeds:
+        for lam in args.lambdas:
+            name = cell_name(args.route, lam)
+            result_path = os.path.join(PER_RUN, name, f"seed{seed}.json")
+            if os.path.exists(result_path):
+                continue
+            run_dir = os.path.join(HERE, "runs", "lambda_study", name, f"seed{seed}")
+            cfg = dict(variant="dim_pairs" if lam == 0 else "infobal_pairs",
+                       infomin_weight=float(lam))
+            if lam:
+                cfg["infomin_critic"] = ROUTES[args.route]
+            t0 = time.time()
+            pretrain_cifar10(**cfg, epochs=args.epochs, limit=args.limit, seed=seed,
+                             data=args.data, out=run_dir, threads=args.threads,
+                             batch_size=args.batch_size, mixed_precision=True,
+                             probe_every=10 ** 6, verbose=0, skip_final_probe=True)
+            train_wall = time.time() - t0
+            res = evaluate(run_dir, x_train, y_train, x_test, y_test, seed)
+            res.update(route=args.route if lam else "none", infomin_weight=float(lam),
+                       seed=seed, config=cfg, train_wall_seconds=train_wall,
+                       eval_wall_seconds=time.time() - t0 - train_wall,
+                       budget=dict(epochs=args.epochs, images=args.limit,
+                                   batch_size=args.batch_size, threads=args.threads))
+            os.makedirs(os.path.dirname(result_path), exist_ok=True)
+            with open(result_path, "w") as f:
+                json.dump(res, f, indent=2)
+            print(name, seed, res["val"], res["test"], res["monitor_view_mi"], flush=True)
+
+
+def mean_std(values):
+    if not values:
+        return float("nan"), float("nan")
+    if len(values) == 1:
+        return values[0], float("nan")
+    return statistics.mean(values), statistics.stdev(values)
+
+
+def fmt(values, scale=100.0):
+    m, s = mean_std([scale * v for v in values])
+    return f"{m:.2f}" if s != s else f"{m:.2f} ± {s:.2f}"
+
+
+def report(args):
+    cells = {}
+    for path in sorted(glob.glob(os.path.join(PER_RUN, "*", "seed*.json"))):
+        with open(path) as f:
+            r = json.load(f)
+        cells.setdefault(os.path.basename(os.path.dirname(path)), []).append(r)
+    if not cells:
+        raise SystemExit(f"No per-run results under {PER_RUN}; run the `run` command first.")
+
+    def key(item):
+        rs = item[1]
+        return ({"none": 0, "adversarial": 1, "club": 2, "club_sampled": 3}[rs[0]["route"]],
+                rs[0]["infomin_weight"])
+
+    rows, summary = [], {}
+    budget = next(iter(cells.values()))[0]["budget"]
+    for name, rs in sorted(cells.items(), key=key):
+        steps = budget["images"] // budget["batch_size"]
+        ms = [1000 * statistics.median(r["seconds_per_epoch"]) / steps for r in rs]
+        summary[name] = {
+            "route": rs[0]["route"], "infomin_weight": rs[0]["infomin_weight"],
+            "seeds": [r["seed"] for r in rs],
+            "val_fc": mean_std([r["val"]["fc"] for r in rs]),
+            "val_conv": mean_std([r["val"]["conv"] for r in rs]),
+            "test_fc": mean_std([r["test"]["fc"] for r in rs]),
+            "test_conv": mean_std([r["test"]["conv"] for r in rs]),
+            "monitor_view_mi": mean_std([r["monitor_view_mi"] for r in rs]),
+            "ms_per_step": mean_std(ms),
+        }
+        rows.append(
+            f"| {rs[0]['route']} | {rs[0]['infomin_weight']:g} | {len(rs)} | "
+            f"{fmt([r['val']['fc'] for r in rs])} | {fmt([r['val']['conv'] for r in rs])} | "
+            f"{fmt([r['test']['fc'] for r in rs])} | {fmt([r['test']['conv'] for r in rs])} | "
+            f"{fmt([r['monitor_view_mi'] for r in rs], 1.0)} | {statistics.mean(ms):.0f} |")
+    base = summary.get("dim")
+    verdict = []
+    for route in ("adversarial", "club", "club_sampled"):
+        cands = {n: s for n, s in summary.items() if s["route"] == route}
+        if not cands or not base:
+            continue
+        best = max(cands, key=lambda n: cands[n]["val_fc"][0])
+        b, d = cands[best], base
+        stds = [x for x in (b["val_fc"][1], d["val_fc"][1]) if x == x]
+        spread = max(stds) if stds else 0.0
+        diff = b["val_fc"][0] - d["val_fc"][0]
+        beats = diff > spread
+        verdict.append(
+            f"- {route}: best lambda on validation = {b['infomin_weight']:g} "
+            f"(fc {100 * b['val_fc'][0]:.2f} vs DIM {100 * d['val_fc'][0]:.2f}, "
+            f"difference {100 * diff:+.2f} points, larger seed std {100 * spread:.2f}): "
+            + ("beats lambda = 0 beyond the seed spread." if beats else
+               "does not beat lambda = 0 beyond the seed spread."))
+    md = [f"Budget per run: {budget['epochs']} epochs x {budget['images']} images, batch "
+          f"{budget['batch_size']} pairs, mixed bfloat16, {budget['threads'] or 'all'} "
+          "thread(s). Accuracy: converged linear probe (%) fitted on 10,000 training images; "
+          "`val` = 5,000 held-out training images (models are chosen on it), `test` = the "
+          "full test set. View MI: an independent InfoNCE monitor trained on the frozen "
+          "views after training (nats). Mean ± std over seeds.", "",
+          "| route | lambda | seeds | val fc | val conv | test fc | test conv | "
+          "monitor I(V1;V2) | ms/step |", "|---" * 9 + "|"] + rows + ["", *verdict]
+    os.makedirs(RESULTS, exist_ok=True)
+    with open(os.path.join(RESULTS, "lambda_study.json"), "w") as f:
+        json.dump({"budget": budget, "cells": summary, "verdict": verdict}, f, indent=2)
+    with open(os.path.join(RESULTS, "lambda_study.md"), "w") as f:
+        f.write("\n".join(md) + "\n")
+    plot(summary, os.path.join(RESULTS, "lambda_study.png"))
+    print("\n".join(md))
+
+
+def plot(summary, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    base = summary.get("dim")
+    for route, color in (("adversarial", "tab:red"), ("club", "tab:blue"),
+                         ("club_sampled", "tab:green")):
+        pts = sorted((s["infomin_weight"], s) for s in summary.values()
+                     if isinstance(s, dict) and s["route"] == route)
+        if base:
+            pts = [(0.0, base)] + pts
+        if len(pts) < 2:
+            continue
+        xs = [max(lam, 0.01) for lam, _ in pts]
+        for ax, k, scale in ((axes[0], "val_fc", 100.0), (axes[1], "monitor_view_mi", 1.0)):
+            ys = [scale * s[k][0] for _, s in pts]
+            es = [scale * s[k][1] if s[k][1] == s[k][1] else 0.0 for _, s in pts]
+            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, color=color, label=route)
+    axes[0].set_ylabel("linear probe, validation (fc, %)")
+    axes[1].set_ylabel("monitor I(V1;V2) (nats)")
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.set_xlabel("lambda (0 plotted at 0.01)")
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.suptitle("InfoBal lambda study (dim_pairs recipe, small budget)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--route", choices=sorted(ROUTES), required=True)
+    r.add_argument("--lambdas", type=float, nargs="+", required=True)
+    r.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    r.add_argument("--epochs", type=int, default=2)
+    r.add_argument("--limit", type=int, default=10000)
+    r.add_argument("--batch-size", type=int, default=64)
+    r.add_argument("--threads", type=int, default=0)
+    r.add_argument("--data", default=os.environ.get("KERAS_INFOBAL_CIFAR10"))
+    sub.add_parser("report")
+    args = p.parse_args()
+    run(args) if args.command == "run" else report(args)
+
+
+if __name__ == "__main__":
+    main()
