@@ -1,0 +1,268 @@
+"""CLUB, the upper-bound InfoMin route: values against numpy, bounds on Gaussians, the model."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+
+from keras_infobal import CLUB, InfoBal
+from keras_infobal.layers.club import club_estimate, gaussian_log_likelihood
+from keras_infobal.layers.critics import InfoNCECritic, JSDCritic
+
+TINY = dict(filters=(8, 16), conv_filters=16, fc_units=32, output_dim=8, critic_units=16,
+            input_shape=(16, 16, 3))
+
+
+def _np_log_q(mu, logvar, y):
+    """log N(y; mu, diag exp(logvar)), summed over features, one value per row."""
+    out = np.zeros(len(mu))
+    for a in range(len(mu)):
+        for d in range(mu.shape[1]):
+            var = math.exp(logvar[a, d])
+            out[a] += -0.5 * (y[a, d] - mu[a, d]) ** 2 / var - 0.5 * logvar[a, d] \
+                - 0.5 * math.log(2 * math.pi)
+    return out
+
+
+def _np_club(mu, logvar, y, partners=None):
+    """CLUB by its definition: mean_a log q(y_a|x_a) - mean_{a,b} log q(y_b|x_a)."""
+    b = len(mu)
+    pos = _np_log_q(mu, logvar, y).mean()
+    if partners is None:
+        neg = np.mean([_np_log_q(mu[a:a + 1], logvar[a:a + 1], y[c:c + 1])[0]
+                       for a in range(b) for c in range(b)])
+    else:
+        neg = np.mean([_np_log_q(mu[a:a + 1], logvar[a:a + 1], y[partners[a]:partners[a] + 1])[0]
+                       for a in range(b)])
+    return pos - neg
+
+
+@pytest.fixture
+def qxy():
+    rng = np.random.default_rng(3)
+    # 5 anchors x 3 features: unequal counts of positives (5) and negatives (25).
+    return (rng.normal(size=(5, 3)), rng.uniform(-0.9, 0.9, size=(5, 3)),
+            rng.normal(size=(5, 3)))
+
+
+def test_log_likelihood_matches_numpy(qxy):
+    mu, logvar, y = qxy
+    got = float(gaussian_log_likelihood(mu, logvar, y))
+    np.testing.assert_allclose(got, _np_log_q(mu, logvar, y).mean(), rtol=1e-5)
+
+
+def test_club_estimate_matches_its_definition(qxy):
+    mu, logvar, y = qxy
+    np.testing.assert_allclose(float(club_estimate(mu, logvar, y)), _np_club(mu, logvar, y),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_sampled_club_uses_the_given_partners(qxy):
+    mu, logvar, y = qxy
+    partners = np.array([3, 0, 4, 1, 2])
+    got = float(club_estimate(mu, logvar, y, partners=partners))
+    np.testing.assert_allclose(got, _np_club(mu, logvar, y, partners), rtol=1e-5, atol=1e-6)
+    # Not the full estimate: the sampled one really uses one partner per anchor.
+    assert abs(got - _np_club(mu, logvar, y)) > 1e-3
+
+
+def test_club_layer_outputs_and_errors():
+    club = CLUB(units=8)
+    x, y = np.ones((4, 3), "float32"), np.zeros((4, 2), "float32")
+    ll, est = club.fit_and_estimate([x, y])
+    mu, logvar = (keras.ops.convert_to_numpy(t) for t in club.mu_logvar(x))
+    assert mu.shape == (4, 2) and np.all(np.abs(logvar) <= 1.0)  # tanh-squashed log-variance
+    np.testing.assert_allclose(float(ll), _np_log_q(mu, logvar, y).mean(), rtol=1e-5)
+    np.testing.assert_allclose(float(est), _np_club(mu, logvar, y), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="width"):
+        club([np.ones((4, 5), "float32"), y])
+    with pytest.raises(ValueError, match=r"\(B, D_x\)"):
+        CLUB()([np.ones((4, 2, 3), "float32"), np.ones((4, 2), "float32")])
+    with pytest.raises(ValueError, match="batch size"):
+        club([np.ones((4, 3), "float32"), np.ones((3, 2), "float32")])
+    with pytest.raises(ValueError, match="cross_replica_negatives"):
+        club([x, y], gather_fn=lambda e: (e, 0))
+    with pytest.raises(ValueError, match="positive integer"):
+        CLUB(units=0)
+
+
+def test_club_config_round_trip():
+    club = CLUB(units=7, sampled=True, seed=3, name="q")
+    again = CLUB.from_config(club.get_config())
+    assert (again.units, again.sampled, again.seed, again.name) == (7, True, 3, "q")
+
+
+def _fit(step_fn, steps):
+    for _ in range(steps):
+        step_fn()
+
+
+def _gaussian_pairs(rng, n, d, rho):
+    x = rng.normal(size=(n, d)).astype("float32")
+    y = (rho * x + math.sqrt(1 - rho ** 2) * rng.normal(size=(n, d))).astype("float32")
+    return x, y
+
+
+@pytest.mark.slow
+def test_club_upper_and_lower_bounds_on_correlated_gaussians():
+    """Known MI -d/2 log(1 - rho^2): fitted CLUB lies above it, InfoNCE and JSD below it."""
+    import tensorflow as tf
+
+    d, rho, n = 4, 0.6, 512
+    true_mi = -d / 2 * math.log(1 - rho ** 2)  # 0.893 nats
+    # CLUB with the exact conditional: d rho^2 / (1 - rho^2) = 2.25 nats.
+    exact_club = d * rho ** 2 / (1 - rho ** 2)
+    rng = np.random.default_rng(0)
+    keras.utils.set_random_seed(0)
+    club = CLUB(units=64)
+    nce = InfoNCECritic(units=64, normalization=None)
+    jsd = JSDCritic(units=64, normalization=None)
+    modules = {"club": club, "nce": nce, "jsd": jsd}
+    opts = {k: keras.optimizers.Adam(3e-3) for k in modules}
+    for m in modules.values():  # build outside the tape
+        m(list(_gaussian_pairs(rng, 8, d, rho)))
+
+    def step():
+        x, y = _gaussian_pairs(rng, n, d, rho)
+        for k, m in modules.items():
+            with tf.GradientTape() as tape:
+                target = m.log_likelihood([x, y]) if k == "club" else m([x, y])
+                loss = -target
+            opts[k].apply(tape.gradient(loss, m.trainable_variables), m.trainable_variables)
+
+    _fit(step, 400)
+    evals = {k: [] for k in modules}
+    for _ in range(20):
+        x, y = _gaussian_pairs(rng, n, d, rho)
+        for k, m in modules.items():
+            evals[k].append(float(m([x, y])))
+    mean = {k: np.mean(v) for k, v in evals.items()}
+    se = {k: np.std(v) / math.sqrt(len(v)) for k, v in evals.items()}
+    assert mean["club"] > true_mi + 3 * se["club"], (mean, true_mi)
+    assert abs(mean["club"] - exact_club) < 0.35, mean
+    assert mean["nce"] < true_mi + 3 * se["nce"], (mean, true_mi)
+    assert mean["nce"] > 0.5 * true_mi  # the critic learned something: it is a tight-ish bound
+    assert mean["jsd"] < true_mi, mean
+
+
+def test_club_fits_q_to_the_conditional_quickly():
+    """A few hundred steps take the log-likelihood near the true conditional's entropy."""
+    import tensorflow as tf
+
+    d, rho = 2, 0.8
+    rng = np.random.default_rng(1)
+    keras.utils.set_random_seed(1)
+    club = CLUB(units=32)
+    opt = keras.optimizers.Adam(5e-3)
+    club(list(_gaussian_pairs(rng, 8, d, rho)))  # build outside the tape
+    for _ in range(300):
+        x, y = _gaussian_pairs(rng, 256, d, rho)
+        with tf.GradientTape() as tape:
+            loss = -club.log_likelihood([x, y])
+        opt.apply(tape.gradient(loss, club.trainable_variables), club.trainable_variables)
+    x, y = _gaussian_pairs(rng, 4096, d, rho)
+    # E log p(y|x) for y|x ~ N(rho x, 1 - rho^2): -d/2 (log(2 pi (1 - rho^2)) + 1).
+    best = -d / 2 * (math.log(2 * math.pi * (1 - rho ** 2)) + 1)
+    assert float(club.log_likelihood([x, y])) > best - 0.1
+    exact = d * rho ** 2 / (1 - rho ** 2)
+    assert abs(float(club([x, y])) - exact) < 0.3
+
+
+# -- the model ------------------------------------------------------------------------------
+
+def _model(**kw):
+    cfg = dict(TINY, critic="infonce", infomin_critic="club", infomin_weight=0.5)
+    cfg.update(kw)
+    model = InfoBal(**cfg)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2),
+                  discriminator_optimizer=keras.optimizers.Adam(1e-2))
+    return model
+
+
+def _images(n=8, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, size=(n, 16, 16, 3), dtype=np.uint8)
+
+
+def _values(variables):
+    return [keras.ops.convert_to_numpy(v).copy() for v in variables]
+
+
+def _changed(before, variables):
+    return [not np.allclose(b, keras.ops.convert_to_numpy(v)) for b, v in zip(before, variables)]
+
+
+@pytest.mark.parametrize("estimator", ["club", "club_sampled"])
+def test_model_builds_club_in_the_discriminator_slot(estimator):
+    model = _model(infomin_critic=estimator)
+    assert all(isinstance(c, CLUB) for c in model.infomin_critics)
+    assert all(c.sampled == (estimator == "club_sampled") for c in model.infomin_critics)
+    assert model.discriminator_variables  # q's variables
+    assert not set(map(id, model.discriminator_variables)) & set(map(id, model.encoder_variables))
+
+
+def test_q_step_changes_only_q_and_maximizes_likelihood():
+    model = _model()
+    views = model.encoder(_images(), training=False)
+    pooled = model._pool(views)
+    ll_before = float(model.infomin_critics[0].log_likelihood([pooled[:, 0], pooled[:, 1]]))
+    enc_before = _values(model.encoder_variables)
+    q_before = _values(model.discriminator_variables)
+    for _ in range(5):
+        model.discriminator_step(views)
+    assert not any(_changed(enc_before, model.encoder_variables))
+    assert all(_changed(q_before, model.discriminator_variables))
+    ll_after = float(model.infomin_critics[0].log_likelihood([pooled[:, 0], pooled[:, 1]]))
+    assert ll_after > ll_before  # q's step maximizes the likelihood, not the bound
+
+
+def test_encoder_step_changes_only_the_encoder_and_subtracts_the_bound():
+    model = _model()
+    x = _images()
+    q_before = _values(model.discriminator_variables)
+    enc_before = _values(model.encoder_variables)
+    views = model.encoder(x, training=True)
+    j, infomax = model._objective(views, training=True)
+    pooled = model._pool(views)
+    club = float(model.infomin_critics[0]([pooled[:, 0], pooled[:, 1]]))
+    # J = sum_i I(R; V_i) - lambda * I_CLUB(V1; V2) (alpha = beta = 1).
+    np.testing.assert_allclose(float(j), float(sum(infomax)) - 0.5 * club, rtol=1e-4, atol=1e-4)
+    model.encoder_step(x)
+    assert not any(_changed(q_before, model.discriminator_variables))
+    assert any(_changed(enc_before, model.encoder_variables))
+
+
+def test_fit_alternates_and_the_encoder_lowers_the_bound():
+    """Through fit: q's optimizer runs k steps per batch; the bound it logs is finite."""
+    model = _model(discriminator_steps=2, infomin_weight=5.0)
+    x = _images(32, seed=1)
+    hist = model.fit(x, batch_size=16, epochs=3, verbose=0)
+    assert int(model.discriminator_optimizer.iterations) == 2 * 2 * 3
+    assert int(model.optimizer.iterations) == 2 * 3
+    assert np.all(np.isfinite(hist.history["mi_V1_V2"]))
+    # The discriminator objective is q's log-likelihood: it rises while q is being fitted.
+    assert hist.history["discriminator_objective"][-1] > hist.history["discriminator_objective"][0]
+
+
+def test_save_and_reload_keeps_q_and_its_optimizer(tmp_path):
+    model = _model(infomin_critic="club_sampled")
+    model.fit(_images(16), batch_size=8, epochs=1, verbose=0)
+    path = str(tmp_path / "club.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert loaded.get_config()["infomin_critic"] == "club_sampled"
+    assert isinstance(loaded.infomin_critics[0], CLUB) and loaded.infomin_critics[0].sampled
+    for a, b in zip(model.discriminator_variables, loaded.discriminator_variables):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
+    assert int(loaded.discriminator_optimizer.iterations) == int(
+        model.discriminator_optimizer.iterations) == 2
+    for a, b in zip(model.discriminator_optimizer.variables,
+                    loaded.discriminator_optimizer.variables):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
+    loaded.fit(_images(16), batch_size=8, epochs=1, verbose=0)  # continues
+    assert int(loaded.discriminator_optimizer.iterations) == 4
+
+
+def test_bad_infomin_critic_names_the_choices():
+    with pytest.raises(ValueError, match="club"):
+        InfoBal(**dict(TINY, infomin_critic="clubb"))
