@@ -37,7 +37,8 @@ def build_parser():
 
     ev = sub.add_parser("evaluate", help="linear-probe table of a model's conv / fc / R features")
     ev.add_argument("--model", required=True,
-                    help="a .keras InfoBal model, or cifar10:infobal / cifar10:dim (shipped)")
+                    help="a .keras InfoBal model, or cifar10 (the default preset) / "
+                         f"cifar10:PRESET, PRESET one of {_preset_names()}")
     ev.add_argument("--data", help="CIFAR-10 folder or .tar.gz")
     ev.add_argument("--protocol", choices=["note", "converged"], default="converged")
     ev.add_argument("--layers", default="conv,fc,R")
@@ -46,7 +47,8 @@ def build_parser():
 
     ex = sub.add_parser("extract", help="features of images (a folder or .npy) to a .npy file")
     ex.add_argument("--model", required=True,
-                    help="a .keras InfoBal model, or cifar10:infobal / cifar10:dim")
+                    help="a .keras InfoBal model, or cifar10 / cifar10:PRESET, PRESET one of "
+                         f"{_preset_names()}")
     ex.add_argument("--images", required=True, help="a folder of images or a .npy (N,H,W,3)")
     ex.add_argument("--layer", choices=["local", "conv", "fc", "R"], default="conv")
     ex.add_argument("--out", required=True)
@@ -59,6 +61,13 @@ def build_parser():
     return p
 
 
+def _preset_names():
+    # Read from the preset files: no TensorFlow import just to print --help.
+    from keras_infobal.applications.presets import list_presets
+
+    return ", ".join(list_presets())
+
+
 def _load_model(spec):
     """An object with `extract_features(images, layers)`: a .keras model or a shipped one."""
     import keras
@@ -66,7 +75,7 @@ def _load_model(spec):
     import keras_infobal  # noqa: F401  (registers the classes for load_model)
 
     if spec.startswith("cifar10"):
-        variant = spec.split(":", 1)[1] if ":" in spec else "infobal"
+        variant = spec.split(":", 1)[1] if ":" in spec else None  # None: the default preset
         from keras_infobal.applications import InfoBalCIFAR
 
         class Shipped:

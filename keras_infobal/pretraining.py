@@ -53,17 +53,17 @@ def _initialize_from(model, source):
         pairs += list(zip(model.infomax_critics, trained.infomax_critics))
         pairs += list(zip(model.infomin_critics, trained.infomin_critics))
     else:
-        from keras_infobal.applications.infobal_cifar import (
-            _load_keras_weights, _registry, canonical_model, shipped_weights_path)
+        from keras_infobal.applications import presets
+        from keras_infobal.applications.infobal_cifar import _load_keras_weights, canonical_model
 
-        registry = _registry()
-        if source not in registry:
+        if source not in presets.list_presets():
             raise ValueError(
-                f"`init_from` must be a shipped variant ({sorted(registry)}) or a `.keras` "
-                f"file; got {source!r}."
+                f"`init_from` must be a shipped preset ({presets.list_presets()}) or a "
+                f"`.keras` file; got {source!r}."
             )
-        full = canonical_model(registry[source]["feature_layer"])
-        _load_keras_weights(full, shipped_weights_path(source))
+        preset = presets.get_preset(source)
+        full = canonical_model(preset["feature_layer"], backbone=preset["backbone"])
+        _load_keras_weights(full, presets.checked_path(source))
         pairs = [(model.encoder, full.get_layer("view_encoder")),
                  (model.aggregator, full.get_layer("view_aggregator"))]
     for target, src in pairs:

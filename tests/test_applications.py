@@ -7,7 +7,7 @@ import pytest
 
 from conftest import CIFAR_TAR
 from keras_infobal.applications import InfoBalCIFAR, decode_predictions
-from keras_infobal.applications import _weights_registry
+from keras_infobal.applications import presets
 from keras_infobal.applications import infobal_cifar
 
 IMAGES = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype("uint8")
@@ -114,9 +114,18 @@ def test_bad_weights_files(tmp_path):
     assert os.path.getsize(truncated) == 2000 and text.read_text() == "not weights"
 
 
+def _fake_preset(name, weights_file, digest, feature_layer="conv", val=0.5, test=0.1,
+                 pretraining=None):
+    return {"name": name, "description": "test", "backbone": dict(presets.DEFAULT_BACKBONE),
+            "pretraining_config": {"critic": "jsd", "critic_units": 16, "infomin_weight": 0.0},
+            "weights": {"file": weights_file, "sha256": digest},
+            "pretraining_weights": pretraining, "feature_layer": feature_layer,
+            "validation_accuracy": val, "test_accuracy": test, "command": "none"}
+
+
 @pytest.fixture
 def fake_shipped(tmp_path, monkeypatch):
-    """A registry entry pointing at a freshly saved weights file in a temp weights folder."""
+    """A preset pointing at a freshly saved weights file in a temp weights folder."""
     full = infobal_cifar.canonical_model("conv")
     wdir = tmp_path / "weights"
     wdir.mkdir()
@@ -126,11 +135,43 @@ def fake_shipped(tmp_path, monkeypatch):
     for layer in model.layers:
         if layer.weights:
             layer.set_weights(full.get_layer(layer.name).get_weights())
-    entry = {"file": "dim_cifar10.weights.h5", "sha256": infobal_cifar.sha256(path),
-             "feature_layer": "conv", "test_accuracy": 0.1}
-    monkeypatch.setattr(infobal_cifar, "WEIGHTS_DIR", str(wdir))
-    monkeypatch.setattr(_weights_registry, "WEIGHTS", {"dim": entry})
+    monkeypatch.setattr(presets, "WEIGHTS_DIR", str(wdir))
+    presets.write_preset(_fake_preset("dim", "dim_cifar10.weights.h5", presets.sha256(path)))
     return model, path
+
+
+def test_default_is_the_best_preset_on_validation(tmp_path, monkeypatch):
+    monkeypatch.setattr(presets, "WEIGHTS_DIR", str(tmp_path))
+    # Validation decides, never the test accuracy.
+    presets.write_preset(_fake_preset("a", "a.weights.h5", "0", val=0.6, test=0.9))
+    presets.write_preset(_fake_preset("b", "b.weights.h5", "0", val=0.7, test=0.2))
+    presets.write_preset(_fake_preset("c", "c.weights.h5", "0", val=0.65, test=0.95))
+    assert presets.list_presets() == ["a", "b", "c"]
+    assert presets.default_preset() == "b"
+    with pytest.raises(ValueError, match=r"available: \['a', 'b', 'c'\]"):
+        presets.get_preset("z")
+    broken = dict(_fake_preset("d", "d.weights.h5", "0"))
+    del broken["command"]
+    with pytest.raises(ValueError, match="command"):
+        presets.write_preset(broken)
+
+
+def test_preset_architecture_is_data(fake_shipped, tmp_path):
+    """A preset with another split and M builds that architecture without new code."""
+    wdir = presets.WEIGHTS_DIR
+    backbone = dict(presets.DEFAULT_BACKBONE, num_views=4, split="grid", fc_units=64,
+                    conv_filters=32, filters=[8, 16])
+    full = infobal_cifar.canonical_model("fc", backbone=backbone)
+    path = os.path.join(wdir, "grid4.weights.h5")
+    full.save_weights(path)
+    preset = _fake_preset("grid4", "grid4.weights.h5", presets.sha256(path), "fc")
+    preset["backbone"] = backbone
+    presets.write_preset(preset)
+    model = InfoBalCIFAR(variant="grid4")
+    enc = model.get_layer("view_encoder")
+    assert (enc.num_views, enc.split) == (4, "grid")
+    np.testing.assert_allclose(model.predict(IMAGES, verbose=0),
+                               full.predict(IMAGES, verbose=0)[0], atol=1e-6)
 
 
 def test_shipped_weights_are_hash_checked(fake_shipped):
@@ -155,7 +196,7 @@ def test_shipped_weights_are_hash_checked(fake_shipped):
     os.remove(path)
     with pytest.raises(FileNotFoundError, match="reinstall"):
         InfoBalCIFAR(variant="dim")
-    with pytest.raises(ValueError, match="No shipped CIFAR-10 weights"):
+    with pytest.raises(ValueError, match="No shipped CIFAR-10 preset"):
         InfoBalCIFAR(variant="infobal")
 
 
@@ -180,14 +221,14 @@ def test_fine_tune_workflow(fake_shipped):
     assert not all(np.array_equal(a, b) for a, b in zip(frozen, encoder.get_weights()))
 
 
-SHIPPED = sorted(_weights_registry.WEIGHTS)
+SHIPPED = presets.list_presets()
 
 
 @pytest.mark.parametrize("variant", SHIPPED or ["none"])
 def test_real_shipped_weights(variant):
     if not SHIPPED:
         pytest.skip("no shipped weights registered")
-    path = infobal_cifar.shipped_weights_path(variant)  # checks the hash
+    path = presets.checked_path(variant)  # checks the hash
     assert os.path.getsize(path) < 15 * 2**20
     model = InfoBalCIFAR(variant=variant)
     assert model.output_shape == (None, 10)
@@ -208,6 +249,52 @@ def test_shipped_classifier_on_500_real_test_images(variant):
     acc = float(np.mean(probs.argmax(-1) == y[idx]))
     # Chance is 0.10. The floor is the accuracy recorded on the full test set (README table)
     # less 5 points: a 500-image sample has a standard error of ~2.2 points.
-    floor = _weights_registry.WEIGHTS[variant]["test_accuracy"] - 0.05
+    floor = presets.get_preset(variant)["test_accuracy"] - 0.05
     assert floor > 0.45
     assert acc > floor, (acc, floor)
+
+
+def test_from_preset_continues_pretraining_with_the_shipped_critics(tmp_path, monkeypatch):
+    import warnings
+
+    from keras_infobal import InfoBal
+
+    monkeypatch.setattr(presets, "WEIGHTS_DIR", str(tmp_path))
+    cfg = {"critic": "jsd", "critic_units": 16, "infomin_weight": 0.5,
+           "input_shape": [32, 32, 3]}
+    keras.utils.set_random_seed(1)
+    source = InfoBal(**cfg)
+    full_path = str(tmp_path / "p_pretraining.weights.h5")
+    source.save_weights(full_path)
+    head = infobal_cifar.canonical_model("conv")
+    head_path = str(tmp_path / "p.weights.h5")
+    head.save_weights(head_path)
+    preset = _fake_preset("p", "p.weights.h5", presets.sha256(head_path),
+                          pretraining={"file": "p_pretraining.weights.h5",
+                                       "sha256": presets.sha256(full_path)})
+    preset["pretraining_config"] = cfg
+    presets.write_preset(preset)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # everything is shipped: no warning
+        model = InfoBal.from_preset("p")
+    for a, b in zip(model.get_weights(), source.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3),
+                  discriminator_optimizer=keras.optimizers.Adam(1e-3))
+    before = [w.copy() for w in model.encoder.get_weights()]
+    model.fit(IMAGES, batch_size=4, epochs=1, verbose=0)
+    assert any(not np.array_equal(a, b) for a, b in zip(before, model.encoder.get_weights()))
+
+    # Another InfoMin estimator: encoder, aggregator and InfoMax critics still come along.
+    with pytest.warns(UserWarning, match="InfoMin critics"):
+        club = InfoBal.from_preset("p", infomin_critic="club")
+    for a, b in zip(club.infomax_critics[0].get_weights(),
+                    source.infomax_critics[0].get_weights()):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="architecture"):
+        InfoBal.from_preset("p", num_views=4)
+    with open(full_path, "ab") as f:
+        f.write(b"x")
+    with pytest.raises(ValueError, match="sha256"):
+        InfoBal.from_preset("p")

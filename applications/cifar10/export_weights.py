@@ -1,19 +1,21 @@
-"""Exports a pretrained run as the shipped `InfoBalCIFAR` weights (encoder + linear head).
+"""Exports a pretrained run as a shipped preset (encoder + linear head, and the critics).
 
     python applications/cifar10/export_weights.py --run applications/cifar10/runs/infobal \
-        --variant infobal
+        --variant infobal --command "the command that trained the run"
 
 Steps: load OUT/model.keras; pick the feature layer whose linear probe scores best on a
 validation split of the training set (never the test set); train the linear head on all
 training features (standardization folded into the head's weights); write
-`keras_infobal/applications/weights/<variant>_cifar10.weights.h5` with float16 arrays; record
-its sha256, layer and accuracy in `_weights_registry.py`; write OUT/export.json.
+`keras_infobal/applications/weights/<variant>_cifar10.weights.h5` with float16 arrays and,
+with --with-critics, the whole pretraining model (critics included, for `InfoBal.from_preset`)
+as `<variant>_pretraining.weights.h5`; write the preset `<variant>.preset.json` (architecture,
+pretraining config, files and sha256s, layer, validation and test accuracy, command) and
+OUT/export.json.
 """
 
 import argparse
 import json
 import os
-import pprint
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -49,7 +51,11 @@ def to_float16(path):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--run", required=True)
-    p.add_argument("--variant", required=True, choices=["infobal", "dim", "dim_pairs"])
+    p.add_argument("--variant", required=True, help="the preset name to write")
+    p.add_argument("--command", required=True, help="the command that trained the run")
+    p.add_argument("--description", default="")
+    p.add_argument("--with-critics", action="store_true",
+                   help="also ship the whole pretraining model (critics included)")
     p.add_argument("--data", default=os.environ.get("KERAS_INFOBAL_CIFAR10"))
     args = p.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -58,6 +64,7 @@ def main(argv=None):
 
     import keras_infobal  # noqa: F401  (registers the serializable classes)
     from keras_infobal import datasets
+    from keras_infobal.applications import presets
     from keras_infobal.applications.infobal_cifar import InfoBalCIFAR, canonical_model, sha256
     from keras_infobal.evaluation import train_classifier
 
@@ -79,7 +86,11 @@ def main(argv=None):
     w_folded = w / std.reshape(-1, 1)
     b_folded = b - (mean / std).reshape(-1) @ w
 
-    app = canonical_model(best)
+    backbone = {"num_views": model.num_views, "split": model.split,
+                "aggregator": model.aggregator_mode, "filters": list(model.filters),
+                "conv_filters": model.conv_filters, "fc_units": model.fc_units,
+                "output_dim": model.output_dim}
+    app = canonical_model(best, backbone=backbone)
     app.get_layer("view_encoder").set_weights(model.encoder.get_weights())
     app.get_layer("view_aggregator").set_weights(model.aggregator.get_weights())
     app.get_layer("predictions").set_weights([w_folded, b_folded])
@@ -89,39 +100,46 @@ def main(argv=None):
     path = os.path.join(out_dir, fname)
     app.save_weights(path)
     to_float16(path)
-    shipped = canonical_model(best)
+    shipped = canonical_model(best, backbone=backbone)
     shipped.load_weights(path)
     probs = shipped.predict(x_te, batch_size=500, verbose=0)[0]
     shipped_acc = float(np.mean(probs.argmax(-1) == y_te))
 
-    reg_path = os.path.join(PKG_APPS, "_weights_registry.py")
-    namespace = {}
-    with open(reg_path) as f:
-        exec(f.read(), namespace)
-    registry = namespace["WEIGHTS"]
-    registry[args.variant] = {
-        "file": fname,
-        "sha256": sha256(path),
+    pretraining_weights = None
+    if args.with_critics:
+        full_path = os.path.join(out_dir, f"{args.variant}_pretraining.weights.h5")
+        model.save_weights(full_path)
+        to_float16(full_path)
+        pretraining_weights = {"file": os.path.basename(full_path), "sha256": sha256(full_path)}
+    with open(os.path.join(args.run, "config.json")) as f:
+        run_config = json.load(f)
+    pretraining_config = model.get_config()
+    for key in ("name", "trainable"):
+        pretraining_config.pop(key, None)
+    preset = {
+        "name": args.variant,
+        "description": args.description,
+        "backbone": backbone,
+        "pretraining_config": pretraining_config,
+        "augmentation": run_config.get("augmentation", {}),
+        "weights": {"file": fname, "sha256": sha256(path)},
+        "pretraining_weights": pretraining_weights,
         "feature_layer": best,
+        "validation_accuracy": val_acc[best],
+        "validation_note": "linear probe on 5,000 held-out training images, fitted on the "
+                           "other 45,000",
         "test_accuracy": round(shipped_acc, 4),
+        "command": args.command,
         "run": os.path.relpath(args.run, ROOT),
     }
-    with open(reg_path, "w") as f:
-        f.write('"""Shipped weights: written by applications/cifar10/export_weights.py. '
-                'Do not edit by hand."""\n\nWEIGHTS = ' + pprint.pformat(registry) + "\n")
-    # The registry now lists the file: the public loader (hash check included) must agree.
-    import importlib
-
-    from keras_infobal.applications import _weights_registry
-
-    importlib.reload(_weights_registry)
+    presets.write_preset(preset)
     loaded = InfoBalCIFAR(variant=args.variant)
     public_acc = float(np.mean(loaded.predict(x_te, batch_size=500, verbose=0).argmax(-1)
                                == y_te))
     report = {"variant": args.variant, "validation_accuracy": val_acc, "feature_layer": best,
               "public_loader_test_accuracy": public_acc,
               "head_test_accuracy_float32": acc, "shipped_test_accuracy_float16": shipped_acc,
-              "file_bytes": os.path.getsize(path), "sha256": registry[args.variant]["sha256"]}
+              "file_bytes": os.path.getsize(path), "sha256": preset["weights"]["sha256"]}
     with open(os.path.join(args.run, "export.json"), "w") as f:
         json.dump(report, f, indent=2)
     print(json.dumps(report, indent=2))

@@ -1,55 +1,34 @@
 """InfoBalCIFAR: a pretrained CIFAR-10 encoder (InfoBal or DIM) in the keras.applications style."""
 
-import hashlib
 import os
 
 import keras
 import numpy as np
 
+from keras_infobal.applications import presets
 from keras_infobal.datasets import CIFAR10_CLASSES
 from keras_infobal.layers.view_aggregator import ViewAggregator
 from keras_infobal.layers.view_encoder import ViewEncoder
 
-WEIGHTS_DIR = os.path.join(os.path.dirname(__file__), "weights")
-VARIANTS = ("infobal", "dim", "dim_pairs")
 FEATURE_LAYERS = ("local", "conv", "fc", "R")
+# Kept as module attributes for callers of earlier versions.
+WEIGHTS_DIR = presets.WEIGHTS_DIR
+sha256 = presets.sha256
 
 
-def _registry():
-    from keras_infobal.applications import _weights_registry
-
-    return _weights_registry.WEIGHTS
-
-
-def sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def shipped_weights_path(variant=None):
+    """The path of a preset's classifier weights, after checking its sha256."""
+    return presets.checked_path(variant or presets.default_preset())
 
 
-def shipped_weights_path(variant="infobal"):
-    """The path of a shipped weights file, after checking its sha256; raises if it differs."""
-    registry = _registry()
-    if variant not in registry:
-        raise ValueError(
-            f"No shipped CIFAR-10 weights for variant {variant!r}; available: {sorted(registry)}."
-        )
-    entry = registry[variant]
-    path = os.path.join(WEIGHTS_DIR, entry["file"])
-    if not os.path.exists(path):
-        raise FileNotFoundError(
-            f"The shipped weights file `{path}` is missing; reinstall keras-infobal."
-        )
-    actual = sha256(path)
-    if actual != entry["sha256"]:
-        raise ValueError(
-            f"The weights file `{path}` does not match its recorded sha256 "
-            f"({actual} != {entry['sha256']}): it is corrupted or was modified, so it was not "
-            "loaded. Reinstall keras-infobal to restore it."
-        )
-    return path
+def _encoder_and_aggregator(backbone, output_mode):
+    b = {**presets.DEFAULT_BACKBONE, **backbone}
+    encoder = ViewEncoder(num_views=b["num_views"], split=b["split"], filters=tuple(b["filters"]),
+                          name="view_encoder")
+    aggregator = ViewAggregator(mode=b["aggregator"], output_dim=b["output_dim"],
+                                fc_units=b["fc_units"], conv_filters=b["conv_filters"],
+                                output_mode=output_mode, name="view_aggregator")
+    return encoder, aggregator
 
 
 def InfoBalCIFAR(
@@ -61,7 +40,7 @@ def InfoBalCIFAR(
     classes=10,
     classifier_activation="softmax",
     feature_layer=None,
-    variant="infobal",
+    variant=None,
     name=None,
 ):
     """A CIFAR-10 encoder pretrained with InfoBal (or the DIM baseline), as a `keras.Model`.
@@ -84,9 +63,12 @@ def InfoBalCIFAR(
         classifier_activation: activation of the top ("softmax", None for logits, ...).
         feature_layer: the layer the top (or the output) uses; None picks the shipped head's
             layer (the best under the linear probe) with the top, and "conv" without it.
-        variant: "infobal" (lambda = 1), "dim" (lambda = 0, the baseline; both JSD, same
-            budget) or "dim_pairs" (lambda = 0, InfoNCE on augmented pairs: the best linear
-            probe of the three; see the README table).
+        variant: the preset (`keras_infobal.applications.presets.list_presets()`). None
+            (the default) is the most accurate shipped model, chosen on a validation split
+            of the training set (see the README for its objective and lambda). "infobal"
+            (lambda = 1) and "dim" (lambda = 0), both JSD at the same budget, are the
+            note's comparison; see the
+            README tables for every preset's objective, lambda and accuracy.
         name: model name.
 
     Example:
@@ -99,8 +81,9 @@ def InfoBalCIFAR(
     encoder = InfoBalCIFAR(include_top=False, feature_layer="fc")  # features
     ```
     """
-    if variant not in VARIANTS:
-        raise ValueError(f"`variant` must be one of {VARIANTS}; got {variant!r}.")
+    if variant is None:
+        variant = presets.default_preset()
+    preset = presets.get_preset(variant)  # raises, listing the presets, for unknown names
     if not (weights in {"cifar10", None} or isinstance(weights, (str, os.PathLike))):
         raise ValueError(
             "The `weights` argument should be either `None` (random initialization), "
@@ -124,12 +107,7 @@ def InfoBalCIFAR(
             'If using `weights="cifar10"` with `include_top=True`, `classes` should be 10. '
             f"Received classes={classes}. Use include_top=False and add your own head."
         )
-    registry = _registry() if weights == "cifar10" else {}
-    if weights == "cifar10" and variant not in registry:
-        raise ValueError(
-            f"No shipped CIFAR-10 weights for variant {variant!r}; available: {sorted(registry)}."
-        )
-    shipped_layer = registry[variant]["feature_layer"] if weights == "cifar10" else None
+    shipped_layer = preset["feature_layer"] if weights == "cifar10" else None
     if feature_layer is None:
         feature_layer = (shipped_layer or "conv") if include_top else "conv"
     if feature_layer not in FEATURE_LAYERS:
@@ -169,7 +147,8 @@ def InfoBalCIFAR(
         inputs = keras.Input(tensor=input_tensor, shape=input_shape, name="images")
     else:
         inputs = input_tensor
-    encoder = ViewEncoder(num_views=2, split="rows", name="view_encoder")
+    encoder, aggregator = _encoder_and_aggregator(
+        preset["backbone"], feature_layer if feature_layer != "local" else "R")
     views = encoder(inputs)
     if feature_layer == "local":
         _, m, vh, vw, c = views.shape
@@ -181,16 +160,16 @@ def InfoBalCIFAR(
         elif include_top:
             x = keras.layers.Flatten(name="flatten")(x)
     else:
-        x = ViewAggregator(mode="concat", output_mode=feature_layer, name="view_aggregator")(views)
+        x = aggregator(views)
     if include_top:
         x = keras.layers.Dense(classes, activation=classifier_activation, name="predictions")(x)
     model = keras.Model(inputs, x, name=name or f"{variant}_cifar10")
 
     if weights == "cifar10":
-        path = shipped_weights_path(variant)
+        path = presets.checked_path(variant)
         # The shipped file holds every layer (encoder, aggregator, head): load it into the
         # canonical model, then copy the layers this configuration has.
-        full = canonical_model(shipped_layer)
+        full = canonical_model(shipped_layer, backbone=preset["backbone"])
         _load_keras_weights(full, path)
         for layer in model.layers:
             if layer.weights:
@@ -200,12 +179,13 @@ def InfoBalCIFAR(
     return model
 
 
-def canonical_model(head_layer, classes=10):
+def canonical_model(head_layer, classes=10, backbone=None):
     """The model a shipped weights file is saved from: every layer, the head on `head_layer`."""
     inputs = keras.Input((32, 32, 3), name="images")
-    views = ViewEncoder(num_views=2, split="rows", name="view_encoder")(inputs)
-    aggregated = ViewAggregator(mode="concat", name="view_aggregator",
-                                output_mode=head_layer if head_layer != "local" else "R")(views)
+    encoder, aggregator = _encoder_and_aggregator(
+        backbone or {}, head_layer if head_layer != "local" else "R")
+    views = encoder(inputs)
+    aggregated = aggregator(views)
     if head_layer == "local":
         _, m, vh, vw, c = views.shape
         x = keras.layers.Reshape((m * vh, vw, c), name="local_map")(views)

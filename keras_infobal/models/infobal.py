@@ -246,6 +246,21 @@ class InfoBal(keras.Model):
             # before any training function is traced.
             self.build((None,) + self.image_shape)
 
+    @classmethod
+    def from_preset(cls, name, **overrides):
+        """The pretraining model of a shipped preset (encoder, aggregator, critics), ready to
+        `compile` and `fit` on your own unlabeled images; see `applications.presets`.
+
+        ```python
+        model = InfoBal.from_preset("dim_pairs")
+        model.compile(optimizer=keras.optimizers.Adam(1e-4))
+        model.fit(kib.datasets.make_dataset(my_images, pairs=True, batch_size=64), epochs=5)
+        ```
+        """
+        from keras_infobal.applications.presets import infobal_from_preset
+
+        return infobal_from_preset(name, cls=cls, **overrides)
+
     # ----------------------------------------------------------------------------------
     @property
     def discriminator_active(self):
