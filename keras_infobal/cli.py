@@ -35,7 +35,7 @@ def build_parser():
     pre.add_argument("--epochs", type=int)
     pre.add_argument("--limit", type=int, help="use only N training images")
 
-    ev = sub.add_parser("evaluate", help="linear-probe table of a model's conv / fc / R features")
+    ev = sub.add_parser("evaluate", help="linear-probe and kNN table of a model's features")
     ev.add_argument("--model", required=True,
                     help="a .keras InfoBal model, or cifar10 (the default preset) / "
                          f"cifar10:PRESET, PRESET one of {_preset_names()}")
@@ -43,6 +43,8 @@ def build_parser():
     ev.add_argument("--protocol", choices=["note", "converged"], default="converged")
     ev.add_argument("--layers", default="conv,fc,R")
     ev.add_argument("--limit", type=int, default=0, help="use N train and N/5 test images")
+    ev.add_argument("--knn", type=int, default=200,
+                    help="k of the weighted kNN row (cosine, temperature 0.1); 0 = no kNN row")
     ev.add_argument("--out", help="write the table as JSON here")
 
     ex = sub.add_parser("extract", help="features of images (a folder or .npy) to a .npy file")
@@ -185,6 +187,11 @@ def run(args):
         f_te = _extract(model, x_te, layers)
         table = {args.protocol: {k: train_classifier(f_tr[k], y_tr, f_te[k], y_te,
                                                      protocol=args.protocol) for k in layers}}
+        if args.knn:
+            from keras_infobal.knn import knn_accuracy
+
+            table[f"knn (k={args.knn})"] = {k: knn_accuracy(f_tr[k], y_tr, f_te[k], y_te,
+                                                             k=args.knn) for k in layers}
         print(_markdown(table))
         if args.out:
             with open(args.out, "w") as f:

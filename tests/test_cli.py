@@ -41,6 +41,8 @@ def test_pretrain_evaluate_extract_plot(tiny_cifar, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "| protocol | conv | R |" in printed
     assert set(json.load(open(table))["converged"]) == {"conv", "R"}
+    assert set(json.load(open(table))["knn (k=200)"]) == {"conv", "R"}
+    assert "| knn (k=200) |" in printed
 
     npy = str(tmp_path / "x.npy")
     np.save(npy, np.zeros((3, 32, 32, 3), np.uint8))
