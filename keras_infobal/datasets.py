@@ -158,6 +158,33 @@ def load_local(path, split, cache_dir=None):
     return images, labels, list(classes)
 
 
+def _download_host(builder):
+    """The host tfds downloads CIFAR-10 from (read from tfds, not hard-coded here)."""
+    import inspect
+    import re
+    from urllib.parse import urlparse
+
+    try:
+        source = inspect.getsource(type(builder))
+        url = re.search(r"https?://[^\s\"']+", source).group(0)
+        return urlparse(url).hostname
+    except (OSError, TypeError, AttributeError):
+        return None
+
+
+def _reachable(host, port=443, timeout=3.0):
+    """Whether a TCP connection to `host` opens within `timeout` seconds."""
+    import socket
+
+    if not host:
+        return True  # unknown: let tfds try
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def load_tfds(split, data_dir=None):
     """Loads one split of tfds `cifar10` as uint8 arrays (downloads it if allowed)."""
     try:
@@ -166,8 +193,16 @@ def load_tfds(split, data_dir=None):
         raise _no_source_error("tensorflow-datasets is not installed") from e
     try:
         builder = tfds.builder("cifar10", data_dir=data_dir)
+        if not builder.is_prepared() and not _reachable(_download_host(builder)):
+            # Fail in seconds: tfds would retry the download for minutes before giving up.
+            raise _no_source_error(
+                "tfds has no prepared cifar10 and its download host cannot be reached: this "
+                "machine looks offline"
+            )
         builder.download_and_prepare()
         data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1, as_supervised=True))
+    except ValueError:
+        raise
     except Exception as e:
         raise _no_source_error(f"tfds could not provide cifar10: {type(e).__name__}: {e}") from e
     images, labels = data

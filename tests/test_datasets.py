@@ -141,3 +141,35 @@ def test_color_distortion_per_image():
     assert np.array_equal(untouched, x)
     with pytest.raises(ValueError, match="probability"):
         datasets.augment(tf.constant(x), grayscale=2.0)
+
+
+def test_offline_tfds_fails_fast_with_the_clear_message(tmp_path, monkeypatch):
+    """No prepared tfds copy and no network: the error comes at once, no download retries."""
+    import tensorflow_datasets as tfds
+
+    from keras_infobal import datasets
+
+    host = datasets._download_host(tfds.builder("cifar10", data_dir=str(tmp_path)))
+    assert host and "." in host  # read from tfds' own CIFAR-10 builder
+    calls = []
+    monkeypatch.setattr(datasets, "_reachable", lambda h, **kw: calls.append(h) or False)
+
+    def no_download(self, *a, **kw):
+        raise AssertionError("download_and_prepare must not run offline")
+
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", no_download)
+    with pytest.raises(ValueError, match="looks offline.*local folder or .tar.gz"):
+        datasets.load_tfds("test", data_dir=str(tmp_path))
+    assert calls == [host]
+
+
+def test_reachable_is_false_for_a_closed_local_port():
+    import socket
+
+    from keras_infobal.datasets import _reachable
+
+    with socket.socket() as s:  # a port nothing listens on: bind, then close
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert _reachable("127.0.0.1", port=port, timeout=1.0) is False
+    assert _reachable(None) is True  # unknown host: tfds decides
