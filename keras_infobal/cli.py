@@ -4,14 +4,31 @@
     keras-infobal evaluate --model cifar10:infobal --data ../shared/data/cifar10-jpeg.tar.gz
     keras-infobal extract --model cifar10:dim --images pics/ --layer fc --out feats.npy
     keras-infobal plot runs/dim/log.csv runs/infobal/log.csv --out fig.png
+
+The `keras-infobal` entry point (`keras_infobal_cli`) loads this file without importing the
+package, so `--help` and argument errors never import TensorFlow: nothing here may import
+keras_infobal (or keras, TensorFlow) at module level. Names come from the data files.
 """
 
 import argparse
+import glob
 import json
 import os
 import sys
 
-from keras_infobal.pretraining import CONFIGS
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _recipe_names():
+    with open(os.path.join(HERE, "pretraining_recipes.json")) as f:
+        return sorted(json.load(f))
+
+
+def _preset_names():
+    """Shipped presets, from their JSON files (the same files `presets.list_presets` reads)."""
+    suffix = ".preset.json"
+    files = glob.glob(os.path.join(HERE, "applications", "weights", "*" + suffix))
+    return ", ".join(sorted(os.path.basename(f)[: -len(suffix)] for f in files))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -23,6 +40,8 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser():
     p = _Parser(prog="keras-infobal", description="Multi-view MI representation learning.")
+    p.add_argument("--verbose", action="store_true",
+                   help="show TensorFlow's C++ and absl log lines (hidden by default)")
     sub = p.add_subparsers(dest="command", parser_class=_Parser, required=True)
 
     pre = sub.add_parser("pretrain", help="pretrain an encoder on CIFAR-10 from a JSON config")
@@ -31,7 +50,7 @@ def build_parser():
     pre.add_argument("--out", help="run folder (weights, log.csv, results.json, figure)")
     pre.add_argument("--data", help="CIFAR-10 folder or .tar.gz (else $KERAS_INFOBAL_CIFAR10, "
                      "else tfds)")
-    pre.add_argument("--variant", choices=sorted(CONFIGS))
+    pre.add_argument("--variant", choices=_recipe_names())
     pre.add_argument("--epochs", type=int)
     pre.add_argument("--limit", type=int, help="use only N training images")
 
@@ -61,13 +80,6 @@ def build_parser():
     pl.add_argument("--names", nargs="+", help="one name per log (default: folder names)")
     pl.add_argument("--out", required=True, help="PNG path")
     return p
-
-
-def _preset_names():
-    # Read from the preset files: no TensorFlow import just to print --help.
-    from keras_infobal.applications.presets import list_presets
-
-    return ", ".join(list_presets())
 
 
 def _load_model(spec):
@@ -221,10 +233,32 @@ def run(args):
     raise AssertionError(args.command)
 
 
+def _import_quietly():
+    """Imports TensorFlow and keras_infobal with stderr silenced at the file-descriptor level:
+    TensorFlow's C++ and absl lines are written before any Python logging setting applies."""
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        import tensorflow as tf
+
+        import keras_infobal  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+    import absl.logging
+
+    absl.logging.set_verbosity(absl.logging.ERROR)
+    tf.get_logger().setLevel("ERROR")
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if not args.verbose:
+        _import_quietly()
     try:
         return run(args)
     except (ValueError, FileNotFoundError, OSError) as e:

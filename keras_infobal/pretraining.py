@@ -12,20 +12,13 @@ import os
 import time
 from types import SimpleNamespace
 
-CONFIGS = {
-    # The note's setting: M=2 (top/bottom halves of the 8x8 local map), JSD critics.
-    "infobal": dict(num_views=2, split="rows", critic="jsd", infomin_weight=1.0),
-    # The DIM(L) baseline on the same code path: same views and critics, lambda = 0.
-    "dim": dict(num_views=2, split="rows", critic="jsd", infomin_weight=0.0),
-    # The recipe that reaches the best linear probe here: DIM(L) with InfoNCE, R of one
-    # augmentation (crop, flip, colour) scored against the local views of another.
-    "dim_pairs": dict(num_views=2, split="rows", critic="infonce", infomin_weight=0.0,
-                      augmented_pairs=True, score_clip=20.0, color_jitter=0.5, grayscale=0.2),
-    # The same recipe with the InfoMin term (not trained for the shipped weights).
-    "infobal_pairs": dict(num_views=2, split="rows", critic="infonce", infomin_weight=1.0,
-                          augmented_pairs=True, score_clip=20.0, color_jitter=0.5,
-                          grayscale=0.2),
-}
+# The pretraining recipes (variants) are data: keras_infobal/pretraining_recipes.json, which
+# the CLI also reads without importing TensorFlow.
+RECIPES_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                            "pretraining_recipes.json")
+with open(RECIPES_FILE) as _f:
+    RECIPES = json.load(_f)
+CONFIGS = {name: recipe["config"] for name, recipe in RECIPES.items()}
 # Options that shape the data rather than the model: an override, or the variant's value.
 DATA_OPTIONS = ("augmented_pairs", "color_jitter", "grayscale")
 

@@ -110,3 +110,51 @@ def test_bad_inputs_give_usage_not_traceback(tmp_path, capsys):
     bad.write_text(json.dumps({"epochz": 3, "out": str(tmp_path / "r")}))
     assert cli.main(["pretrain", "--config", str(bad)]) == 2
     assert "Unknown config keys ['epochz']" in capsys.readouterr().err
+
+
+def _run_cli(*argv):
+    import subprocess
+    import sys
+
+    code = ("import sys, keras_infobal_cli\n"
+            "try:\n    rc = keras_infobal_cli.main(sys.argv[1:])\n"
+            "except SystemExit as e:\n    rc = e.code\n"
+            "print('IMPORTED', 'tensorflow' in sys.modules, 'keras' in sys.modules)\n"
+            "sys.exit(rc)\n")
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    return subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def test_help_lists_every_preset_and_recipe_without_importing_tensorflow():
+    from keras_infobal.applications import presets
+    from keras_infobal.pretraining import CONFIGS
+
+    proc = _run_cli("evaluate", "--help")
+    assert proc.returncode == 0, proc.stderr
+    assert "IMPORTED False False" in proc.stdout
+    help_text = " ".join(proc.stdout.split())
+    for name in presets.list_presets():
+        assert name in help_text
+    proc = _run_cli("pretrain", "--help")
+    for name in CONFIGS:
+        assert name in proc.stdout
+    bad = _run_cli("evaluate")  # a usage error: still no TensorFlow
+    assert bad.returncode == 2 and "IMPORTED False False" in bad.stdout
+
+
+def test_commands_are_quiet_unless_verbose(tmp_path):
+    """No TensorFlow C++ log lines on stderr; --verbose shows them again."""
+    npy = str(tmp_path / "x.npy")
+    np.save(npy, np.zeros((2, 32, 32, 3), np.uint8))
+    argv = ("extract", "--model", "cifar10:no-such-preset", "--images", npy, "--out",
+            str(tmp_path / "f.npy"))
+    proc = _run_cli(*argv)
+    assert proc.returncode == 2
+    assert "no-such-preset" in proc.stderr and "available:" in proc.stderr
+    assert "IMPORTED True True" in proc.stdout
+    noisy = ("cuda", "I0000", "oneDNN", "absl::InitializeLog")
+    assert not any(word in proc.stderr for word in noisy), proc.stderr
+    loud = _run_cli("--verbose", *argv)
+    assert loud.returncode == 2
+    assert any(word in loud.stderr for word in noisy), loud.stderr
