@@ -120,6 +120,25 @@ def nwj(scores, offset=None):
 ESTIMATORS = {"jsd": jsd, "dv": dv, "infonce": infonce, "nwj": nwj}
 
 
+def register_estimator(name, fn):
+    """Adds an MI estimator `fn(scores, offset=None) -> nats` under `name`; `MICritic`,
+    `InfoBal(critic=name)` and `InfoBal(infomin_critic=name)` then accept it.
+
+    ```python
+    def tuba(scores, offset=None): ...
+    estimators.register_estimator("tuba", tuba)
+    model = kib.InfoBal(critic="tuba")
+    ```
+    """
+    key = str(name).lower()
+    if not callable(fn):
+        raise ValueError(f"An estimator must be a function of the score tensor; got {fn!r}.")
+    if key in ESTIMATORS and ESTIMATORS[key] is not fn:
+        raise ValueError(f"An estimator named {key!r} is already registered.")
+    ESTIMATORS[key] = fn
+    return fn
+
+
 def get(name):
     """Returns the estimator function for `name` ('jsd', 'dv', 'infonce' or 'nwj')."""
     if callable(name):

@@ -299,6 +299,11 @@ CRITICS = {"jsd": JSDCritic, "dv": DVCritic, "infonce": InfoNCECritic, "nwj": NW
 # InfoMin estimators: the lower-bound critics above, trained adversarially, or the CLUB upper
 # bound (layers/club.py), whose q network is fitted by maximum likelihood.
 UPPER_BOUNDS = {"club": dict(sampled=False), "club_sampled": dict(sampled=True)}
+def infomin_critic_names():
+    """The InfoMin estimators: lower-bound critics (adversarial) and the CLUB upper bounds."""
+    return critic_names() + tuple(UPPER_BOUNDS)
+
+
 INFOMIN_CRITICS = tuple(sorted(CRITICS)) + tuple(UPPER_BOUNDS)
 
 
@@ -315,9 +320,17 @@ def get_infomin_critic(estimator, units=512, score_clip=None, name=None):
                       name=name)
 
 
+def critic_names():
+    """Every estimator a critic can use: the built-ins and those added with
+    `estimators.register_estimator`."""
+    return tuple(sorted(set(CRITICS) | set(estimators.ESTIMATORS)))
+
+
 def get_critic(estimator, **kwargs):
-    """A critic for `estimator` name ('jsd', 'dv', 'infonce', 'nwj')."""
+    """A critic for an estimator name ('jsd', 'dv', 'infonce', 'nwj', or a registered one)."""
     key = str(estimator).lower()
-    if key not in CRITICS:
-        raise ValueError(f"Unknown critic {estimator!r}; expected one of {sorted(CRITICS)}.")
-    return CRITICS[key](**kwargs)
+    if key in CRITICS:
+        return CRITICS[key](**kwargs)
+    if key in estimators.ESTIMATORS:
+        return MICritic(estimator=key, **kwargs)
+    raise ValueError(f"Unknown critic {estimator!r}; expected one of {list(critic_names())}.")
