@@ -118,17 +118,13 @@ def bench_tf(batch, steps, warmup):
 
 
 # ------------------------------------------------------------------- PyTorch reference
-def bench_torch(batch, steps, warmup):
+def torch_dim_step(batch=64, units=512):
+    """The plain PyTorch DIM(L) training step (JSD critic, Adam): a function of no arguments."""
     import torch
     from torch import nn
     from torch.nn import functional as F
 
     torch.manual_seed(0)
-    out = {"torch_version": torch.__version__, "torch_threads": torch.get_num_threads()}
-    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
-    n = 20
-    sec = time_steps(lambda: torch.mm(a, b), n, 3)
-    out["torch_matmul_gflops"] = 2 * 1024 ** 3 / sec / 1e9
 
     def block(cin, cout):
         return nn.Sequential(nn.Conv2d(cin, cout, 4, 2, 1), nn.BatchNorm2d(cout), nn.ReLU())
@@ -156,7 +152,7 @@ def bench_torch(batch, steps, warmup):
         def forward(self, x):
             return self.block(x) + self.short(x)
 
-    enc, g_enc, l_enc = Encoder(), MLP(64, 512, False), MLP(128, 512, True)
+    enc, g_enc, l_enc = Encoder(), MLP(64, units, False), MLP(128, units, True)
     params = [*enc.parameters(), *g_enc.parameters(), *l_enc.parameters()]
     opt = torch.optim.Adam(params, lr=1e-4, betas=(0.5, 0.999))
     x = torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8)
@@ -174,7 +170,19 @@ def bench_torch(batch, steps, warmup):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        return float(loss)
 
+    return step
+
+
+def bench_torch(batch, steps, warmup):
+    import torch
+
+    out = {"torch_version": torch.__version__, "torch_threads": torch.get_num_threads()}
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    sec = time_steps(lambda: torch.mm(a, b), 20, 3)
+    out["torch_matmul_gflops"] = 2 * 1024 ** 3 / sec / 1e9
+    step = torch_dim_step(batch, 512)
     sec = time_steps(step, steps, warmup)
     flops = dim_step_flops(batch, 512, 1, False)
     out["torch_dim_step"] = {"images_per_second": batch / sec, "seconds_per_step": sec,
