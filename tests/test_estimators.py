@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from helpers import REFERENCES, ref_dv, ref_means
 from keras_infobal import estimators
 
 S = np.array([[2.0, -1.0], [0.0, 3.0]], dtype="float32")
@@ -84,3 +85,97 @@ def test_bad_shapes_are_clear_errors():
         estimators.dv(np.ones((3, 4), dtype="float32"))
     with pytest.raises(ValueError, match="Unknown MI estimator"):
         estimators.get("mine")
+
+
+# ------------------------------------------------------- independent numpy references
+# Larger and rectangular inputs: with B > 2 the positives (B) and negatives (B^2 - B) have
+# different counts, so a wrong denominator cannot pass; with `offset` the positive of row a
+# is column a + offset of a (B, N) matrix with N > B.
+
+def _random_scores(shape, seed, scale=2.0):
+    return (scale * np.random.default_rng(seed).normal(size=shape)).astype("float32")
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCES))
+@pytest.mark.parametrize("shape", [(3, 3), (5, 5), (4, 4, 3)])
+def test_value_matches_numpy_reference_square(name, shape):
+    s = _random_scores(shape, seed=sum(shape))
+    assert float(estimators.get(name)(s)) == pytest.approx(REFERENCES[name](s), abs=1e-4)
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCES))
+@pytest.mark.parametrize("shape,offset", [((3, 6), 0), ((3, 6), 3), ((2, 8), 4),
+                                          ((3, 9, 2), 6), ((4, 8, 3), 4)])
+def test_value_matches_numpy_reference_with_offset(name, shape, offset):
+    s = _random_scores(shape, seed=shape[1] + offset)
+    got = float(estimators.get(name)(s, offset=offset))
+    assert got == pytest.approx(REFERENCES[name](s, offset=offset), abs=1e-4)
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCES))
+def test_offset_picks_the_shifted_column_as_positive(name):
+    # A large score only at (a, a + offset): the estimate sees it as the positive. At
+    # offset 0 of the same matrix those entries are negatives and the estimate is low.
+    b, n, offset = 3, 6, 3
+    s = _random_scores((b, n), seed=7, scale=0.5)
+    s[np.arange(b), np.arange(b) + offset] += 5.0
+    shifted = float(estimators.get(name)(s, offset=offset))
+    unshifted = float(estimators.get(name)(s, offset=0))
+    assert shifted == pytest.approx(REFERENCES[name](s, offset=offset), abs=1e-4)
+    assert unshifted == pytest.approx(REFERENCES[name](s, offset=0), abs=1e-4)
+    assert shifted > unshifted + 1.0
+
+
+def test_infonce_uses_log_of_the_candidate_count_with_offset():
+    # Perfectly separated rectangular scores: InfoNCE reaches log N (N candidates, not B).
+    b, n = 2, 8
+    s = np.zeros((b, n), dtype="float32")
+    s[np.arange(b), np.arange(b) + 2] = 60.0
+    assert float(estimators.infonce(s, offset=2)) == pytest.approx(math.log(n), abs=1e-4)
+
+
+@pytest.mark.parametrize("shape,offset", [((4, 4), None), ((3, 3, 2), None), ((3, 6), 3),
+                                          ((2, 6, 2), 2)])
+def test_positive_negative_means(shape, offset):
+    s = _random_scores(shape, seed=11)
+    pos, neg = estimators.positive_negative_means(s, offset=offset)
+    ref_pos, ref_neg = ref_means(s, offset=offset)
+    assert float(pos) == pytest.approx(ref_pos, abs=1e-5)
+    assert float(neg) == pytest.approx(ref_neg, abs=1e-5)
+
+
+def test_positive_negative_means_default_is_the_diagonal():
+    s = np.array([[4.0, 1.0, 1.0], [2.0, 5.0, 2.0], [3.0, 3.0, 6.0]], dtype="float32")
+    pos, neg = estimators.positive_negative_means(s)
+    assert float(pos) == pytest.approx(5.0)  # (4 + 5 + 6) / 3
+    assert float(neg) == pytest.approx(2.0)  # (1 + 1 + 2 + 2 + 3 + 3) / 6
+
+
+def test_literal_values_on_a_3x3_matrix():
+    # Written-out numbers for one 3x3 matrix (checked against the loop references once),
+    # so a mistake shared by reference and estimator cannot hide.
+    s = np.array([[1.0, 0.0, -1.0], [0.5, 2.0, 0.0], [-0.5, 1.0, 0.0]], dtype="float32")
+    # positives 1, 2, 0 (mean 1); negatives 0, -1, 0.5, 0, -0.5, 1 (mean 0)
+    assert float(estimators.dv(s)) == pytest.approx(
+        1.0 - math.log((2 + math.exp(-1) + math.exp(0.5) + math.exp(-0.5) + math.e) / 6),
+        abs=1e-5)
+    assert float(estimators.nwj(s)) == pytest.approx(
+        1.0 - math.exp(-1) * (2 + math.exp(-1) + math.exp(0.5) + math.exp(-0.5) + math.e) / 6,
+        abs=1e-5)
+    assert float(estimators.dv(s)) == pytest.approx(ref_dv(s), abs=1e-5)
+
+
+def test_score_dtype_and_rank_handling():
+    # Integer scores are cast to float32; a bfloat16 matrix keeps its dtype.
+    ints = np.array([[2, 0, 0], [0, 2, 0], [0, 0, 2]], dtype="int32")
+    assert float(estimators.dv(ints)) == pytest.approx(ref_dv(ints.astype("float64")), abs=1e-5)
+    bf = tf.constant(np.eye(3) * 2.0, dtype=tf.bfloat16)
+    assert estimators.jsd(bf).dtype == tf.bfloat16
+    with pytest.raises(ValueError, match="rank"):
+        estimators.jsd(np.ones((2, 2, 2, 2), dtype="float32"))
+
+
+def test_get_accepts_callables_and_any_case():
+    assert estimators.get("InfoNCE") is estimators.infonce
+    assert estimators.get(estimators.nwj) is estimators.nwj
+    assert estimators.LOG2 == pytest.approx(math.log(2.0))
