@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import REFERENCES, ref_dv, ref_means
+from helpers import (REFERENCES, ref_club, ref_club_heads, ref_dv, ref_gaussian_log_likelihood,
+                     ref_means)
 from keras_infobal import estimators
+from keras_infobal.layers import club
 
 S = np.array([[2.0, -1.0], [0.0, 3.0]], dtype="float32")
 
@@ -179,3 +181,61 @@ def test_get_accepts_callables_and_any_case():
     assert estimators.get("InfoNCE") is estimators.infonce
     assert estimators.get(estimators.nwj) is estimators.nwj
     assert estimators.LOG2 == pytest.approx(math.log(2.0))
+
+
+# ------------------------------------------------------------- CLUB functions and layer
+# CLUB's estimate is checked here against loop references; tests/test_club.py covers its
+# use inside InfoBal.
+
+def _gaussian_inputs(b, d, seed):
+    rng = np.random.default_rng(seed)
+    mu = rng.normal(size=(b, d)).astype("float32")
+    logvar = rng.uniform(-1, 1, size=(b, d)).astype("float32")
+    y = (mu + rng.normal(size=(b, d))).astype("float32")
+    return mu, logvar, y
+
+
+@pytest.mark.parametrize("b,d", [(3, 2), (5, 4)])
+def test_gaussian_log_likelihood_matches_reference(b, d):
+    mu, logvar, y = _gaussian_inputs(b, d, seed=b)
+    got = float(club.gaussian_log_likelihood(mu, logvar, y))
+    assert got == pytest.approx(ref_gaussian_log_likelihood(mu, logvar, y), abs=1e-4)
+
+
+@pytest.mark.parametrize("b,d", [(3, 2), (6, 3)])
+def test_club_estimate_matches_reference(b, d):
+    mu, logvar, y = _gaussian_inputs(b, d, seed=10 + b)
+    got = float(club.club_estimate(mu, logvar, y))
+    assert got == pytest.approx(ref_club(mu, logvar, y), abs=1e-4)
+    partners = np.roll(np.arange(b), 1)
+    got = float(club.club_estimate(mu, logvar, y, partners=partners))
+    assert got == pytest.approx(ref_club(mu, logvar, y, partners), abs=1e-4)
+
+
+def test_club_layer_matches_reference_from_its_weights():
+    import itertools
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(4, 3)).astype("float32")
+    y = rng.normal(size=(4, 2)).astype("float32")
+    layer = club.CLUB(units=5)
+    layer([x, y])
+    for v in layer.trainable_variables:  # spread the weights so every head matters
+        v.assign(rng.normal(size=v.shape).astype("float32"))
+    mu, logvar = ref_club_heads(layer, x)
+    got_mu, got_logvar = layer.mu_logvar(x)
+    np.testing.assert_allclose(np.asarray(got_mu), mu, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(got_logvar), logvar, rtol=1e-4, atol=1e-4)
+    assert float(layer([x, y])) == pytest.approx(ref_club(mu, logvar, y), abs=1e-3)
+    ll, est = layer.fit_and_estimate([x, y])
+    assert float(ll) == pytest.approx(ref_gaussian_log_likelihood(mu, logvar, y), abs=1e-3)
+    assert float(layer.log_likelihood([x, y])) == pytest.approx(float(ll), abs=1e-5)
+    assert float(est) == pytest.approx(ref_club(mu, logvar, y), abs=1e-3)
+    # The sampled variant uses one partner per anchor from a permutation of the batch.
+    sampled = club.CLUB(units=5, sampled=True, seed=0)
+    sampled([x, y])
+    sampled.set_weights(layer.get_weights())
+    candidates = [ref_club(mu, logvar, y, p) for p in itertools.permutations(range(4))]
+    for _ in range(3):
+        value = float(sampled([x, y]))
+        assert min(abs(value - c) for c in candidates) < 1e-3
