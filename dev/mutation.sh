@@ -2,12 +2,13 @@
 # Mutation testing of the core (issue 14). Runs on 2 CPU cores at low priority.
 #
 #   dev/mutation.sh mutmut        # estimators.py and layers/club.py (plain functions), mutmut 3
-#   dev/mutation.sh cosmic-ray M  # a Keras module on disk, M in: critics view_encoder
-#                                 #   view_aggregator infobal (configs in dev/cosmic-ray/)
+#   dev/mutation.sh cosmic-ray M  # a Keras module on disk, M in: critics club
+#                                 #   view_encoder view_aggregator infobal
+#                                 #   (configs and the scope filter in dev/cosmic-ray/)
 #   dev/mutation.sh all           # everything, in that order
 #
-# Results: `mutmut results` / `cr-report dev/cosmic-ray/M.sqlite`; summary in dev/MUTATION.md.
-# Needs: pip install mutmut==3.8.1 cosmic-ray==8.4.6 (test-only tools, not package deps).
+# Results: `mutmut results` / `dev/cosmic-ray/M.report.txt`; summary in dev/MUTATION.md.
+# Needs: pip install mutmut==3.8.1 cosmic-ray==8.7.0 (test-only tools, not package deps).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export TF_CPP_MIN_LOG_LEVEL=3
@@ -18,22 +19,31 @@ NICE="nice -n 15"
 JOBS="${JOBS:-2}"
 
 run_mutmut() {
+    rm -rf mutants  # a fresh run: mutmut may reuse cached verdicts after tests change
     $NICE python -m mutmut run --max-children "$JOBS"
     python -m mutmut results --all true > dev/mutmut-results.txt || true
 }
 
 run_cosmic_ray() {
-    local module="$1" cfg="dev/cosmic-ray/$1.toml" db="dev/cosmic-ray/$1.sqlite"
-    # cosmic-ray edits the file on disk: never leave a mutant behind.
-    trap 'git checkout -- keras_infobal' EXIT
-    rm -f "$db"
-    cosmic-ray init "$cfg" "$db"
-    cosmic-ray --verbosity=WARNING baseline "$cfg"
-    $NICE cosmic-ray exec "$cfg" "$db"
-    cr-report --show-pending "$db" > "dev/cosmic-ray/$module.report.txt" || true
-    tail -n 3 "dev/cosmic-ray/$module.report.txt"
-    git checkout -- keras_infobal
-    trap - EXIT
+    # cosmic-ray edits the module on disk: it works in a scratch copy of the tree, so the
+    # worktree is never left mutated and sessions of different modules can run at once.
+    local module="$1" here="$PWD"
+    local scratch="${SCRATCH:-/tmp/keras-infobal-mutation}/$module"
+    rm -rf "$scratch" && mkdir -p "$scratch"
+    cp -r keras_infobal tests setup.cfg pyproject.toml dev "$scratch"/
+    (
+        cd "$scratch"
+        export PYTHONPATH="$scratch"  # the scratch copy, not the editable install
+        cfg="dev/cosmic-ray/$module.toml" db="$module.sqlite"
+        cosmic-ray init "$cfg" "$db"
+        python dev/cosmic-ray/scope_filter.py "$cfg" "$db"
+        cr-filter-operators "$db" "$cfg"
+        $NICE cosmic-ray --verbosity=WARNING baseline "$cfg"
+        $NICE cosmic-ray exec "$cfg" "$db"
+        cr-report --show-pending "$db" > "$here/dev/cosmic-ray/$module.report.txt" || true
+        cp "$db" "$here/dev/cosmic-ray/$module.sqlite"
+    )
+    tail -n 4 "dev/cosmic-ray/$module.report.txt"
 }
 
 case "${1:-all}" in
@@ -41,6 +51,6 @@ case "${1:-all}" in
     cosmic-ray) run_cosmic_ray "$2" ;;
     all)
         run_mutmut
-        for m in critics view_encoder view_aggregator infobal; do run_cosmic_ray "$m"; done ;;
+        for m in critics club view_encoder view_aggregator infobal; do run_cosmic_ray "$m"; done ;;
     *) echo "usage: $0 [mutmut | cosmic-ray MODULE | all]" >&2; exit 2 ;;
 esac

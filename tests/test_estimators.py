@@ -239,3 +239,60 @@ def test_club_layer_matches_reference_from_its_weights():
     for _ in range(3):
         value = float(sampled([x, y]))
         assert min(abs(value - c) for c in candidates) < 1e-3
+
+
+# ------------------------------------------------ dtypes, messages and partial shapes
+# These pin behaviour the mutation run (dev/MUTATION.md) found unchecked.
+
+@pytest.mark.parametrize("name", sorted(REFERENCES))
+@pytest.mark.parametrize("offset", [None, 1])
+def test_float_scores_keep_their_dtype(name, offset):
+    # float64 and bfloat16 estimates stay in that dtype (with and without offset): only
+    # non-float scores are cast to float32.
+    s = _random_scores((3, 4) if offset else (3, 3), seed=5)
+    for dtype in (tf.float64, tf.bfloat16, tf.float16):
+        value = estimators.get(name)(tf.constant(s, dtype=dtype), offset=offset)
+        assert value.dtype == dtype, (name, dtype)
+    value = estimators.get(name)(tf.constant(s, dtype=tf.float64), offset=offset)
+    assert float(value) == pytest.approx(REFERENCES[name](s, offset=offset), abs=1e-9)
+
+
+def test_error_messages_are_exact():
+    with pytest.raises(ValueError, match=r"^Expected a score matrix of shape \(B, B\) or a "
+                                         r"score tensor of shape \(B, B, L\); got rank 1"):
+        estimators.jsd(np.ones((4,), dtype="float32"))
+    with pytest.raises(ValueError, match=r"^MI estimation needs at least 2 images per batch: "
+                                         r"the other images of the batch are the negatives\. "
+                                         r"Got a batch of 1; use batch_size >= 2 \(and "
+                                         r"drop_remainder=True on tf\.data so the last batch "
+                                         r"is not of size 1\)\.$"):
+        estimators.jsd(np.ones((1, 1), dtype="float32"))
+
+
+def test_a_single_anchor_against_many_candidates_is_still_refused():
+    # (1, N) rectangular scores: the batch, not the candidate count, must be >= 2.
+    with pytest.raises(ValueError, match="Got a batch of 1;"):
+        estimators.infonce(np.ones((1, 4), dtype="float32"), offset=0)
+
+
+def test_traced_scores_with_an_unknown_batch():
+    # Inside a traced function the batch axis may be None: no static checks may trip on it.
+    for name in sorted(REFERENCES):
+        fn = tf.function(estimators.get(name),
+                         input_signature=[tf.TensorSpec((None, 3), tf.float32)])
+        s = _random_scores((3, 3), seed=9)
+        assert float(fn(s)) == pytest.approx(REFERENCES[name](s), abs=1e-4)
+        fn = tf.function(lambda x, f=estimators.get(name): f(x, offset=1),
+                         input_signature=[tf.TensorSpec((None, 5, 2), tf.float32)])
+        s = _random_scores((3, 5, 2), seed=9)
+        assert float(fn(s)) == pytest.approx(REFERENCES[name](s, offset=1), abs=1e-4)
+
+
+def test_nwj_counts_scores_above_80_as_80():
+    # The documented clip at 80 (exp(79) is finite in float32).
+    s = np.zeros((3, 3), dtype="float32")
+    s[0, 1] = 80.0
+    at_clip = float(estimators.nwj(s))
+    s[0, 1] = 80.5
+    assert float(estimators.nwj(s)) == pytest.approx(at_clip, rel=1e-6)
+    assert at_clip == pytest.approx(-math.exp(-1) * (math.exp(80.0) + 5) / 6, rel=1e-5)
