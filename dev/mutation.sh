@@ -38,8 +38,16 @@ run_cosmic_ray() {
         cosmic-ray init "$cfg" "$db"
         python dev/cosmic-ray/scope_filter.py "$cfg" "$db"
         cr-filter-operators "$db" "$cfg"
+        # Tests run in children forked from a server that imported TensorFlow once.
+        find . -name __pycache__ -prune -exec rm -rf {} +
+        export FORKSERVER_SOCKET="$scratch/forkserver.sock"
+        $NICE python dev/cosmic-ray/forkserver.py "$FORKSERVER_SOCKET" &
+        server=$!
+        trap 'kill $server 2>/dev/null' EXIT
+        while [ ! -S "$FORKSERVER_SOCKET" ]; do sleep 1; done
         $NICE cosmic-ray --verbosity=WARNING baseline "$cfg"
         $NICE cosmic-ray exec "$cfg" "$db"
+        kill $server
         cr-report --show-pending "$db" > "$here/dev/cosmic-ray/$module.report.txt" || true
         cp "$db" "$here/dev/cosmic-ray/$module.sqlite"
     )
