@@ -130,3 +130,9 @@ def test_layer_normalized_critic_holds_no_state():
     assert float(critic([g, l[:, 0]], training=True)) == pytest.approx(first, abs=1e-6)
     assert all(np.array_equal(b, np.array(v)) for b, v in zip(before, critic.variables))
     assert not critic.non_trainable_variables
+
+
+def test_batch_mismatch_message_names_both_sizes():
+    g, l = _inputs(b=4)
+    with pytest.raises(ValueError, match=r"must share the batch size; got 4 and 3\.$"):
+        JSDCritic(units=6)([g, l[:3]])
