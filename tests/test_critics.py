@@ -134,5 +134,5 @@ def test_layer_normalized_critic_holds_no_state():
 
 def test_batch_mismatch_message_names_both_sizes():
     g, l = _inputs(b=4)
-    with pytest.raises(ValueError, match=r"must share the batch size; got 4 and 3\.$"):
+    with pytest.raises(ValueError, match=r"must share the batch size; got 4 and 3\."):
         JSDCritic(units=6)([g, l[:3]])
