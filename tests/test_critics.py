@@ -136,3 +136,19 @@ def test_batch_mismatch_message_names_both_sizes():
     g, l = _inputs(b=4)
     with pytest.raises(ValueError, match=r"must share the batch size; got 4 and 3\."):
         JSDCritic(units=6)([g, l[:3]])
+
+
+@pytest.mark.parametrize("which,width", [("global", 2), ("global", 4), ("local", 4),
+                                         ("local", 6)])
+def test_channel_mismatch_is_caught_for_narrower_and_wider_inputs(which, width):
+    g, l = _inputs()  # built for global dim 3 and local dim 5
+    critic = JSDCritic(units=6)
+    critic([g, l])
+    rng = np.random.default_rng(0)
+    if which == "global":
+        g = rng.normal(size=(4, width)).astype("float32")
+    else:
+        l = rng.normal(size=(4, 2, width)).astype("float32")
+    with pytest.raises(ValueError, match="Channel mismatch: this critic was built for global "
+                                         "dim 3 and local dim 5"):
+        critic([g, l])
