@@ -152,3 +152,10 @@ def test_channel_mismatch_is_caught_for_narrower_and_wider_inputs(which, width):
     with pytest.raises(ValueError, match="Channel mismatch: this critic was built for global "
                                          "dim 3 and local dim 5"):
         critic([g, l])
+
+
+def test_symbolic_call_with_one_unknown_batch_size():
+    # The batch check compares only known sizes: an unknown global batch is not a mismatch.
+    critic = JSDCritic(units=6)
+    out = critic([keras.KerasTensor((None, 3)), keras.KerasTensor((4, 2, 5))])
+    assert tuple(out.shape) == ()
