@@ -114,6 +114,10 @@ def test_factories_pass_their_options_on():
     club = critics_module.get_infomin_critic("club_sampled", units=4, name="q")
     assert type(club).__name__ == "CLUB" and club.sampled and club.units == 4
     assert not critics_module.get_infomin_critic("CLUB", units=4).sampled
+    # The documented defaults: 512 units, no clip, LayerNorm for the discriminators.
+    default = critics_module.get_infomin_critic("jsd")
+    assert (default.units, default.score_clip, default.normalization) == (512, None, "layer")
+    assert critics_module.get_infomin_critic("club").units == 512
     assert critics_module.INFOMIN_CRITICS == ("dv", "infonce", "jsd", "nwj", "club",
                                               "club_sampled")
     with pytest.raises(ValueError, match="Unknown critic 'mine'"):

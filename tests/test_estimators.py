@@ -296,3 +296,11 @@ def test_nwj_counts_scores_above_80_as_80():
     s[0, 1] = 80.5
     assert float(estimators.nwj(s)) == pytest.approx(at_clip, rel=1e-6)
     assert at_clip == pytest.approx(-math.exp(-1) * (math.exp(80.0) + 5) / 6, rel=1e-5)
+
+
+@pytest.mark.parametrize("x_shape,y_shape", [((4,), (4, 2)), ((4, 3, 1), (4, 2)),
+                                             ((4, 3), (4,)), ((4, 3), (4, 2, 1))])
+def test_club_refuses_inputs_that_are_not_matrices(x_shape, y_shape):
+    with pytest.raises(ValueError, match=r"CLUB takes \[x, y\] of shapes \(B, D_x\) and "
+                                         r"\(B, D_y\)"):
+        club.CLUB(units=3).build([x_shape, y_shape])
