@@ -239,6 +239,10 @@ def test_club_layer_matches_reference_from_its_weights():
     for _ in range(3):
         value = float(sampled([x, y]))
         assert min(abs(value - c) for c in candidates) < 1e-3
+        # fit_and_estimate draws its partners the same way (a permutation of the batch).
+        ll, value = sampled.fit_and_estimate([x, y])
+        assert min(abs(float(value) - c) for c in candidates) < 1e-3
+        assert float(ll) == pytest.approx(ref_gaussian_log_likelihood(mu, logvar, y), abs=1e-3)
 
 
 # ------------------------------------------------ dtypes, messages and partial shapes
