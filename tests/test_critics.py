@@ -163,3 +163,14 @@ def test_symbolic_call_with_one_unknown_batch_size():
     critic = JSDCritic(units=6)
     out = critic([keras.KerasTensor((None, 3)), keras.KerasTensor((4, 2, 5))])
     assert tuple(out.shape) == ()
+
+
+def test_wide_inputs_are_not_a_channel_mismatch():
+    # Widths above 256 are distinct int objects in CPython: the check must compare values.
+    rng = np.random.default_rng(0)
+    g = rng.normal(size=(3, 300)).astype("float32")
+    l = rng.normal(size=(3, 2, 260)).astype("float32")
+    critic = JSDCritic(units=4)
+    critic([g, l])
+    g2 = np.array(g)  # a new array: its shape holds new int objects
+    assert np.isfinite(float(critic([g2, np.array(l)])))
