@@ -153,8 +153,9 @@ def test_channel_mismatch_is_caught_for_narrower_and_wider_inputs(which, width):
         g = rng.normal(size=(4, width)).astype("float32")
     else:
         l = rng.normal(size=(4, 2, width)).astype("float32")
+    got = f"got {width} and 5" if which == "global" else f"got 3 and {width}"
     with pytest.raises(ValueError, match="Channel mismatch: this critic was built for global "
-                                         "dim 3 and local dim 5"):
+                                         f"dim 3 and local dim 5, {got}\\."):
         critic([g, l])
 
 
