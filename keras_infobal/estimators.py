@@ -61,8 +61,8 @@ def _masks(scores, offset=None):
     return pos, 1.0 - pos
 
 
-def positive_negative_means(scores):
-    """Means of the positive and of the negative scores (a diagnostic)."""
+def positive_negative_means(scores, offset=None):
+    """Means of the positive and of the negative scores (a diagnostic); `offset` as above."""
     scores = _check_scores(scores, offset)
     pos, neg = _masks(scores, offset)
     return ops.sum(scores * pos) / ops.sum(pos), ops.sum(scores * neg) / ops.sum(neg)

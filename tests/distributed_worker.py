@@ -23,7 +23,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from conftest import TINY  # noqa: E402
+from helpers import TINY  # noqa: E402
 from keras_infobal import InfoBal  # noqa: E402
 
 B = 8  # per-replica batch

@@ -5,7 +5,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import CIFAR_TAR
+from helpers import CIFAR_TAR
 from keras_infobal.applications import InfoBalCIFAR, decode_predictions
 from keras_infobal.applications import presets
 from keras_infobal.applications import infobal_cifar

@@ -79,7 +79,10 @@ def test_pretrain_with_the_augmented_pairs_recipe(tiny_cifar, tmp_path):
     model = keras.models.load_model(os.path.join(out, "model.keras"))
     assert model.augmented_pairs and model.score_clip == 20.0
     assert model.encoder.compute_dtype == "float32"  # saved as a float32 model
-    assert 0.0 <= json.load(open(os.path.join(out, "results.json")))["probe"]["note"]["conv"]
+    # The probe accuracy is a fraction of the 40 test images (0 <= alone could never fail).
+    accuracy = json.load(open(os.path.join(out, "results.json")))["probe"]["note"]["conv"]
+    assert 0.0 <= accuracy <= 1.0
+    assert accuracy * 40 == pytest.approx(round(accuracy * 40), abs=1e-4)
 
 
 @pytest.mark.parametrize("argv,message", [

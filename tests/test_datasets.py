@@ -92,7 +92,7 @@ def test_make_dataset_drops_remainder_for_training():
 
 @pytest.mark.data
 def test_real_cifar10_copy_loads():
-    from conftest import CIFAR_TAR
+    from helpers import CIFAR_TAR
 
     if not os.path.exists(CIFAR_TAR):
         pytest.skip(f"{CIFAR_TAR} is absent: the real CIFAR-10 copy lives in ../shared/data")

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 
 WORKER = os.path.join(ROOT, "tests", "distributed_worker.py")
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}

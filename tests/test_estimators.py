@@ -4,7 +4,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from helpers import (REFERENCES, ref_club, ref_club_heads, ref_dv, ref_gaussian_log_likelihood,
+                     ref_means)
 from keras_infobal import estimators
+from keras_infobal.layers import club
 
 S = np.array([[2.0, -1.0], [0.0, 3.0]], dtype="float32")
 
@@ -84,3 +87,224 @@ def test_bad_shapes_are_clear_errors():
         estimators.dv(np.ones((3, 4), dtype="float32"))
     with pytest.raises(ValueError, match="Unknown MI estimator"):
         estimators.get("mine")
+
+
+# ------------------------------------------------------- independent numpy references
+# Larger and rectangular inputs: with B > 2 the positives (B) and negatives (B^2 - B) have
+# different counts, so a wrong denominator cannot pass; with `offset` the positive of row a
+# is column a + offset of a (B, N) matrix with N > B.
+
+def _random_scores(shape, seed, scale=2.0):
+    return (scale * np.random.default_rng(seed).normal(size=shape)).astype("float32")
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCES))
+@pytest.mark.parametrize("shape", [(3, 3), (5, 5), (4, 4, 3)])
+def test_value_matches_numpy_reference_square(name, shape):
+    s = _random_scores(shape, seed=sum(shape))
+    assert float(estimators.get(name)(s)) == pytest.approx(REFERENCES[name](s), abs=1e-4)
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCES))
+@pytest.mark.parametrize("shape,offset", [((3, 6), 0), ((3, 6), 3), ((2, 8), 4),
+                                          ((3, 9, 2), 6), ((4, 8, 3), 4)])
+def test_value_matches_numpy_reference_with_offset(name, shape, offset):
+    s = _random_scores(shape, seed=shape[1] + offset)
+    got = float(estimators.get(name)(s, offset=offset))
+    assert got == pytest.approx(REFERENCES[name](s, offset=offset), abs=1e-4)
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCES))
+def test_offset_picks_the_shifted_column_as_positive(name):
+    # A large score only at (a, a + offset): the estimate sees it as the positive. At
+    # offset 0 of the same matrix those entries are negatives and the estimate is low.
+    b, n, offset = 3, 6, 3
+    s = _random_scores((b, n), seed=7, scale=0.5)
+    s[np.arange(b), np.arange(b) + offset] += 5.0
+    shifted = float(estimators.get(name)(s, offset=offset))
+    unshifted = float(estimators.get(name)(s, offset=0))
+    assert shifted == pytest.approx(REFERENCES[name](s, offset=offset), abs=1e-4)
+    assert unshifted == pytest.approx(REFERENCES[name](s, offset=0), abs=1e-4)
+    assert shifted > unshifted + 1.0
+
+
+def test_infonce_uses_log_of_the_candidate_count_with_offset():
+    # Perfectly separated rectangular scores: InfoNCE reaches log N (N candidates, not B).
+    b, n = 2, 8
+    s = np.zeros((b, n), dtype="float32")
+    s[np.arange(b), np.arange(b) + 2] = 60.0
+    assert float(estimators.infonce(s, offset=2)) == pytest.approx(math.log(n), abs=1e-4)
+
+
+@pytest.mark.parametrize("shape,offset", [((4, 4), None), ((3, 3, 2), None), ((3, 6), 3),
+                                          ((2, 6, 2), 2)])
+def test_positive_negative_means(shape, offset):
+    s = _random_scores(shape, seed=11)
+    pos, neg = estimators.positive_negative_means(s, offset=offset)
+    ref_pos, ref_neg = ref_means(s, offset=offset)
+    assert float(pos) == pytest.approx(ref_pos, abs=1e-5)
+    assert float(neg) == pytest.approx(ref_neg, abs=1e-5)
+
+
+def test_positive_negative_means_default_is_the_diagonal():
+    s = np.array([[4.0, 1.0, 1.0], [2.0, 5.0, 2.0], [3.0, 3.0, 6.0]], dtype="float32")
+    pos, neg = estimators.positive_negative_means(s)
+    assert float(pos) == pytest.approx(5.0)  # (4 + 5 + 6) / 3
+    assert float(neg) == pytest.approx(2.0)  # (1 + 1 + 2 + 2 + 3 + 3) / 6
+
+
+def test_literal_values_on_a_3x3_matrix():
+    # Written-out numbers for one 3x3 matrix (checked against the loop references once),
+    # so a mistake shared by reference and estimator cannot hide.
+    s = np.array([[1.0, 0.0, -1.0], [0.5, 2.0, 0.0], [-0.5, 1.0, 0.0]], dtype="float32")
+    # positives 1, 2, 0 (mean 1); negatives 0, -1, 0.5, 0, -0.5, 1 (mean 0)
+    assert float(estimators.dv(s)) == pytest.approx(
+        1.0 - math.log((2 + math.exp(-1) + math.exp(0.5) + math.exp(-0.5) + math.e) / 6),
+        abs=1e-5)
+    assert float(estimators.nwj(s)) == pytest.approx(
+        1.0 - math.exp(-1) * (2 + math.exp(-1) + math.exp(0.5) + math.exp(-0.5) + math.e) / 6,
+        abs=1e-5)
+    assert float(estimators.dv(s)) == pytest.approx(ref_dv(s), abs=1e-5)
+
+
+def test_score_dtype_and_rank_handling():
+    # Integer scores are cast to float32; a bfloat16 matrix keeps its dtype.
+    ints = np.array([[2, 0, 0], [0, 2, 0], [0, 0, 2]], dtype="int32")
+    assert float(estimators.dv(ints)) == pytest.approx(ref_dv(ints.astype("float64")), abs=1e-5)
+    bf = tf.constant(np.eye(3) * 2.0, dtype=tf.bfloat16)
+    assert estimators.jsd(bf).dtype == tf.bfloat16
+    with pytest.raises(ValueError, match="rank"):
+        estimators.jsd(np.ones((2, 2, 2, 2), dtype="float32"))
+
+
+def test_get_accepts_callables_and_any_case():
+    assert estimators.get("InfoNCE") is estimators.infonce
+    assert estimators.get(estimators.nwj) is estimators.nwj
+    assert estimators.LOG2 == pytest.approx(math.log(2.0))
+
+
+# ------------------------------------------------------------- CLUB functions and layer
+# CLUB's estimate is checked here against loop references; tests/test_club.py covers its
+# use inside InfoBal.
+
+def _gaussian_inputs(b, d, seed):
+    rng = np.random.default_rng(seed)
+    mu = rng.normal(size=(b, d)).astype("float32")
+    logvar = rng.uniform(-1, 1, size=(b, d)).astype("float32")
+    y = (mu + rng.normal(size=(b, d))).astype("float32")
+    return mu, logvar, y
+
+
+@pytest.mark.parametrize("b,d", [(3, 2), (5, 4)])
+def test_gaussian_log_likelihood_matches_reference(b, d):
+    mu, logvar, y = _gaussian_inputs(b, d, seed=b)
+    got = float(club.gaussian_log_likelihood(mu, logvar, y))
+    assert got == pytest.approx(ref_gaussian_log_likelihood(mu, logvar, y), abs=1e-4)
+
+
+@pytest.mark.parametrize("b,d", [(3, 2), (6, 3)])
+def test_club_estimate_matches_reference(b, d):
+    mu, logvar, y = _gaussian_inputs(b, d, seed=10 + b)
+    got = float(club.club_estimate(mu, logvar, y))
+    assert got == pytest.approx(ref_club(mu, logvar, y), abs=1e-4)
+    partners = np.roll(np.arange(b), 1)
+    got = float(club.club_estimate(mu, logvar, y, partners=partners))
+    assert got == pytest.approx(ref_club(mu, logvar, y, partners), abs=1e-4)
+
+
+def test_club_layer_matches_reference_from_its_weights():
+    import itertools
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(4, 3)).astype("float32")
+    y = rng.normal(size=(4, 2)).astype("float32")
+    layer = club.CLUB(units=5)
+    layer([x, y])
+    for v in layer.trainable_variables:  # spread the weights so every head matters
+        v.assign(rng.normal(size=v.shape).astype("float32"))
+    mu, logvar = ref_club_heads(layer, x)
+    got_mu, got_logvar = layer.mu_logvar(x)
+    np.testing.assert_allclose(np.asarray(got_mu), mu, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(got_logvar), logvar, rtol=1e-4, atol=1e-4)
+    assert float(layer([x, y])) == pytest.approx(ref_club(mu, logvar, y), abs=1e-3)
+    ll, est = layer.fit_and_estimate([x, y])
+    assert float(ll) == pytest.approx(ref_gaussian_log_likelihood(mu, logvar, y), abs=1e-3)
+    assert float(layer.log_likelihood([x, y])) == pytest.approx(float(ll), abs=1e-5)
+    assert float(est) == pytest.approx(ref_club(mu, logvar, y), abs=1e-3)
+    # The sampled variant uses one partner per anchor from a permutation of the batch.
+    sampled = club.CLUB(units=5, sampled=True, seed=0)
+    sampled([x, y])
+    sampled.set_weights(layer.get_weights())
+    candidates = [ref_club(mu, logvar, y, p) for p in itertools.permutations(range(4))]
+    for _ in range(3):
+        value = float(sampled([x, y]))
+        assert min(abs(value - c) for c in candidates) < 1e-3
+        # fit_and_estimate draws its partners the same way (a permutation of the batch).
+        ll, value = sampled.fit_and_estimate([x, y])
+        assert min(abs(float(value) - c) for c in candidates) < 1e-3
+        assert float(ll) == pytest.approx(ref_gaussian_log_likelihood(mu, logvar, y), abs=1e-3)
+
+
+# ------------------------------------------------ dtypes, messages and partial shapes
+# These pin behaviour the mutation run (dev/MUTATION.md) found unchecked.
+
+@pytest.mark.parametrize("name", sorted(REFERENCES))
+@pytest.mark.parametrize("offset", [None, 1])
+def test_float_scores_keep_their_dtype(name, offset):
+    # float64 and bfloat16 estimates stay in that dtype (with and without offset): only
+    # non-float scores are cast to float32.
+    s = _random_scores((3, 4) if offset else (3, 3), seed=5)
+    for dtype in (tf.float64, tf.bfloat16, tf.float16):
+        value = estimators.get(name)(tf.constant(s, dtype=dtype), offset=offset)
+        assert value.dtype == dtype, (name, dtype)
+    value = estimators.get(name)(tf.constant(s, dtype=tf.float64), offset=offset)
+    assert float(value) == pytest.approx(REFERENCES[name](s, offset=offset), abs=1e-9)
+
+
+def test_error_messages_are_exact():
+    with pytest.raises(ValueError, match=r"^Expected a score matrix of shape \(B, B\) or a "
+                                         r"score tensor of shape \(B, B, L\); got rank 1"):
+        estimators.jsd(np.ones((4,), dtype="float32"))
+    with pytest.raises(ValueError, match=r"^MI estimation needs at least 2 images per batch: "
+                                         r"the other images of the batch are the negatives\. "
+                                         r"Got a batch of 1; use batch_size >= 2 \(and "
+                                         r"drop_remainder=True on tf\.data so the last batch "
+                                         r"is not of size 1\)\.$"):
+        estimators.jsd(np.ones((1, 1), dtype="float32"))
+
+
+def test_a_single_anchor_against_many_candidates_is_still_refused():
+    # (1, N) rectangular scores: the batch, not the candidate count, must be >= 2.
+    with pytest.raises(ValueError, match="Got a batch of 1;"):
+        estimators.infonce(np.ones((1, 4), dtype="float32"), offset=0)
+
+
+def test_traced_scores_with_an_unknown_batch():
+    # Inside a traced function the batch axis may be None: no static checks may trip on it.
+    for name in sorted(REFERENCES):
+        fn = tf.function(estimators.get(name),
+                         input_signature=[tf.TensorSpec((None, 3), tf.float32)])
+        s = _random_scores((3, 3), seed=9)
+        assert float(fn(s)) == pytest.approx(REFERENCES[name](s), abs=1e-4)
+        fn = tf.function(lambda x, f=estimators.get(name): f(x, offset=1),
+                         input_signature=[tf.TensorSpec((None, 5, 2), tf.float32)])
+        s = _random_scores((3, 5, 2), seed=9)
+        assert float(fn(s)) == pytest.approx(REFERENCES[name](s, offset=1), abs=1e-4)
+
+
+def test_nwj_counts_scores_above_80_as_80():
+    # The documented clip at 80 (exp(79) is finite in float32).
+    s = np.zeros((3, 3), dtype="float32")
+    s[0, 1] = 80.0
+    at_clip = float(estimators.nwj(s))
+    s[0, 1] = 80.5
+    assert float(estimators.nwj(s)) == pytest.approx(at_clip, rel=1e-6)
+    assert at_clip == pytest.approx(-math.exp(-1) * (math.exp(80.0) + 5) / 6, rel=1e-5)
+
+
+@pytest.mark.parametrize("x_shape,y_shape", [((4,), (4, 2)), ((4, 3, 1), (4, 2)),
+                                             ((4, 3), (4,)), ((4, 3), (4, 2, 1))])
+def test_club_refuses_inputs_that_are_not_matrices(x_shape, y_shape):
+    with pytest.raises(ValueError, match=r"CLUB takes \[x, y\] of shapes \(B, D_x\) and "
+                                         r"\(B, D_y\)"):
+        club.CLUB(units=3).build([x_shape, y_shape])

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import TINY
+from helpers import TINY
 from keras_infobal import InfoBal
 from keras_infobal.evaluation import (
     LinearProbe,

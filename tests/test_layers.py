@@ -2,6 +2,7 @@ import keras
 import numpy as np
 import pytest
 
+from helpers import ref_critic_scores, ref_dv, ref_jsd
 from keras_infobal import (
     DVCritic,
     InfoNCECritic,
@@ -100,6 +101,27 @@ def test_view_encoder_roundtrip(split, m):
     np.testing.assert_allclose(a, b, atol=1e-6)
 
 
+def test_view_encoder_rescales_0_255_to_minus_1_1():
+    # uint8 input through rescale=True equals float input already in [-1, 1] through
+    # rescale=False with the same weights; the map is x / 127.5 - 1 (0 -> -1, 255 -> 1).
+    x = np.random.default_rng(0).integers(0, 256, (2, 16, 16, 3)).astype("uint8")
+    x[0, 0, 0] = (0, 255, 127)
+    scaled = x.astype("float32") / 127.5 - 1.0
+    assert scaled[0, 0, 0, 0] == -1.0 and scaled[0, 0, 0, 1] == 1.0
+    on = ViewEncoder(num_views=2, filters=(4, 8))
+    off = ViewEncoder(num_views=2, filters=(4, 8), rescale=False)
+    a = np.asarray(on(x))
+    off(scaled)
+    off.set_weights(on.get_weights())
+    np.testing.assert_allclose(np.asarray(off(scaled)), a, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(on.local_map(x)),
+                               np.asarray(off.local_map(scaled)), rtol=1e-5, atol=1e-5)
+    # Without rescaling, raw 0..255 values give other views: the option is not ignored.
+    assert not np.allclose(np.asarray(off(x.astype("float32"))), a, atol=1e-3)
+    # Float images in [0, 255] are rescaled like uint8 ones.
+    np.testing.assert_allclose(np.asarray(on(x.astype("float32"))), a, rtol=1e-5, atol=1e-5)
+
+
 # -------------------------------------------------------------------------- ViewAggregator
 @pytest.mark.parametrize("mode", ["concat", "mean", "attention"])
 def test_aggregator_shapes_and_features(mode):
@@ -171,17 +193,19 @@ def test_critic_returns_a_scalar_and_full_score_tensor(cls, local_shape):
 
 
 def test_critic_scores_are_encode_and_dot():
+    # Reference from the critic's weights in numpy (tests/helpers.py), not from its own
+    # encoder layers, so a bug in the encoders or the scorer cannot cancel out.
     rng = np.random.default_rng(0)
     g = rng.normal(size=(4, 3)).astype("float32")
     l = rng.normal(size=(4, 2, 5)).astype("float32")
-    critic = JSDCritic(units=6)
-    s = np.asarray(critic.scores([g, l]))
-    eg = np.asarray(critic.global_encoder(g))
-    el = np.asarray(critic.local_encoder(l))
-    np.testing.assert_allclose(s, np.einsum("ad,bld->abl", eg, el), rtol=1e-5, atol=1e-5)
-    from keras_infobal import estimators
-
-    np.testing.assert_allclose(float(critic([g, l])), float(estimators.jsd(s)), atol=1e-5)
+    critic = JSDCritic(units=6, normalization="layer")
+    critic([g, l])
+    for v in critic.trainable_variables:
+        v.assign(rng.normal(scale=0.5, size=v.shape).astype("float32"))
+    expected = ref_critic_scores(critic, g, l)
+    np.testing.assert_allclose(np.asarray(critic.scores([g, l])), expected, rtol=1e-4,
+                               atol=1e-4)
+    assert float(critic([g, l])) == pytest.approx(ref_jsd(expected), abs=1e-4)
 
 
 def test_score_clip_is_a_soft_tanh_clip_of_the_dot_scores():
@@ -208,12 +232,19 @@ def test_score_clip_is_a_soft_tanh_clip_of_the_dot_scores():
 
 
 def test_concat_scorer():
+    # An MLP on [e_g; e_l] per pair, checked against the numpy reference with loops.
     rng = np.random.default_rng(0)
     g = rng.normal(size=(4, 3)).astype("float32")
     l = rng.normal(size=(4, 2, 5)).astype("float32")
-    critic = DVCritic(units=6, scorer="concat")
+    critic = DVCritic(units=6, scorer="concat", normalization=None)
+    critic([g, l])
+    for v in critic.trainable_variables:
+        v.assign(rng.normal(scale=0.5, size=v.shape).astype("float32"))
+    expected = ref_critic_scores(critic, g, l)
     assert tuple(critic.scores([g, l]).shape) == (4, 4, 2)
-    assert np.isfinite(float(critic([g, l])))
+    np.testing.assert_allclose(np.asarray(critic.scores([g, l])), expected, rtol=1e-4,
+                               atol=1e-4)
+    assert float(critic([g, l])) == pytest.approx(ref_dv(expected), abs=1e-4)
 
 
 @pytest.mark.parametrize("cls", CRITIC_CLASSES + [MICritic])

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import optimizers
+from helpers import optimizers
 from keras_infobal import InfoBal
 
 

@@ -7,7 +7,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 
 
 def readme_example():
@@ -59,7 +59,7 @@ def readme_cli():
 @pytest.mark.slow
 @pytest.mark.data
 def test_readme_cli_commands_run_as_written(tmp_path):
-    from conftest import CIFAR_TAR
+    from helpers import CIFAR_TAR
 
     if not os.path.exists(CIFAR_TAR):
         pytest.skip(f"{CIFAR_TAR} is absent")

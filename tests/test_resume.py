@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from conftest import ROOT, TINY
+from helpers import ROOT, TINY
 from keras_infobal import InfoBal
 
 WORKER = os.path.join(ROOT, "tests", "resume_worker.py")
@@ -68,7 +68,7 @@ def test_a_half_written_backup_falls_back_to_the_previous_good_one(tmp_path):
     restored, and training resumes from it."""
     import keras
 
-    from conftest import optimizers
+    from helpers import optimizers
 
     x = np.random.default_rng(0).integers(0, 256, (32, 16, 16, 3)).astype("uint8")
     backup = str(tmp_path / "backup")

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import ROOT, TINY, optimizers
+from helpers import ROOT, TINY, optimizers
 from keras_infobal import (
     InfoBal,
     JSDCritic,
@@ -33,7 +33,7 @@ def test_same_seed_gives_identical_weights():
     code = """
         import keras, numpy as np, tensorflow as tf, sys
         sys.path.insert(0, "tests")
-        from conftest import TINY, optimizers
+        from helpers import TINY, optimizers
         from keras_infobal import InfoBal
         tf.config.experimental.enable_op_determinism()
         out = []

@@ -3,7 +3,7 @@
 import keras
 import numpy as np
 
-from conftest import TINY, optimizers
+from helpers import TINY, optimizers
 from keras_infobal import InfoBal
 
 

@@ -1,7 +1,7 @@
 import keras_tuner as kt
 import numpy as np
 
-from conftest import TINY
+from helpers import TINY
 from keras_infobal.tuning import OBJECTIVE, InfoBalHyperModel
 from test_evaluation import class_images
 

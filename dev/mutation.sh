@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Mutation testing of the core (issue 14). Runs on 2 CPU cores at low priority.
+#
+#   dev/mutation.sh mutmut        # estimators.py and layers/club.py (plain functions), mutmut 3
+#   dev/mutation.sh cosmic-ray M  # a Keras module on disk, M in: critics club
+#                                 #   view_encoder view_aggregator infobal
+#                                 #   (configs and the scope filter in dev/cosmic-ray/)
+#   dev/mutation.sh all           # everything, in that order
+#
+# Results: `mutmut results` / `dev/cosmic-ray/M.report.txt`; summary in dev/MUTATION.md.
+# Needs: pip install mutmut==3.8.1 cosmic-ray==8.7.0 (test-only tools, not package deps).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export TF_CPP_MIN_LOG_LEVEL=3
+# mutmut puts its mutated copy (mutants/) first on sys.path; an outside PYTHONPATH would
+# shadow it, so it is cleared here.
+unset PYTHONPATH
+NICE="nice -n 15"
+JOBS="${JOBS:-2}"
+
+run_mutmut() {
+    rm -rf mutants  # a fresh run: mutmut may reuse cached verdicts after tests change
+    $NICE python -m mutmut run --max-children "$JOBS"
+    python -m mutmut results --all true > dev/mutmut-results.txt || true
+}
+
+run_cosmic_ray() {
+    # cosmic-ray edits the module on disk: it works in a scratch copy of the tree, so the
+    # worktree is never left mutated and sessions of different modules can run at once.
+    local module="$1" here="$PWD"
+    local scratch="${SCRATCH:-/tmp/keras-infobal-mutation}/$module"
+    rm -rf "$scratch" && mkdir -p "$scratch"
+    cp -r keras_infobal tests setup.cfg pyproject.toml dev "$scratch"/
+    (
+        cd "$scratch"
+        export PYTHONPATH="$scratch"  # the scratch copy, not the editable install
+        cfg="dev/cosmic-ray/$module.toml" db="$module.sqlite"
+        cosmic-ray init "$cfg" "$db"
+        python dev/cosmic-ray/scope_filter.py "$cfg" "$db"
+        cr-filter-operators "$db" "$cfg"
+        # Tests run in children forked from a server that imported TensorFlow once.
+        find . -name __pycache__ -prune -exec rm -rf {} +
+        export FORKSERVER_SOCKET="$scratch/forkserver.sock"
+        $NICE python dev/cosmic-ray/forkserver.py "$FORKSERVER_SOCKET" &
+        server=$!
+        trap 'kill $server 2>/dev/null' EXIT
+        while [ ! -S "$FORKSERVER_SOCKET" ]; do sleep 1; done
+        $NICE cosmic-ray --verbosity=WARNING baseline "$cfg"
+        $NICE cosmic-ray exec "$cfg" "$db"
+        kill $server
+        cr-report --show-pending "$db" > "$here/dev/cosmic-ray/$module.report.txt" || true
+        cp "$db" "$here/dev/cosmic-ray/$module.sqlite"
+    )
+    tail -n 4 "dev/cosmic-ray/$module.report.txt"
+}
+
+case "${1:-all}" in
+    mutmut) run_mutmut ;;
+    cosmic-ray) run_cosmic_ray "$2" ;;
+    all)
+        run_mutmut
+        for m in critics club view_encoder view_aggregator infobal; do run_cosmic_ray "$m"; done ;;
+    *) echo "usage: $0 [mutmut | cosmic-ray MODULE | all]" >&2; exit 2 ;;
+esac

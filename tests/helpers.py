@@ -1,0 +1,176 @@
+"""Shared test helpers: the tiny model config, optimizers, paths and numpy references.
+
+Tests import these from here, not from `conftest` (pytest may import conftest under another
+module name, and worker scripts run outside pytest).
+"""
+
+import math
+import os
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CIFAR_TAR = os.path.join(os.path.dirname(ROOT), "shared", "data", "cifar10-jpeg.tar.gz")
+
+# A small configuration: the same architecture, narrow, so tests run in seconds.
+TINY = dict(filters=(8, 16), conv_filters=16, fc_units=32, output_dim=8, critic_units=16,
+            input_shape=(16, 16, 3))
+
+
+def optimizers(lr=1e-3):
+    import keras
+
+    return dict(optimizer=keras.optimizers.Adam(lr),
+                discriminator_optimizer=keras.optimizers.Adam(lr))
+
+
+# ----------------------------------------------------------------- numpy MI references
+# Written with explicit loops over the entries, independently of keras_infobal.estimators'
+# masks and reductions, so a wrong denominator or a wrong positive index shows up.
+
+def _split(scores, offset):
+    """Lists of positive and negative entries of a (B, N) or (B, N, L) score array."""
+    s = np.asarray(scores, dtype="float64")
+    if s.ndim == 2:
+        s = s[:, :, None]
+    b, n, locs = s.shape
+    shift = 0 if offset is None else int(offset)
+    pos, neg = [], []
+    for a in range(b):
+        for c in range(n):
+            for l in range(locs):
+                (pos if c == a + shift else neg).append(float(s[a, c, l]))
+    return s, pos, neg
+
+
+def _softplus(x):
+    return max(x, 0.0) + math.log1p(math.exp(-abs(x)))
+
+
+def _log_mean_exp(values):
+    top = max(values)
+    return top + math.log(sum(math.exp(v - top) for v in values) / len(values))
+
+
+def ref_means(scores, offset=None):
+    _, pos, neg = _split(scores, offset)
+    return sum(pos) / len(pos), sum(neg) / len(neg)
+
+
+def ref_jsd(scores, offset=None):
+    _, pos, neg = _split(scores, offset)
+    return (sum(-_softplus(-v) for v in pos) / len(pos)
+            - sum(_softplus(v) for v in neg) / len(neg))
+
+
+def ref_dv(scores, offset=None):
+    _, pos, neg = _split(scores, offset)
+    return sum(pos) / len(pos) - _log_mean_exp(neg)
+
+
+def ref_nwj(scores, offset=None):
+    _, pos, neg = _split(scores, offset)
+    return sum(pos) / len(pos) - math.exp(-1.0) * sum(math.exp(v) for v in neg) / len(neg)
+
+
+def ref_infonce(scores, offset=None):
+    s, _, _ = _split(scores, offset)
+    b, n, locs = s.shape
+    shift = 0 if offset is None else int(offset)
+    total = 0.0
+    for a in range(b):
+        for l in range(locs):
+            row = [float(s[a, c, l]) for c in range(n)]
+            total += row[a + shift] - (_log_mean_exp(row) + math.log(n))
+    return total / (b * locs) + math.log(n)
+
+
+REFERENCES = {"jsd": ref_jsd, "dv": ref_dv, "infonce": ref_infonce, "nwj": ref_nwj}
+
+
+# ------------------------------------------------------------ numpy CLUB references
+
+def ref_gaussian_log_likelihood(mu, logvar, y):
+    """mean_a sum_d log N(y_ad; mu_ad, exp(logvar_ad)), by loops."""
+    mu, logvar, y = (np.asarray(t, dtype="float64") for t in (mu, logvar, y))
+    total = 0.0
+    for a in range(y.shape[0]):
+        for d in range(y.shape[1]):
+            var = math.exp(logvar[a, d])
+            total += -0.5 * ((y[a, d] - mu[a, d]) ** 2 / var + logvar[a, d]
+                             + math.log(2 * math.pi))
+    return total / y.shape[0]
+
+
+def ref_club(mu, logvar, y, partners=None):
+    """CLUB: mean_a [log q(y_a|x_a) - mean_{b in negatives(a)} log q(y_b|x_a)] (up to the
+    terms that cancel), by loops; negatives are all b, or the single partners[a]."""
+    mu, logvar, y = (np.asarray(t, dtype="float64") for t in (mu, logvar, y))
+    n, dims = y.shape
+
+    def log_q(b, a):  # log q(y_b | x_a) without the normalizer, which cancels
+        return sum(-0.5 * (y[b, d] - mu[a, d]) ** 2 / math.exp(logvar[a, d])
+                   for d in range(dims))
+
+    total = 0.0
+    for a in range(n):
+        negatives = range(n) if partners is None else [int(partners[a])]
+        total += log_q(a, a) - sum(log_q(b, a) for b in negatives) / len(negatives)
+    return total / n
+
+
+def ref_club_heads(club, x):
+    """q's (mu, logvar) computed in numpy from a CLUB layer's weights."""
+    x = np.asarray(x, dtype="float64")
+    w1, b1 = (np.asarray(v, "float64") for v in club.mu_hidden.get_weights())
+    w2, b2 = (np.asarray(v, "float64") for v in club.mu_out.get_weights())
+    w3, b3 = (np.asarray(v, "float64") for v in club.logvar_hidden.get_weights())
+    w4, b4 = (np.asarray(v, "float64") for v in club.logvar_out.get_weights())
+    mu = np.maximum(x @ w1 + b1, 0.0) @ w2 + b2
+    logvar = np.tanh(np.maximum(x @ w3 + b3, 0.0) @ w4 + b4)
+    return mu, logvar
+
+
+# ------------------------------------------------------- numpy critic reference
+
+def _np_weights(layer):
+    return [np.asarray(w, dtype="float64") for w in layer.get_weights()]
+
+
+def ref_critic_encoder(encoder, x):
+    """DIM's 1x1 encoder (critics._Encoder) in numpy from its weights:
+    relu(norm(x W_h + b_h)) W_o + b_o + x W_s + b_s, norm being LayerNorm or the identity."""
+    x = np.asarray(x, dtype="float64")
+    wh, bh = _np_weights(encoder.hidden)
+    wo, bo = _np_weights(encoder.out)
+    ws, bs = _np_weights(encoder.shortcut)
+    h = x @ wh + bh
+    if encoder.normalization == "layer":
+        gamma, beta = _np_weights(encoder.norm)
+        mean = h.mean(-1, keepdims=True)
+        var = h.var(-1, keepdims=True)
+        h = (h - mean) / np.sqrt(var + encoder.norm.epsilon) * gamma + beta
+    elif encoder.normalization is not None:
+        raise ValueError("reference written for normalization='layer' or None")
+    return np.maximum(h, 0.0) @ wo + bo + x @ ws + bs
+
+
+def ref_critic_scores(critic, g, l):
+    """(B, B, L) scores of an MICritic computed in numpy from its weights, with loops over
+    the pairs; l of shape (B, L, C)."""
+    eg = ref_critic_encoder(critic.global_encoder, g)
+    el = ref_critic_encoder(critic.local_encoder, l)
+    b, locs = el.shape[0], el.shape[1]
+    s = np.zeros((eg.shape[0], b, locs))
+    if critic.scorer == "concat":
+        w, bias = _np_weights(critic.pair_hidden)
+    for a in range(eg.shape[0]):
+        for c in range(b):
+            for k in range(locs):
+                if critic.scorer == "dot":
+                    s[a, c, k] = float(np.dot(eg[a], el[c, k]))
+                else:
+                    s[a, c, k] = float(np.maximum(eg[a] + el[c, k], 0.0) @ w[:, 0] + bias[0])
+    if critic.score_clip is not None:
+        s = critic.score_clip * np.tanh(s / critic.score_clip)
+    return s
