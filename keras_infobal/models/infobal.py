@@ -371,6 +371,12 @@ class InfoBal(Trainer, keras.Model):
             return
         return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
+    def _symbolic_build(self, iterator=None, data_batch=None):
+        # (What the JAX and PyTorch trainers call.) Keras would build an unbuilt model from
+        # a data batch there: ask for model.build on every backend alike.
+        self._require_built()
+        return super()._symbolic_build(iterator=iterator, data_batch=data_batch)
+
     # ----------------------------------------------------------------------------------
     def compile(self, optimizer="adam", discriminator_optimizer=None, **kwargs):
         """Like `keras.Model.compile`, plus the InfoMin discriminators' own optimizer.

@@ -56,7 +56,8 @@ class JAXTrainer(BaseTrainer):
     # ---- the state: both optimizers' variables in Keras' optimizer slot ---------------------
     @property
     def _optimizer_state_variables(self):
-        out = list(self.optimizer.variables) if self.optimizer is not None else []
+        optimizer = getattr(self, "optimizer", None)  # unset before compile()
+        out = list(optimizer.variables) if optimizer is not None else []
         if getattr(self, "discriminator_optimizer", None) is not None:
             out += self.discriminator_optimizer.variables
         return out
@@ -74,15 +75,49 @@ class JAXTrainer(BaseTrainer):
         if metrics_variables:
             state.append([v.value for v in self.metrics_variables])
         if purge_model_variables:
+            # Keras drops the variables' values while its jitted loop holds them. A bad batch
+            # fails while the first step traces, before Keras keeps any state to sync back:
+            # remember the values so `_restore_purged` can put them back.
+            # (object.__setattr__: a list of variables must not be tracked as new state.)
+            object.__setattr__(self, "_purged",
+                               [(v, v._value) for v in self._all_state_variables()])
             self._purge_model_variables(trainable_variables, non_trainable_variables,
                                         optimizer_variables, metrics_variables)
         return tuple(state)
+
+    def _all_state_variables(self):
+        return (self.trainable_variables + self.non_trainable_variables
+                + self._optimizer_state_variables + self.metrics_variables)
+
+    def _restore_purged(self):
+        for v, value in getattr(self, "_purged", None) or []:
+            if v._value is None:
+                v._value = value
+        object.__setattr__(self, "_purged", None)
+
+    def _keeping_state(self, method, *args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        except BaseException:
+            self._restore_purged()
+            raise
+        finally:
+            object.__setattr__(self, "_purged", None)
+
+    def fit(self, *args, **kwargs):
+        return self._keeping_state(super().fit, *args, **kwargs)
+
+    def evaluate(self, *args, **kwargs):
+        return self._keeping_state(super().evaluate, *args, **kwargs)
+
+    def predict(self, *args, **kwargs):
+        return self._keeping_state(super().predict, *args, **kwargs)
 
     def _purge_model_variables(self, trainable_variables=False, non_trainable_variables=False,
                                optimizer_variables=False, metrics_variables=False):
         super()._purge_model_variables(trainable_variables, non_trainable_variables,
                                        optimizer_variables, metrics_variables)
-        if optimizer_variables and self.discriminator_optimizer is not None:
+        if optimizer_variables and getattr(self, "discriminator_optimizer", None) is not None:
             for v in self.discriminator_optimizer.variables:
                 v._value = None
 
