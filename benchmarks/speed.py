@@ -10,7 +10,8 @@ feature extractor; the same DIM(L) step written plainly in PyTorch (float32, and
 torch.autocast bfloat16); achieved GFLOP/s of each
 step (FLOPs counted analytically, backward = 2x forward) against the fp32 matmul GFLOP/s of
 both frameworks; peak RSS of training at batch 64 and 256 (fresh processes). Run it on an
-idle machine: it is a benchmark, not a test.
+idle machine: it is a benchmark, not a test. The same steps on the JAX and PyTorch
+backends: `benchmarks/backend_speed.py`.
 """
 
 import argparse
@@ -120,8 +121,6 @@ def bench_tf(batch, steps, warmup):
 # ------------------------------------------------------------------- PyTorch reference
 def bench_torch(batch, steps, warmup):
     import torch
-    from torch import nn
-    from torch.nn import functional as F
 
     torch.manual_seed(0)
     out = {"torch_version": torch.__version__, "torch_threads": torch.get_num_threads()}
@@ -129,6 +128,27 @@ def bench_torch(batch, steps, warmup):
     n = 20
     sec = time_steps(lambda: torch.mm(a, b), n, 3)
     out["torch_matmul_gflops"] = 2 * 1024 ** 3 / sec / 1e9
+    step, step_bf16 = bench_torch_steps(batch)
+    sec = time_steps(step, steps, warmup)
+    flops = dim_step_flops(batch, 512, 1, False)
+    out["torch_dim_step"] = {"images_per_second": batch / sec, "seconds_per_step": sec,
+                             "achieved_gflops": flops / sec / 1e9}
+    sec = time_steps(step_bf16, steps, warmup)
+    out["torch_dim_step_bf16"] = {"images_per_second": batch / sec, "seconds_per_step": sec,
+                                  "achieved_gflops": flops / sec / 1e9}
+    return out
+
+
+def bench_torch_steps(batch):
+    """The plain PyTorch DIM(L) training step, float32 and under autocast bfloat16.
+
+    Also the reference row of `benchmarks/backend_speed.py`.
+    """
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    torch.manual_seed(0)
 
     def block(cin, cout):
         return nn.Sequential(nn.Conv2d(cin, cout, 4, 2, 1), nn.BatchNorm2d(cout), nn.ReLU())
@@ -175,19 +195,11 @@ def bench_torch(batch, steps, warmup):
         loss.backward()
         opt.step()
 
-    sec = time_steps(step, steps, warmup)
-    flops = dim_step_flops(batch, 512, 1, False)
-    out["torch_dim_step"] = {"images_per_second": batch / sec, "seconds_per_step": sec,
-                             "achieved_gflops": flops / sec / 1e9}
-
     def step_bf16():  # PyTorch's own mixed precision on CPU, the peer of our bfloat16 row
         with torch.autocast("cpu", dtype=torch.bfloat16):
             step()
 
-    sec = time_steps(step_bf16, steps, warmup)
-    out["torch_dim_step_bf16"] = {"images_per_second": batch / sec, "seconds_per_step": sec,
-                                  "achieved_gflops": flops / sec / 1e9}
-    return out
+    return step, step_bf16
 
 
 def peak_rss(batch, steps=5):

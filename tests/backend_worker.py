@@ -100,10 +100,11 @@ def main():
             two.set_weights(start)
             sgd(two)
             two.fit(x, batch_size=16, epochs=2, verbose=0, shuffle=False)
-            sharding = str(two.trainable_variables[0].value.sharding)
+            # Every variable lives on both devices (replicated; the batch is split).
+            n_devices = min(len(v.value.sharding.device_set) for v in two.variables)
         np.savez(out, one=np.array(one.get_weights(), dtype=object),
                  two=np.array(two.get_weights(), dtype=object),
-                 start=np.array(start, dtype=object), sharding=sharding)
+                 start=np.array(start, dtype=object), n_devices=n_devices)
     else:
         raise SystemExit(__doc__)
 

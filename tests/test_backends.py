@@ -97,7 +97,7 @@ def test_jax_data_parallel_on_two_devices_matches_one_device(tmp_path):
     worker("jax", "dataparallel", out,
            extra_env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
     d = np.load(out, allow_pickle=True)
-    assert "cpu:1" in str(d["sharding"]).lower() or "2" in str(d["sharding"])
+    assert int(d["n_devices"]) == 2
     update = max(np.abs(a - b).max() for a, b in zip(d["one"], d["start"]))
     diff = max(np.abs(a - b).max() for a, b in zip(d["one"], d["two"]))
     assert update > 1e-3
