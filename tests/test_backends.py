@@ -25,10 +25,11 @@ missing = [m for m in ("jax", "torch") if importlib.util.find_spec(m) is None]
 needs_all_backends = pytest.mark.skipif(
     bool(missing), reason=f"{missing} not installed: pip install -e '.[jax,torch]'")
 
-# One SGD step (lr 0.1) from the same weights on the same batch. The backends' convolutions
-# and reductions round differently in float32; after one step weights agree to this (the
-# measured gap is ~1e-6, see the assertion message).
-STEP_ATOL = 1e-4
+# One SGD step (lr 0.1, largest weight change ~0.2) from the same weights on the same batch.
+# The backends' convolutions and reductions round differently in float32: measured, the
+# weights after the step differ by at most ~2.5e-7 (DIM and InfoBal, JAX and PyTorch vs
+# TensorFlow); the tolerance leaves 40x room for other CPUs' kernels.
+STEP_ATOL = 1e-5
 
 
 def worker(backend, *args, extra_env=None):
