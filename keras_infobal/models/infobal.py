@@ -412,6 +412,13 @@ class InfoBal(Trainer, keras.Model):
 
     def compile_from_config(self, config):
         config = keras.saving.deserialize_keras_object(config)
+        if "jit_compile" in config:
+            # `.keras` files move between backends, and Keras saves the saving backend's
+            # resolved choice: True from JAX would mean torch.compile (minutes of C++
+            # compilation) on PyTorch, False from TensorFlow an unjitted JAX step. "auto"
+            # picks the loading backend's own default; pass jit_compile to compile() again to
+            # choose otherwise.
+            config["jit_compile"] = "auto"
         self.compile(**config)
 
     # ----------------------------------------------------------------------------------
