@@ -89,6 +89,8 @@ class InfoBal(Trainer, keras.Model):
     the InfoMin discriminators U maximize `sum_{i<j} beta_ij I_U(V_i; V_j)`. Each batch runs
     `discriminator_steps` discriminator updates, then one encoder update, each with its own
     optimizer. `infomin_weight=0` is the DIM (global/local) baseline: no discriminator runs.
+    It trains on the TensorFlow, JAX and PyTorch backends alike (`KERAS_BACKEND`); each
+    backend's update step is in `keras_infobal/models/trainers/`.
 
     Args:
         num_views: M. `split`: how the local map is split ("rows", "columns", "grid",
