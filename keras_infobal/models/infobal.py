@@ -413,6 +413,9 @@ class InfoBal(Trainer, keras.Model):
             self.discriminator_optimizer.build(self.discriminator_variables)
 
     def compile_from_config(self, config):
+        config = dict(config)
+        for key in ("optimizer", "discriminator_optimizer"):
+            config[key] = _portable_optimizer_config(config.get(key))
         config = keras.saving.deserialize_keras_object(config)
         if "jit_compile" in config:
             # `.keras` files move between backends, and Keras saves the saving backend's
@@ -639,3 +642,16 @@ def _is_tf_dataset(x):
     # Without importing TensorFlow: a tf.data dataset can only exist if it was imported.
     tf = sys.modules.get("tensorflow")
     return tf is not None and isinstance(x, tf.data.Dataset)
+
+
+def _portable_optimizer_config(config):
+    """An optimizer's config that loads on every backend.
+
+    On PyTorch, Keras saves e.g. Adam as `keras.src.backend.torch.optimizers.torch_adam.Adam`,
+    which other backends cannot run: name the public `keras.optimizers` class instead.
+    """
+    module = str(config.get("module", "")) if isinstance(config, dict) else ""
+    if (module.startswith("keras.src.backend.")
+            and hasattr(keras.optimizers, str(config.get("class_name")))):
+        config = {**config, "module": "keras.optimizers"}
+    return config
