@@ -63,7 +63,8 @@ def test_one_sgd_step_is_the_same_on_every_backend(tmp_path, lam):
         for a, b in zip(res["start"], ref["start"]):
             np.testing.assert_array_equal(a, b)
         diff = max(np.abs(a - b).max() for a, b in zip(res["end"], ref["end"]))
-        assert diff < STEP_ATOL, f"{backend} vs tensorflow: max |dw| = {diff:.2e} (update {update:.2e})"
+        assert diff < STEP_ATOL, (
+            f"{backend} vs tensorflow: max |dw| = {diff:.2e} (update {update:.2e})")
         print(f"lambda={lam} {backend} vs tensorflow: max weight difference {diff:.2e}, "
               f"largest update {update:.2e}")
         logs = json.loads(str(res["logs"]))
