@@ -136,3 +136,25 @@ def test_club_sampled_trains_and_its_seed_state_advances(images):
     assert int(model.optimizer.iterations) == 2
     assert any(not np.array_equal(b, np.array(v))
                for b, v in zip(disc_before, model.discriminator_variables))
+
+
+@pytest.mark.backend
+def test_features_from_arrays_and_tf_data_and_a_probe_on_this_backend(images):
+    # extract_features runs through predict (a feature-dict predict_step): arrays and tf.data
+    # give the same features, and the probe trains on them. (The converged-protocol probe
+    # test stays TensorFlow-only: hundreds of tiny eager steps take minutes on PyTorch.)
+    import tensorflow as tf
+
+    from keras_infobal.evaluation import linear_probe
+
+    model = InfoBal(**TINY, infomin_weight=0.0)
+    from_arrays = model.extract_features(images, layers=("conv", "R"), batch_size=4)
+    ds = tf.data.Dataset.from_tensor_slices((images, np.zeros(len(images)))).batch(3)
+    from_ds = model.extract_features(ds, layers=("conv", "R"))
+    for k in ("conv", "R"):
+        np.testing.assert_allclose(from_ds[k], from_arrays[k], atol=1e-5)
+    np.testing.assert_allclose(from_arrays["R"], model.predict(images, verbose=0), atol=1e-5)
+    y = np.arange(len(images)) % 2
+    acc = linear_probe(model, (images, y), (images, y), layers=("R",), protocol="note",
+                       classes=2)
+    assert set(acc) == {"R"} and 0.0 <= acc["R"] <= 1.0

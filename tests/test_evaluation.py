@@ -56,7 +56,6 @@ def class_images(n, seed=0):
     return x.astype("uint8"), y
 
 
-@pytest.mark.backend  # extract_features and the probe run on every backend
 def test_linear_probe_and_callback(tmp_path):
     model = InfoBal(**TINY, infomin_weight=0.0)
     model.compile(optimizer="adam")
