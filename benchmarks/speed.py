@@ -10,7 +10,8 @@ feature extractor; the same DIM(L) step written plainly in PyTorch (float32, and
 torch.autocast bfloat16); achieved GFLOP/s of each
 step (FLOPs counted analytically, backward = 2x forward) against the fp32 matmul GFLOP/s of
 both frameworks; peak RSS of training at batch 64 and 256 (fresh processes). Run it on an
-idle machine: it is a benchmark, not a test.
+idle machine: it is a benchmark, not a test. The same steps on the JAX and PyTorch
+backends: `benchmarks/backend_speed.py`.
 """
 
 import argparse
@@ -121,8 +122,6 @@ def bench_tf(batch, steps, warmup):
 def torch_dim_step(batch=64, units=512):
     """The plain PyTorch DIM(L) training step (JSD critic, Adam): a function of no arguments."""
     import torch
-    from torch import nn
-    from torch.nn import functional as F
 
     torch.manual_seed(0)
 
@@ -175,6 +174,20 @@ def torch_dim_step(batch=64, units=512):
     return step
 
 
+def bench_torch_steps(batch):
+    """The plain PyTorch DIM(L) step, float32 and under autocast bfloat16 (for the benchmarks
+    that alternate contenders)."""
+    import torch
+
+    step = torch_dim_step(batch, 512)
+
+    def step_bf16():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return step()
+
+    return step, step_bf16
+
+
 def bench_torch(batch, steps, warmup):
     import torch
 
@@ -192,10 +205,7 @@ def bench_torch(batch, steps, warmup):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             step()
 
-    sec = time_steps(step_bf16, steps, warmup)
-    out["torch_dim_step_bf16"] = {"images_per_second": batch / sec, "seconds_per_step": sec,
-                                  "achieved_gflops": flops / sec / 1e9}
-    return out
+    return step, step_bf16
 
 
 def peak_rss(batch, steps=5):

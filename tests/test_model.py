@@ -1,12 +1,15 @@
-import os
-
 import keras
 import numpy as np
 import pytest
+# tf.data input is accepted on every backend (TensorFlow is a dependency everywhere).
 import tensorflow as tf
+from keras import ops
 
 from helpers import optimizers
 from keras_infobal import InfoBal
+
+# The core model tests: CI runs them under TensorFlow, JAX and PyTorch (`pytest -m backend`).
+pytestmark = pytest.mark.backend
 
 
 def make(tiny_config, **kwargs):
@@ -57,7 +60,7 @@ def test_each_update_changes_exactly_its_own_variables(tiny_config, images):
     enc_vars = model.encoder.variables + model.aggregator.variables + [
         v for c in model.infomax_critics for v in c.variables]
     disc_vars = [v for c in model.infomin_critics for v in c.variables]
-    x = tf.constant(images)
+    x = ops.convert_to_tensor(images)
 
     views = model.encoder(x, training=False)
     enc_before, disc_before = snapshot(enc_vars), snapshot(disc_vars)
@@ -125,9 +128,9 @@ def test_save_load_restores_weights_both_optimizers_and_training(tiny_config, im
         for va, vb in zip(a.variables, b.variables):
             np.testing.assert_allclose(np.array(va), np.array(vb), atol=1e-7)
     # Training continues from the same point: one more identical step on each copy.
-    x = tf.constant(images[:4])
-    model.train_step(x)
-    loaded.train_step(x)
+    x = images[:4]
+    model.train_on_batch(x)
+    loaded.train_on_batch(x)
     for va, vb in zip(model.trainable_variables, loaded.trainable_variables):
         np.testing.assert_allclose(np.array(va), np.array(vb), atol=1e-5)
 
@@ -211,7 +214,7 @@ def test_configurations_train_and_roundtrip(tiny_config, images, tmp_path, kwarg
 
 def _locals(views, i):
     v = views[:, i]
-    return tf.reshape(v, (v.shape[0], -1, v.shape[-1]))
+    return ops.reshape(v, (v.shape[0], -1, v.shape[-1]))
 
 
 def test_augmented_pairs_score_each_R_against_the_other_augmentation(tiny_config, images):
@@ -292,12 +295,12 @@ def test_mixed_bfloat16_policy_trains_with_float32_estimates(tiny_config, images
         assert all(v.dtype == "float32" for v in model.trainable_variables)
         hist = model.fit(images, batch_size=4, epochs=2, verbose=0)
         assert all(np.isfinite(v[-1]) for v in hist.history.values())
-        x = tf.constant(images)
+        x = ops.convert_to_tensor(images)
         views = model.encoder(x, training=False)
         r = model.aggregator(views, training=False)
         critic = model.infomax_critics[0]
         mi = critic([r, _locals(views, 0)], training=False)
-        assert mi.dtype == "float32"
+        assert keras.backend.standardize_dtype(mi.dtype) == "float32"
     finally:
         keras.mixed_precision.set_global_policy("float32")
     # The same weights in float32 give nearly the same estimate (bfloat16 activations).

@@ -51,6 +51,7 @@ def test_same_seed_gives_identical_weights():
     assert "IDENTICAL" in res.stdout, res.stdout + res.stderr[-3000:]
 
 
+@pytest.mark.backend
 def test_nonfinite_guard_names_terms_and_keeps_checkpoint(tmp_path):
     x = np.random.default_rng(0).integers(0, 256, (16, 16, 16, 3)).astype("float32")
     model = InfoBal(**TINY, infomin_weight=1.0)
@@ -70,6 +71,7 @@ def test_nonfinite_guard_names_terms_and_keeps_checkpoint(tmp_path):
     assert open(ckpt, "rb").read() == before
 
 
+@pytest.mark.backend
 def test_bad_dtypes_and_shapes_are_value_errors(tmp_path):
     model = InfoBal(**TINY, infomin_weight=0.0)
     model.compile(optimizer="adam")
@@ -81,6 +83,7 @@ def test_bad_dtypes_and_shapes_are_value_errors(tmp_path):
         InfoBal(**{**TINY, "input_shape": (2, 2, 3)})
 
 
+@pytest.mark.backend
 def test_load_infobal_refuses_other_classes_and_unsafe_files(tmp_path):
     seq = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     seq_path = str(tmp_path / "seq.keras")

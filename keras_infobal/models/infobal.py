@@ -2,6 +2,7 @@
 
 import itertools
 import os
+import sys
 
 import keras
 import numpy as np
@@ -10,6 +11,7 @@ from keras import ops
 from keras_infobal.layers.critics import CRITICS, INFOMIN_CRITICS, get_critic, get_infomin_critic
 from keras_infobal.layers.view_aggregator import ViewAggregator
 from keras_infobal.layers.view_encoder import ViewEncoder
+from keras_infobal.models.trainers import Trainer
 
 PACKAGE = "keras_infobal"
 
@@ -79,7 +81,7 @@ def load_infobal(path, safe_mode=True, **kwargs):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class InfoBal(keras.Model):
+class InfoBal(Trainer, keras.Model):
     """InfoBal: maximize I(R; V_i) for each view, minimize I(V_i; V_j) between views.
 
     The encoder, aggregator and InfoMax critics maximize
@@ -87,6 +89,8 @@ class InfoBal(keras.Model):
     the InfoMin discriminators U maximize `sum_{i<j} beta_ij I_U(V_i; V_j)`. Each batch runs
     `discriminator_steps` discriminator updates, then one encoder update, each with its own
     optimizer. `infomin_weight=0` is the DIM (global/local) baseline: no discriminator runs.
+    It trains on the TensorFlow, JAX and PyTorch backends alike (`KERAS_BACKEND`); each
+    backend's update step is in `keras_infobal/models/trainers/`.
 
     Args:
         num_views: M. `split`: how the local map is split ("rows", "columns", "grid",
@@ -114,11 +118,11 @@ class InfoBal(keras.Model):
             when `infomin_weight > 0`.
         input_shape: (height, width, 3) of the images; the model is built right away. With
             None, call `model.build((None, H, W, 3))` before training.
-        cross_replica_negatives: under tf.distribute, score each replica's anchors against
-            the images of all replicas (all-gather), as one device with the global batch
-            would; otherwise negatives come from the replica's own batch.
-        synchronized_batch_norm: BatchNorm statistics over the global batch under
-            tf.distribute (what one device with the global batch computes).
+        cross_replica_negatives: TensorFlow backend only: under tf.distribute, score each
+            replica's anchors against the images of all replicas (all-gather), as one device
+            with the global batch would; otherwise negatives come from the replica's own batch.
+        synchronized_batch_norm: TensorFlow backend only: BatchNorm statistics over the
+            global batch under tf.distribute (what one device with the global batch computes).
         augmented_pairs: batches are pairs `(x1, x2)` of two augmentations of the same
             images (`datasets.make_dataset(..., pairs=True)`); R of each is scored against
             the local views of the other (AMDIM's cross-view InfoMax). Prediction and
@@ -185,6 +189,7 @@ class InfoBal(keras.Model):
             )
         if view_pooling not in ("mean", "flatten"):
             raise ValueError(f"`view_pooling` must be 'mean' or 'flatten'; got {view_pooling!r}.")
+        self._check_backend_support(cross_replica_negatives, synchronized_batch_norm)
         self.cross_replica_negatives = bool(cross_replica_negatives)
         self.augmented_pairs = bool(augmented_pairs)
         self.score_clip = None if score_clip is None else float(score_clip)
@@ -236,6 +241,8 @@ class InfoBal(keras.Model):
             names += [f"mi_V{i + 1}_V{j + 1}" for i, j in self.pairs]
             names += ["discriminator_objective"]
         self._trackers = {n: keras.metrics.Mean(name=n) for n in names}
+        # Set by extract_features: predict_step then returns these feature layers.
+        self._feature_layers = None
         self.image_shape = None if input_shape is None else tuple(input_shape)
         if self.image_shape is not None:
             if len(self.image_shape) != 3 or self.image_shape[-1] != 3:
@@ -260,6 +267,23 @@ class InfoBal(keras.Model):
         from keras_infobal.applications.presets import infobal_from_preset
 
         return infobal_from_preset(name, cls=cls, **overrides)
+
+    def _check_backend_support(self, cross_replica_negatives, synchronized_batch_norm):
+        if keras.backend.backend() == "tensorflow":
+            return
+        if cross_replica_negatives:
+            raise self._unsupported(
+                "cross_replica_negatives=True",
+                "On JAX, keras.distribution.DataParallel computes each step on the global "
+                "batch, so the negatives already come from every device: set "
+                "cross_replica_negatives=False. On PyTorch, train on one device, or use "
+                "KERAS_BACKEND=tensorflow with a tf.distribute strategy.")
+        if synchronized_batch_norm:
+            raise self._unsupported(
+                "synchronized_batch_norm=True",
+                "On JAX, keras.distribution.DataParallel already normalizes over the global "
+                "batch: set synchronized_batch_norm=False. On PyTorch, train on one device, "
+                "or use KERAS_BACKEND=tensorflow with a tf.distribute strategy.")
 
     # ----------------------------------------------------------------------------------
     @property
@@ -323,44 +347,36 @@ class InfoBal(keras.Model):
     def extract_features(self, images, layers=("conv", "fc", "R"), batch_size=256, verbose=0):
         """Features of `images` (array or batched dataset) as numpy arrays, keyed by layer.
 
+        Runs `predict` with a `predict_step` that returns the feature dict, so it works on
+        every backend and takes what `predict` takes (arrays, tf.data, PyTorch DataLoader).
         `verbose=1` shows a progress bar.
-        """
-        import tensorflow as tf
 
+        ```python
+        feats = model.extract_features(x_test, layers=("conv", "R"))  # {"conv": ..., "R": ...}
+        ```
+        """
         unknown = set(layers) - {"local", "conv", "fc", "R"}
         if unknown:
             raise ValueError(
                 f"Unknown feature layers {sorted(unknown)}; choose from local, conv, fc, R."
             )
-        if isinstance(images, tf.data.Dataset):
-            ds = images
-        else:
-            ds = tf.data.Dataset.from_tensor_slices(images).batch(batch_size)
-
-        @tf.function(autograph=False)
-        def step(x):
-            f = self.features(x, training=False)
-            return {k: f[k] for k in layers}
-
-        out = {k: [] for k in layers}
-        n_batches = int(ds.cardinality())
-        bar = keras.utils.Progbar(n_batches if n_batches > 0 else None) if verbose else None
-        for batch in ds:
-            if isinstance(batch, (tuple, list)):
-                batch = batch[0]
-            for k, v in step(batch).items():
-                out[k].append(v.numpy())
-            if bar is not None:
-                bar.add(1)
-        return {k: np.concatenate(v) for k, v in out.items()}
+        if _is_tf_dataset(images):
+            batch_size = None  # a dataset is batched already
+        # The predict function is traced for one output structure: drop it before and after.
+        self._feature_layers = tuple(layers)
+        self.predict_function = None
+        try:
+            out = self.predict(images, batch_size=batch_size, verbose=verbose)
+        finally:
+            self._feature_layers = None
+            self.predict_function = None
+        return {k: np.asarray(out[k]) for k in layers}
 
     def fit(self, x=None, *args, **kwargs):
-        import tensorflow as tf
-
         # A tf.data dataset shuffles itself; Keras would warn on every fit that its own
         # default shuffle=True is ignored.
         # `shuffle` is fit's 9th parameter: only default it when not given positionally.
-        if isinstance(x, tf.data.Dataset) and len(args) < 8:
+        if _is_tf_dataset(x) and len(args) < 8:
             kwargs.setdefault("shuffle", False)
         return super().fit(x, *args, **kwargs)
 
@@ -371,6 +387,12 @@ class InfoBal(keras.Model):
         if self.built and self.optimizer is not None and self.optimizer.built:
             return
         return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+    def _symbolic_build(self, iterator=None, data_batch=None):
+        # (What the JAX and PyTorch trainers call.) Keras would build an unbuilt model from
+        # a data batch there: ask for model.build on every backend alike.
+        self._require_built()
+        return super()._symbolic_build(iterator=iterator, data_batch=data_batch)
 
     # ----------------------------------------------------------------------------------
     def compile(self, optimizer="adam", discriminator_optimizer=None, **kwargs):
@@ -406,7 +428,17 @@ class InfoBal(keras.Model):
             self.discriminator_optimizer.build(self.discriminator_variables)
 
     def compile_from_config(self, config):
+        config = dict(config)
+        for key in ("optimizer", "discriminator_optimizer"):
+            config[key] = _portable_optimizer_config(config.get(key))
         config = keras.saving.deserialize_keras_object(config)
+        if "jit_compile" in config:
+            # `.keras` files move between backends, and Keras saves the saving backend's
+            # resolved choice: True from JAX would mean torch.compile (minutes of C++
+            # compilation) on PyTorch, False from TensorFlow an unjitted JAX step. "auto"
+            # picks the loading backend's own default; pass jit_compile to compile() again to
+            # choose otherwise.
+            config["jit_compile"] = "auto"
         self.compile(**config)
 
     # ----------------------------------------------------------------------------------
@@ -414,22 +446,6 @@ class InfoBal(keras.Model):
         if self.view_pooling == "mean":
             return ops.mean(views, axis=(2, 3))
         return ops.reshape(views, (ops.shape(views)[0], self.num_views, -1))
-
-    def _gather_fn(self):
-        """All-gathers local encodings across replicas, when asked and when distributed."""
-        if not self.cross_replica_negatives:
-            return None
-        import tensorflow as tf
-
-        ctx = tf.distribute.get_replica_context()
-        if ctx is None or ctx.num_replicas_in_sync == 1:
-            return None
-
-        def gather(encodings):
-            offset = ctx.replica_id_in_sync_group * tf.shape(encodings)[0]
-            return ctx.all_gather(encodings, axis=0), offset
-
-        return gather
 
     def _infomin_terms(self, pooled, training):
         gather_fn = self._gather_fn()
@@ -506,19 +522,14 @@ class InfoBal(keras.Model):
                 "two augmentations of the same images, both of shape (B, H, W, 3), e.g. from "
                 "keras_infobal.datasets.make_dataset(images, pairs=True, ...)."
             )
-        import tensorflow as tf
-
         x1, x2 = (self._check_images(x) for x in data)
         message = "The two augmentations of a pair must have the same batch size"
         if (x1.shape[0] is not None and x2.shape[0] is not None
                 and x1.shape[0] != x2.shape[0]):
             raise ValueError(f"{message}; got {x1.shape[0]} and {x2.shape[0]}.")
-        # Traced functions may relax the batch size to None: check it when it runs too.
-        with tf.control_dependencies([
-            tf.debugging.assert_equal(tf.shape(x1)[0], tf.shape(x2)[0], message=message)
-        ]):
-            # One encoder pass over both halves; _objective splits them again.
-            return ops.concatenate([x1, x2], axis=0)
+        # One encoder pass over both halves (_objective splits them again); the TensorFlow
+        # trainer also checks the batch sizes when the traced function runs.
+        return self._checked_pair(x1, x2, message)
 
     def _check_images(self, x):
         if len(x.shape) != 4:
@@ -532,11 +543,6 @@ class InfoBal(keras.Model):
             )
         return x
 
-    def _replicas(self):
-        import tensorflow as tf
-
-        return tf.distribute.get_strategy().num_replicas_in_sync
-
     def _check_static_batch(self, x):
         """Raises when the known batch size is too small; returns the minimum size of x."""
         # With augmented pairs x stacks both halves: each half needs 2 images.
@@ -544,14 +550,6 @@ class InfoBal(keras.Model):
         if x.shape[0] is not None and x.shape[0] < need:
             raise ValueError(self._batch_message(x.shape[0] * 2 // need))
         return need
-
-    def _assert_batch(self, x):
-        import tensorflow as tf
-
-        need = self._check_static_batch(x)
-        return tf.debugging.assert_greater_equal(
-            tf.shape(x)[0], need, message=self._batch_message("1")
-        )
 
     @staticmethod
     def _batch_message(n):
@@ -570,68 +568,30 @@ class InfoBal(keras.Model):
                 "keras.optimizers.Adam(1e-4)), or set infomin_weight=0 for the DIM baseline."
             )
 
-    def discriminator_step(self, views):
-        """One update of the InfoMin discriminators on (fixed) views; returns their terms."""
-        import tensorflow as tf
+    def _discriminator_objective(self, pooled):
+        """What the discriminator step maximizes on pooled views, and the per-pair estimates.
 
-        self._require_discriminator_optimizer()
-        pooled = tf.stop_gradient(self._pool(views))
-        variables = self.discriminator_variables
-        with tf.GradientTape() as tape:
-            fits, terms = zip(*self._infomin_fit_terms(pooled, training=True))
-            # Adversarial critics maximize their MI estimate; CLUB fits q by likelihood.
-            loss = -self._weighted_infomin(fits) / self._replicas()
-        grads = tape.gradient(loss, variables)
-        self.discriminator_optimizer.apply(grads, variables)
+        Adversarial critics maximize their MI estimate; CLUB fits q by likelihood.
+        """
+        fits, terms = zip(*self._infomin_fit_terms(pooled, training=True))
         return self._weighted_infomin(fits), list(terms)
 
-    def encoder_step(self, images, before_update=None):
-        """One update of encoder, aggregator and InfoMax critics; returns (loss, J, InfoMax terms).
-
-        `before_update(views)` runs on this step's views before the encoder's objective, off
-        the gradient tape: `train_step` runs the discriminator steps there, so both updates
-        share one encoder pass and the discriminators never change the encoder's gradient.
-        """
-        import tensorflow as tf
-
-        variables = self.encoder_variables
-        with tf.GradientTape() as tape:
-            views = self.encoder(images, training=True)
-            if before_update is not None:
-                with tape.stop_recording():
-                    before_update(views)
-            j, infomax = self._objective(views, training=True)
-            loss = -j + sum(self.losses) if self.losses else -j
-            scaled = loss / self._replicas()
-        grads = tape.gradient(scaled, variables)
-        self.optimizer.apply(grads, variables)
+    def _encoder_loss(self, views):
+        """(loss, J, InfoMax terms) of the encoder step on views computed with training=True."""
+        j, infomax = self._objective(views, training=True)
+        loss = -j + sum(self.losses) if self.losses else -j
         return loss, j, infomax
 
-    def train_step(self, data):
-        import tensorflow as tf
-
-        x = self._check_data(data)
-        with tf.control_dependencies([self._assert_batch(x)]):
-            x = tf.identity(x)
-        d_out = []
-        before_update = None
-        if self.discriminator_active:
-            self._require_discriminator_optimizer()
-
-            def before_update(views):
-                for _ in range(self.discriminator_steps):
-                    d_out[:] = self.discriminator_step(views)
-
-        loss, j, infomax = self.encoder_step(x, before_update=before_update)
+    def _train_logs(self, loss, j, infomax, d_out):
         logs = {"loss": loss, "objective": j}
         logs.update({f"mi_R_V{i + 1}": t for i, t in enumerate(infomax)})
         if self.discriminator_active:
             d_objective, d_terms = d_out
             logs.update({f"mi_V{i + 1}_V{k + 1}": t for t, (i, k) in zip(d_terms, self.pairs)})
             logs["discriminator_objective"] = d_objective
-        return self._update_trackers(logs)
+        return logs
 
-    def test_step(self, data):
+    def _test_logs(self, data):
         x = self._check_data(data)
         self._check_static_batch(x)
         views = self.encoder(x, training=False)
@@ -642,7 +602,15 @@ class InfoBal(keras.Model):
             fits, terms = zip(*self._infomin_fit_terms(self._pool(views), training=False))
             logs.update({f"mi_V{i + 1}_V{k + 1}": t for t, (i, k) in zip(terms, self.pairs)})
             logs["discriminator_objective"] = self._weighted_infomin(fits)
-        return self._update_trackers(logs)
+        return logs
+
+    def _predict_outputs(self, data):
+        # Prediction takes single images, also for a model trained on augmented pairs.
+        x = self._check_data(data, single=True)
+        if self._feature_layers is None:
+            return self(x, training=False)
+        feats = self.features(x, training=False)
+        return {k: feats[k] for k in self._feature_layers}
 
     def _update_trackers(self, logs):
         for name, value in logs.items():
@@ -653,19 +621,6 @@ class InfoBal(keras.Model):
             # batch axis: give each scalar one (the reduced value is a scalar again).
             results = {k: ops.reshape(v, (1,)) for k, v in results.items()}
         return results
-
-    @staticmethod
-    def _multi_worker():
-        import tensorflow as tf
-
-        strategy = tf.distribute.get_strategy()
-        return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and (
-            strategy.extended._in_multi_worker_mode()
-        )
-
-    def predict_step(self, data):
-        # Prediction takes single images, also for a model trained on augmented pairs.
-        return self(self._check_data(data, single=True), training=False)
 
     # ----------------------------------------------------------------------------------
     def get_config(self):
@@ -696,3 +651,22 @@ class InfoBal(keras.Model):
             "augmented_pairs": self.augmented_pairs,
             "score_clip": self.score_clip,
         }
+
+
+def _is_tf_dataset(x):
+    # Without importing TensorFlow: a tf.data dataset can only exist if it was imported.
+    tf = sys.modules.get("tensorflow")
+    return tf is not None and isinstance(x, tf.data.Dataset)
+
+
+def _portable_optimizer_config(config):
+    """An optimizer's config that loads on every backend.
+
+    On PyTorch, Keras saves e.g. Adam as `keras.src.backend.torch.optimizers.torch_adam.Adam`,
+    which other backends cannot run: name the public `keras.optimizers` class instead.
+    """
+    module = str(config.get("module", "")) if isinstance(config, dict) else ""
+    if (module.startswith("keras.src.backend.")
+            and hasattr(keras.optimizers, str(config.get("class_name")))):
+        config = {**config, "module": "keras.optimizers"}
+    return config

@@ -1,0 +1,282 @@
+"""The JAX update steps: stateless, jitted, `jax.value_and_grad` per update.
+
+Keras' JAX trainer threads the model's state through the jitted step as
+`(trainable, non_trainable, optimizer_variables, metrics)`, where the optimizer slot holds
+`self.optimizer.variables` only. InfoBal's second optimizer carries its state in that same
+slot: `_optimizer_state_variables` is `optimizer.variables + discriminator_optimizer.variables`,
+and the few trainer methods that read the slot (`_get_jax_state`, `jax_state_sync`,
+`_purge_model_variables`, `_get_state_sharding_spec`) use that list. Why not
+`keras.optimizers.MultiOptimizer`: it applies one update to all variables at once, while
+InfoBal needs two updates per batch in order (k discriminator steps on the current views,
+then an encoder step against the updated discriminators); it would also change
+`model.optimizer` and the `.keras` format that TensorFlow and PyTorch save.
+
+Seed generators (CLUB's sampled partners) are non-trainable variables: their new state comes
+back out of every stateless scope with the BatchNorm statistics.
+
+```python
+# KERAS_BACKEND=jax; data parallel over all local devices:
+keras.distribution.set_distribution(keras.distribution.DataParallel())
+model = InfoBal(...); model.compile(...); model.fit(ds)
+```
+"""
+
+import jax
+from keras import ops
+from keras.src import backend
+
+from keras_infobal.models.trainers.base import BaseTrainer
+
+
+def _stateless(fn, refs, values, read, collect_losses=False):
+    """Runs `fn()` with `refs` holding `values`; returns (fn's output, new values of `read`,
+    losses added during the call)."""
+    with backend.StatelessScope(state_mapping=list(zip(refs, values)),
+                                collect_losses=collect_losses) as scope:
+        out = fn()
+    return out, [scope.get_current_value(v) for v in read], list(scope.losses)
+
+
+def _stateless_apply(optimizer, optimizer_values, grads, variables, values):
+    """`optimizer.apply(grads, variables)` on values: (new values, new optimizer values).
+
+    Unlike `optimizer.stateless_apply`, `variables` may be a subset of what the optimizer was
+    built with (the encoder optimizer is built on all trainable variables, as on the other
+    backends, so the `.keras` files match).
+    """
+    refs = list(variables) + list(optimizer.variables)
+    _, new, _ = _stateless(lambda: optimizer.apply(grads, variables), refs,
+                           list(values) + list(optimizer_values), refs)
+    return new[:len(variables)], new[len(variables):]
+
+
+class JAXTrainer(BaseTrainer):
+    """InfoBal's alternating updates on JAX (see the module docstring for the state)."""
+
+    # ---- the state: both optimizers' variables in Keras' optimizer slot ---------------------
+    @property
+    def _optimizer_state_variables(self):
+        optimizer = getattr(self, "optimizer", None)  # unset before compile()
+        out = list(optimizer.variables) if optimizer is not None else []
+        if getattr(self, "discriminator_optimizer", None) is not None:
+            out += self.discriminator_optimizer.variables
+        return out
+
+    def _get_jax_state(self, trainable_variables=False, non_trainable_variables=False,
+                       optimizer_variables=False, metrics_variables=False,
+                       purge_model_variables=False):
+        state = []
+        if trainable_variables:
+            state.append([v.value for v in self.trainable_variables])
+        if non_trainable_variables:
+            state.append([v.value for v in self.non_trainable_variables])
+        if optimizer_variables:
+            state.append([v.value for v in self._optimizer_state_variables])
+        if metrics_variables:
+            state.append([v.value for v in self.metrics_variables])
+        if purge_model_variables:
+            # Keras drops the variables' values while its jitted loop holds them. A bad batch
+            # fails while the first step traces, before Keras keeps any state to sync back:
+            # remember the values so `_restore_purged` can put them back.
+            # (object.__setattr__: a list of variables must not be tracked as new state.)
+            object.__setattr__(self, "_purged",
+                               [(v, v._value) for v in self._all_state_variables()])
+            self._purge_model_variables(trainable_variables, non_trainable_variables,
+                                        optimizer_variables, metrics_variables)
+        return tuple(state)
+
+    def _all_state_variables(self):
+        return (self.trainable_variables + self.non_trainable_variables
+                + self._optimizer_state_variables + self.metrics_variables)
+
+    def _restore_purged(self):
+        for v, value in getattr(self, "_purged", None) or []:
+            if v._value is None:
+                v._value = value
+        object.__setattr__(self, "_purged", None)
+
+    def _keeping_state(self, method, *args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        except BaseException:
+            self._restore_purged()
+            raise
+        finally:
+            object.__setattr__(self, "_purged", None)
+
+    def fit(self, *args, **kwargs):
+        return self._keeping_state(super().fit, *args, **kwargs)
+
+    def evaluate(self, *args, **kwargs):
+        return self._keeping_state(super().evaluate, *args, **kwargs)
+
+    def predict(self, *args, **kwargs):
+        return self._keeping_state(super().predict, *args, **kwargs)
+
+    def _purge_model_variables(self, trainable_variables=False, non_trainable_variables=False,
+                               optimizer_variables=False, metrics_variables=False):
+        super()._purge_model_variables(trainable_variables, non_trainable_variables,
+                                       optimizer_variables, metrics_variables)
+        if optimizer_variables and getattr(self, "discriminator_optimizer", None) is not None:
+            for v in self.discriminator_optimizer.variables:
+                v._value = None
+
+    def jax_state_sync(self):
+        if not getattr(self, "_jax_state", None) or self._jax_state_synced:
+            return
+        optimizer_values = self._jax_state.get("optimizer_variables", None)
+        if optimizer_values:
+            for ref, value in zip(self._optimizer_state_variables, optimizer_values):
+                ref.assign(value)
+            # Keras' own sync below assigns the first optimizer's part again: harmless.
+        super().jax_state_sync()
+
+    def _get_state_sharding_spec(self):
+        trainable, non_trainable, _, metrics = super()._get_state_sharding_spec()
+        optimizer = [v.value.sharding for v in self._optimizer_state_variables]
+        return trainable, non_trainable, optimizer, metrics
+
+    # ---- stateless pieces --------------------------------------------------------------------
+    def _indices(self, variables):
+        position = {id(v): i for i, v in enumerate(self.trainable_variables)}
+        return [position[id(v)] for v in variables]
+
+    @staticmethod
+    def _put(values, indices, new):
+        values = list(values)
+        for i, v in zip(indices, new):
+            values[i] = v
+        return values
+
+    def _split_optimizer_state(self, optimizer_values):
+        n = len(self.optimizer.variables)
+        return list(optimizer_values[:n]), list(optimizer_values[n:])
+
+    def _jax_discriminator_update(self, trainable, non_trainable, disc_opt, views):
+        """One discriminator update on values; views carry no gradient to the encoder."""
+        pooled = ops.stop_gradient(self._pool(views))
+        d_idx = self._indices(self.discriminator_variables)
+        refs = self.trainable_variables + self.non_trainable_variables
+
+        def loss_fn(d_values):
+            values = self._put(trainable, d_idx, d_values) + list(non_trainable)
+            (fit, terms), new_nt, _ = _stateless(
+                lambda: self._discriminator_objective(pooled), refs, values,
+                self.non_trainable_variables)
+            return -fit / self._replicas(), (fit, terms, new_nt)
+
+        d_values = [trainable[i] for i in d_idx]
+        (_, (fit, terms, non_trainable)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            d_values)
+        d_values, disc_opt = _stateless_apply(self.discriminator_optimizer, disc_opt, grads,
+                                              self.discriminator_variables, d_values)
+        return self._put(trainable, d_idx, d_values), non_trainable, disc_opt, (fit, terms)
+
+    def _jax_update(self, trainable, non_trainable, enc_opt, disc_opt, x, disc_steps):
+        """`disc_steps` discriminator updates, then one encoder update, on values.
+
+        As on TensorFlow, both share one encoder pass: the discriminator updates run inside
+        the encoder's loss function on stop-gradient views, so they never change its gradient.
+        """
+        e_idx = self._indices(self.encoder_variables)
+        refs = self.trainable_variables + self.non_trainable_variables
+
+        def loss_fn(e_values, disc_opt):
+            values = self._put(trainable, e_idx, e_values)
+            views, nt, _ = _stateless(lambda: self.encoder(x, training=True), refs,
+                                      values + list(non_trainable), self.non_trainable_variables)
+            d_out = None
+            for _ in range(disc_steps):
+                values, nt, disc_opt, d_out = self._jax_discriminator_update(
+                    values, nt, disc_opt, views)
+            (loss, j, infomax), nt, losses = _stateless(
+                lambda: self._encoder_loss(views), refs, values + nt,
+                self.non_trainable_variables, collect_losses=True)
+            if losses:
+                loss = loss + sum(losses)
+            return loss / self._replicas(), (loss, j, infomax, d_out, values, nt, disc_opt)
+
+        e_values = [trainable[i] for i in e_idx]
+        (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(e_values, disc_opt)
+        loss, j, infomax, d_out, values, non_trainable, disc_opt = aux
+        e_values, enc_opt = _stateless_apply(self.optimizer, enc_opt, grads,
+                                             self.encoder_variables, e_values)
+        trainable = self._put(values, e_idx, e_values)
+        return (trainable, non_trainable, enc_opt, disc_opt), (loss, j, infomax, d_out)
+
+    def _jax_trackers(self, metrics_values, logs):
+        out, new, _ = _stateless(lambda: self._update_trackers(logs), self.metrics_variables,
+                                 metrics_values, self.metrics_variables)
+        return out, new
+
+    # ---- Keras' stateless step API -------------------------------------------------------------
+    def train_step(self, state, data):
+        trainable, non_trainable, optimizer_values, metrics = state
+        x = self._checked_batch(self._check_data(data))
+        disc_steps = 0
+        if self.discriminator_active:
+            self._require_discriminator_optimizer()
+            disc_steps = self.discriminator_steps
+        enc_opt, disc_opt = self._split_optimizer_state(optimizer_values)
+        (trainable, non_trainable, enc_opt, disc_opt), (loss, j, infomax, d_out) = (
+            self._jax_update(trainable, non_trainable, enc_opt, disc_opt, x, disc_steps))
+        logs, metrics = self._jax_trackers(metrics, self._train_logs(loss, j, infomax, d_out))
+        return logs, (trainable, non_trainable, enc_opt + disc_opt, metrics)
+
+    def test_step(self, state, data):
+        trainable, non_trainable, metrics = state
+        refs = self.trainable_variables + self.non_trainable_variables
+        logs, non_trainable, _ = _stateless(lambda: self._test_logs(data), refs,
+                                            list(trainable) + list(non_trainable),
+                                            self.non_trainable_variables)
+        logs, metrics = self._jax_trackers(metrics, logs)
+        return logs, (trainable, non_trainable, metrics)
+
+    def predict_step(self, state, data):
+        trainable, non_trainable = state
+        refs = self.trainable_variables + self.non_trainable_variables
+        out, non_trainable, _ = _stateless(lambda: self._predict_outputs(data), refs,
+                                           list(trainable) + list(non_trainable),
+                                           self.non_trainable_variables)
+        return out, non_trainable
+
+    # ---- the eager, stateful updates (same API as on TensorFlow and PyTorch) -----------------
+    def _current(self):
+        trainable = [v.value for v in self.trainable_variables]
+        non_trainable = [v.value for v in self.non_trainable_variables]
+        enc_opt, disc_opt = self._split_optimizer_state(
+            [v.value for v in self._optimizer_state_variables])
+        return trainable, non_trainable, enc_opt, disc_opt
+
+    def _assign(self, trainable, non_trainable, enc_opt, disc_opt):
+        pairs = (list(zip(self.trainable_variables, trainable))
+                 + list(zip(self.non_trainable_variables, non_trainable))
+                 + list(zip(self._optimizer_state_variables, list(enc_opt) + list(disc_opt))))
+        for ref, value in pairs:
+            ref.assign(value)
+
+    def discriminator_step(self, views):
+        """One update of the InfoMin discriminators on (fixed) views; returns their terms."""
+        self._require_discriminator_optimizer()
+        trainable, non_trainable, enc_opt, disc_opt = self._current()
+        trainable, non_trainable, disc_opt, out = self._jax_discriminator_update(
+            trainable, non_trainable, disc_opt, views)
+        self._assign(trainable, non_trainable, enc_opt, disc_opt)
+        return out
+
+    def encoder_step(self, images, before_update=None):
+        """One update of encoder, aggregator and InfoMax critics; returns (loss, J, terms).
+
+        On JAX the discriminator steps run inside the update (see `_jax_update`); an eager
+        `before_update` callback cannot, so it is refused.
+        """
+        if before_update is not None:
+            raise ValueError(
+                "On the JAX backend encoder_step takes no `before_update`: the discriminator "
+                "steps run inside the jitted update. Call model.discriminator_step(views) "
+                "first, or use model.fit / model.train_on_batch.")
+        trainable, non_trainable, enc_opt, disc_opt = self._current()
+        state, (loss, j, infomax, _) = self._jax_update(
+            trainable, non_trainable, enc_opt, disc_opt, images, 0)
+        self._assign(*state)
+        return loss, j, infomax

@@ -1,0 +1,55 @@
+"""The PyTorch update steps: zero_grad, backward, optimizer.apply, once per update.
+
+Runs eagerly, one process, one device: `tf.distribute` features raise a clear error at
+construction (see `InfoBal._check_backend_support`).
+"""
+
+import torch
+from keras import ops
+
+from keras_infobal.models.trainers.base import BaseTrainer
+
+
+class TorchTrainer(BaseTrainer):
+    """InfoBal's alternating updates on PyTorch.
+
+    ```python
+    # KERAS_BACKEND=torch
+    model.fit(images, batch_size=64)
+    ```
+    """
+
+    def _backward_and_apply(self, loss, optimizer, variables):
+        # Gradients accumulate in .grad: clear them so each update sees only its own loss.
+        self.zero_grad()
+        loss.backward()
+        grads = [v.value.grad for v in variables]
+        with torch.no_grad():
+            optimizer.apply(grads, variables)
+
+    def discriminator_step(self, views):
+        """One update of the InfoMin discriminators on (fixed) views; returns their terms."""
+        self._require_discriminator_optimizer()
+        pooled = ops.stop_gradient(self._pool(views))
+        fit, terms = self._discriminator_objective(pooled)
+        self._backward_and_apply(-fit / self._replicas(), self.discriminator_optimizer,
+                                 self.discriminator_variables)
+        return fit.detach(), [t.detach() for t in terms]
+
+    def encoder_step(self, images, before_update=None):
+        """One update of encoder, aggregator and InfoMax critics; returns (loss, J, terms).
+
+        `before_update(views)` (the discriminator steps in `train_step`) runs on this
+        step's views before the encoder's objective; it detaches them itself, so it never
+        changes the encoder's gradient.
+        """
+        views = self.encoder(images, training=True)
+        if before_update is not None:
+            before_update(views)
+        loss, j, infomax = self._encoder_loss(views)
+        self._backward_and_apply(loss / self._replicas(), self.optimizer,
+                                 self.encoder_variables)
+        return loss.detach(), j.detach(), [t.detach() for t in infomax]
+
+    def train_step(self, data):
+        return self._stateful_train_step(data)
