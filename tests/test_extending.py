@@ -83,3 +83,63 @@ def test_bad_backbones_say_what_is_expected():
     pooled = keras.Sequential([keras.layers.Conv2D(4, 3), keras.layers.GlobalAveragePooling2D()])
     with pytest.raises(ValueError, match=r"feature map \(B, h, w, C\)"):
         ViewEncoder(backbone=pooled).build((None, 16, 16, 3))
+
+
+def test_a_registered_estimator_trains_in_the_model():
+    """A new estimator is one registered function; the model builds critics that use it."""
+    from keras_infobal import InfoBal, estimators
+
+    def mean_gap(scores, offset=None):
+        """E_pos[s] - E_neg[s]: a toy estimator."""
+        scores = estimators._check_scores(scores, offset)
+        pos, neg = estimators._masks(scores, offset)
+        return (keras.ops.sum(scores * pos) / keras.ops.sum(pos)
+                - keras.ops.sum(scores * neg) / keras.ops.sum(neg))
+
+    estimators.register_estimator("mean_gap", mean_gap)
+    try:
+        model = InfoBal(critic="mean_gap", infomin_weight=0.0, filters=(8, 16), conv_filters=16,
+                        fc_units=32, output_dim=8, critic_units=16, input_shape=(16, 16, 3))
+        critic = model.infomax_critics[0]
+        assert critic.estimator == "mean_gap"
+        scores = np.array([[3.0, 1.0, 0.0], [0.0, 2.0, 2.0], [1.0, 1.0, 4.0]])
+        # Positives 3, 2, 4 (mean 3); negatives 1, 0, 0, 2, 1, 1 (mean 5/6).
+        np.testing.assert_allclose(float(estimators.get("mean_gap")(scores)), 3 - 5 / 6,
+                                   rtol=1e-6)
+        model.compile(optimizer=keras.optimizers.Adam(1e-3))
+        model.fit(IMAGES, batch_size=4, epochs=1, verbose=0)
+        with pytest.raises(ValueError, match="already registered"):
+            estimators.register_estimator("mean_gap", lambda s, offset=None: s)
+    finally:
+        del estimators.ESTIMATORS["mean_gap"]
+    with pytest.raises(ValueError, match="register_estimator"):
+        InfoBal(critic="mean_gap")
+
+
+def test_infobal_takes_encoder_and_aggregator_instances(tmp_path):
+    """A composable model: a backbone encoder and an aggregator instance train, save, load."""
+    from keras_infobal import InfoBal, ViewAggregator
+
+    keras.utils.set_random_seed(0)
+    encoder = ViewEncoder(num_views=4, split="grid", backbone=_backbone(), name="my_encoder")
+    aggregator = ViewAggregator(mode="attention", output_dim=8, fc_units=16, conv_filters=8)
+    model = InfoBal(encoder=encoder, aggregator=aggregator, critic="infonce",
+                    infomin_weight=0.5, critic_units=8, input_shape=(16, 16, 3))
+    assert model.encoder is encoder and model.aggregator is aggregator
+    assert (model.num_views, model.split, model.output_dim) == (4, "grid", 8)
+    assert len(model.infomin_critics) == 6  # one per pair of the encoder's 4 views
+    model.compile(optimizer=keras.optimizers.Adam(1e-3),
+                  discriminator_optimizer=keras.optimizers.Adam(1e-3))
+    before = [w.copy() for w in encoder.backbone.get_weights()]
+    model.fit(IMAGES, batch_size=4, epochs=1, verbose=0)
+    assert any(not np.allclose(a, b) for a, b in zip(before, encoder.backbone.get_weights()))
+    path = str(tmp_path / "composed.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert loaded.encoder.backbone is not None and loaded.aggregator.mode == "attention"
+    np.testing.assert_allclose(loaded.predict(IMAGES, verbose=0),
+                               model.predict(IMAGES, verbose=0), atol=1e-5)
+    with pytest.raises(ValueError, match="ViewEncoder"):
+        InfoBal(encoder=_backbone())
+    with pytest.raises(ValueError, match="mode name"):
+        InfoBal(aggregator=3)

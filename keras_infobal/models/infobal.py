@@ -8,7 +8,12 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_infobal.layers.critics import CRITICS, INFOMIN_CRITICS, get_critic, get_infomin_critic
+from keras_infobal.layers.critics import (
+    critic_names,
+    get_critic,
+    get_infomin_critic,
+    infomin_critic_names,
+)
 from keras_infobal.layers.view_aggregator import ViewAggregator
 from keras_infobal.layers.view_encoder import ViewEncoder
 from keras_infobal.models.trainers import Trainer
@@ -95,7 +100,11 @@ class InfoBal(Trainer, keras.Model):
     Args:
         num_views: M. `split`: how the local map is split ("rows", "columns", "grid",
             "separate"); M=2 rows is the note's top/bottom setting, M=1 is plain DIM(L).
-        aggregator: "concat", "mean" or "attention" (see `ViewAggregator`).
+        aggregator: "concat", "mean" or "attention" (see `ViewAggregator`), or a
+            `ViewAggregator` instance.
+        encoder: optional `ViewEncoder` instance (e.g. `ViewEncoder(..., backbone=...)` around
+            any Keras backbone); its `num_views`, `split` and `filters` replace those
+            arguments.
         critic: InfoMax estimator, "jsd", "dv", "infonce" or "nwj".
         infomin_critic: InfoMin estimator; defaults to `critic`. A lower-bound critic
             ("jsd", "dv", "infonce", "nwj") is trained adversarially (it maximizes its
@@ -166,15 +175,19 @@ class InfoBal(Trainer, keras.Model):
         synchronized_batch_norm=False,
         augmented_pairs=False,
         score_clip=None,
+        encoder=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
         infomin_critic = critic if infomin_critic is None else infomin_critic
-        if str(critic).lower() not in CRITICS:
-            raise ValueError(f"`critic` must be one of {sorted(CRITICS)}; got {critic!r}.")
-        if str(infomin_critic).lower() not in INFOMIN_CRITICS:
+        if str(critic).lower() not in critic_names():
             raise ValueError(
-                f"`infomin_critic` must be one of {list(INFOMIN_CRITICS)} (a lower-bound "
+                f"`critic` must be one of {list(critic_names())} (or an estimator added with "
+                f"keras_infobal.estimators.register_estimator); got {critic!r}."
+            )
+        if str(infomin_critic).lower() not in infomin_critic_names():
+            raise ValueError(
+                f"`infomin_critic` must be one of {list(infomin_critic_names())} (a lower-bound "
                 f"critic trained adversarially, or the CLUB upper bound); got "
                 f"{infomin_critic!r}."
             )
@@ -194,13 +207,38 @@ class InfoBal(Trainer, keras.Model):
         self.augmented_pairs = bool(augmented_pairs)
         self.score_clip = None if score_clip is None else float(score_clip)
         self.synchronized_batch_norm = bool(synchronized_batch_norm)
-        self.encoder = ViewEncoder(num_views=num_views, split=split, filters=filters,
-                                   synchronized_batch_norm=self.synchronized_batch_norm,
-                                   name="view_encoder")
+        # A keras-hub-style task: the encoder and the aggregator can be layer instances (any
+        # backbone inside the ViewEncoder); the size arguments build the default ones.
+        if isinstance(encoder, dict):
+            encoder = keras.saving.deserialize_keras_object(encoder)
+        if isinstance(aggregator, dict):
+            aggregator = keras.saving.deserialize_keras_object(aggregator)
+        if encoder is not None and not isinstance(encoder, ViewEncoder):
+            raise ValueError(
+                "`encoder` must be a keras_infobal.ViewEncoder (wrap your backbone: "
+                f"ViewEncoder(num_views=..., split=..., backbone=...)); got {type(encoder).__name__}."
+            )
+        if not isinstance(aggregator, (str, ViewAggregator)):
+            raise ValueError(
+                "`aggregator` must be a mode name ('concat', 'mean', 'attention') or a "
+                f"keras_infobal.ViewAggregator; got {type(aggregator).__name__}."
+            )
+        self._custom_encoder = encoder is not None
+        self._custom_aggregator = isinstance(aggregator, ViewAggregator)
+        if self._custom_encoder:
+            num_views, split, filters = encoder.num_views, encoder.split, encoder.filters
+            self.encoder = encoder
+        else:
+            self.encoder = ViewEncoder(num_views=num_views, split=split, filters=filters,
+                                       synchronized_batch_norm=self.synchronized_batch_norm,
+                                       name="view_encoder")
+        if self._custom_aggregator:
+            output_dim, fc_units = aggregator.output_dim, aggregator.fc_units
+            conv_filters = aggregator.conv_filters
         alpha, beta = _validate_weights(view_weights, correlation_weights, num_views)
         self.num_views = num_views
         self.split = split
-        self.aggregator_mode = aggregator
+        self.aggregator_mode = aggregator.mode if self._custom_aggregator else aggregator
         self.critic = critic
         self.infomin_critic = infomin_critic
         self.critic_units = critic_units
@@ -217,10 +255,13 @@ class InfoBal(Trainer, keras.Model):
         self.discriminator_steps = discriminator_steps
         self.view_pooling = view_pooling
         self.track_view_mi = track_view_mi
-        self.aggregator = ViewAggregator(mode=aggregator, output_dim=output_dim,
-                                         fc_units=fc_units, conv_filters=conv_filters,
-                                         synchronized_batch_norm=self.synchronized_batch_norm,
-                                         name="view_aggregator")
+        if self._custom_aggregator:
+            self.aggregator = aggregator
+        else:
+            self.aggregator = ViewAggregator(mode=aggregator, output_dim=output_dim,
+                                             fc_units=fc_units, conv_filters=conv_filters,
+                                             synchronized_batch_norm=self.synchronized_batch_norm,
+                                             name="view_aggregator")
         n_critics = 1 if self.shared_critic else num_views
         self.infomax_critics = [
             get_critic(critic, units=critic_units, scorer=scorer,
@@ -317,9 +358,12 @@ class InfoBal(Trainer, keras.Model):
 
     def build(self, input_shape):
         input_shape = tuple(input_shape)
-        self.encoder.build(input_shape)
+        # Layers passed in (or deserialized with their build config) may be built already.
+        if not self.encoder.built:
+            self.encoder.build(input_shape)
         views_shape = self.encoder.compute_output_shape(input_shape)
-        self.aggregator.build(views_shape)
+        if not self.aggregator.built:
+            self.aggregator.build(views_shape)
         b, _, vh, vw, c = views_shape
         r_shape = (b, self.output_dim)
         for critic in self.infomax_critics:
@@ -650,6 +694,12 @@ class InfoBal(Trainer, keras.Model):
             "synchronized_batch_norm": self.synchronized_batch_norm,
             "augmented_pairs": self.augmented_pairs,
             "score_clip": self.score_clip,
+            # Layer instances given by the user are saved whole; the defaults are rebuilt
+            # from the size arguments above.
+            **({"encoder": keras.saving.serialize_keras_object(self.encoder)}
+               if self._custom_encoder else {}),
+            **({"aggregator": keras.saving.serialize_keras_object(self.aggregator)}
+               if self._custom_aggregator else {}),
         }
 
 
