@@ -16,7 +16,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import ROOT, TINY, optimizers
+from helpers import ROOT, TINY, optimizers
 from keras_infobal import InfoBal
 
 WORKER = os.path.join(ROOT, "tests", "backend_worker.py")
