@@ -236,7 +236,11 @@ def test_augmented_pairs_score_each_R_against_the_other_augmentation(tiny_config
         same = (critic([r[:4], _locals(views[:4], i)], training=False)
                 + critic([r[4:], _locals(views[4:], i)], training=False)) / 2
         assert logs[f"mi_R_V{i + 1}"] == pytest.approx(float(cross), rel=1e-4, abs=1e-5)
-        assert abs(float(cross) - float(same)) > 0.05
+        # The logged estimate is the cross-view one, not the same-view one (their gap
+        # depends on the backend's random initialization, so compare, not threshold).
+        assert abs(float(cross) - float(same)) > 1e-6
+        assert abs(logs[f"mi_R_V{i + 1}"] - float(cross)) < abs(
+            logs[f"mi_R_V{i + 1}"] - float(same))
 
     # Two identical augmentations give the single-image model's estimate (same weights).
     plain = make(tiny_config, infomin_weight=0.0, critic="infonce")
