@@ -34,8 +34,6 @@ DEFAULTS = dict(variant="infobal", critic=None, infomin_critic=None, infomin_wei
 
 def _initialize_from(model, source):
     """Loads trained weights into `model` before training (a warm start)."""
-    import keras
-
     if str(source).endswith(".keras"):
         from keras_infobal.models.infobal import load_infobal
 
@@ -47,29 +45,26 @@ def _initialize_from(model, source):
         pairs += list(zip(model.infomin_critics, trained.infomin_critics))
     else:
         from keras_infobal.applications import presets
-        from keras_infobal.applications.infobal_cifar import _load_keras_weights, canonical_model
 
         if source not in presets.list_presets():
             raise ValueError(
                 f"`init_from` must be a shipped preset ({presets.list_presets()}) or a "
                 f"`.keras` file; got {source!r}."
             )
-        preset = presets.get_preset(source)
-        full = canonical_model(preset["feature_layer"], backbone=preset["backbone"])
-        _load_keras_weights(full, presets.checked_path(source))
-        pairs = [(model.encoder, full.get_layer("view_encoder")),
-                 (model.aggregator, full.get_layer("view_aggregator"))]
+        presets.load_encoder_and_aggregator(model, source)
+        return
+    from keras_infobal.applications.presets import _copy_weights
+
     for target, src in pairs:
-        target.set_weights([keras.ops.convert_to_numpy(w).astype("float32")
-                            for w in src.get_weights()])
+        _copy_weights(target, src)
 
 
 def pretrain_cifar10(**kwargs):
     """Pretrains on CIFAR-10, resumable; writes OUT/{config.json,log.csv,model.keras,results.json}.
 
     Keyword arguments (defaults in `DEFAULTS`): variant (a key of `CONFIGS`), critic,
-    infomin_critic (the InfoMin estimator: a lower-bound critic or "club"), infomin_weight, num_views, split, score_clip, augmented_pairs (two augmentations per
-    image, R of one scored against the local views of the other), color_jitter, grayscale
+    infomin_critic (the InfoMin estimator: a lower-bound critic or "club"), infomin_weight,
+    num_views, split, score_clip, augmented_pairs (two augmentations per image, R of one scored against the local views of the other), color_jitter, grayscale
     (colour distortion of the augmentation) (overrides of the variant), mixed_precision
     (train under keras' "mixed_bfloat16" policy; evaluation and model.keras stay float32),
     epochs, batch_size,

@@ -119,6 +119,18 @@ def _copy_weights(target, source):
                         for w in source.get_weights()])
 
 
+def load_encoder_and_aggregator(model, name):
+    """Loads preset `name`'s encoder and aggregator (from its classifier weights) into the
+    `InfoBal` `model`; its critics are left as they are."""
+    from keras_infobal.applications.infobal_cifar import _load_keras_weights, canonical_model
+
+    preset = get_preset(name)
+    source = canonical_model(preset["feature_layer"], backbone=preset["backbone"])
+    _load_keras_weights(source, checked_path(name))
+    _copy_weights(model.encoder, source.get_layer("view_encoder"))
+    _copy_weights(model.aggregator, source.get_layer("view_aggregator"))
+
+
 def infobal_from_preset(name, cls=None, **overrides):
     """The whole pretraining model of preset `name`, ready to `compile` and `fit`.
 
@@ -169,12 +181,8 @@ def infobal_from_preset(name, cls=None, **overrides):
         else:
             fresh.append("InfoMin critics")
     else:
-        from keras_infobal.applications.infobal_cifar import _load_keras_weights, canonical_model
-
-        source = canonical_model(preset["feature_layer"], backbone=preset["backbone"])
-        _load_keras_weights(source, checked_path(name))
-        pairs = [(model.encoder, source.get_layer("view_encoder")),
-                 (model.aggregator, source.get_layer("view_aggregator"))]
+        pairs = []
+        load_encoder_and_aggregator(model, name)
         fresh.append("critics (this preset ships encoder and aggregator only)")
     for target, src in pairs:
         _copy_weights(target, src)
