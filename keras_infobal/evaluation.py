@@ -17,6 +17,9 @@ import numpy as np
 
 FEATURE_LAYERS = ("conv", "fc", "R")
 PROTOCOLS = ("note", "converged")
+# "linear": one dense layer; "mlp": DIM's evaluation classifier (Hjelm et al. 2019), the
+# protocol of its published accuracies: dense 200 -> BN -> dropout 0.1 -> ReLU -> dense.
+HEADS = ("linear", "mlp")
 
 
 def _make_classifier(dim, classes, head, seed):
@@ -28,13 +31,14 @@ def _make_classifier(dim, classes, head, seed):
         outputs = keras.layers.Dense(classes, name="logits", **f32)(inputs)
     elif head == "mlp":
         # DIM's evaluation classifier: dense 200 -> BN -> dropout 0.1 -> ReLU -> dense.
-        h = keras.layers.Dense(200, **f32)(inputs)
-        h = keras.layers.BatchNormalization(**f32)(h)
-        h = keras.layers.Dropout(0.1, **f32)(h)
-        h = keras.layers.ReLU(**f32)(h)
+        # Named as in the application's top, which the shipped MLP heads are copied into.
+        h = keras.layers.Dense(200, name="head_dense", **f32)(inputs)
+        h = keras.layers.BatchNormalization(name="head_bn", **f32)(h)
+        h = keras.layers.Dropout(0.1, name="head_dropout", **f32)(h)
+        h = keras.layers.ReLU(name="head_relu", **f32)(h)
         outputs = keras.layers.Dense(classes, name="logits", **f32)(h)
     else:
-        raise ValueError(f"`head` must be 'linear' or 'mlp'; got {head!r}.")
+        raise ValueError(f"`head` must be one of {HEADS}; got {head!r}.")
     return keras.Model(inputs, outputs)
 
 
@@ -43,6 +47,14 @@ def standardize(train, *others):
     mean = train.mean(0, keepdims=True)
     std = train.std(0, keepdims=True) + 1e-6
     return [(a - mean) / std for a in (train,) + others], (mean, std)
+
+
+def fold_standardization(kernel, bias, mean, std):
+    """The dense layer on raw features equal to `kernel, bias` on standardized ones:
+    ((x - mean) / std) @ kernel + bias == x @ kernel' + bias'. Used to ship heads trained
+    by `train_classifier` (which standardizes) as plain layers."""
+    mean, std = np.reshape(mean, (-1, 1)), np.reshape(std, (-1, 1))
+    return kernel / std, bias - ((mean / std) * kernel).sum(0)
 
 
 def train_classifier(f_train, y_train, f_test, y_test, protocol="converged", head="linear",

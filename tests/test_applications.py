@@ -298,3 +298,47 @@ def test_from_preset_continues_pretraining_with_the_shipped_critics(tmp_path, mo
         f.write(b"x")
     with pytest.raises(ValueError, match="sha256"):
         InfoBal.from_preset("p")
+
+
+def test_mlp_head_preset_is_dims_evaluation_classifier(fake_shipped):
+    """A preset with head "mlp" builds DIM's classifier (dense 200, BN, dropout, ReLU, dense)
+    on its feature layer; checked against the same computation in numpy."""
+    rng = np.random.default_rng(1)
+    full = infobal_cifar.canonical_model("fc", head="mlp")
+    bn = full.get_layer("head_bn")
+    # Non-trivial BatchNorm statistics, so an inference-mode mistake shows.
+    bn.set_weights([rng.uniform(0.5, 2, 200), rng.normal(0, 1, 200), rng.normal(0, 1, 200),
+                    rng.uniform(0.5, 2, 200)])
+    path = os.path.join(presets.WEIGHTS_DIR, "mlp.weights.h5")
+    full.save_weights(path)
+    preset = _fake_preset("mlp", "mlp.weights.h5", presets.sha256(path), "fc")
+    preset["head"] = "mlp"
+    presets.write_preset(preset)
+    model = InfoBalCIFAR(variant="mlp")
+    assert [layer.name for layer in model.layers[-5:]] == [
+        "head_dense", "head_bn", "head_dropout", "head_relu", "predictions"]
+    feats = InfoBalCIFAR(variant="mlp", include_top=False, feature_layer="fc")
+    f = np.asarray(feats.predict(IMAGES, verbose=0), "float64")
+    w1, b1 = full.get_layer("head_dense").get_weights()
+    gamma, beta, mu, var = bn.get_weights()
+    w2, b2 = full.get_layer("predictions").get_weights()
+    h = np.maximum((f @ w1 + b1 - mu) / np.sqrt(var + 1e-3) * gamma + beta, 0)
+    logits = h @ w2 + b2
+    expected = np.exp(logits - logits.max(-1, keepdims=True))
+    expected /= expected.sum(-1, keepdims=True)
+    np.testing.assert_allclose(model.predict(IMAGES, verbose=0), expected, atol=1e-4)
+    preset["head"] = "svm"
+    presets.write_preset(dict(preset, name="bad"))
+    with pytest.raises(ValueError, match=r"`head` must be one of \('linear', 'mlp'\)"):
+        InfoBalCIFAR(variant="bad")
+
+
+def test_fold_standardization_matches_standardize_then_dense():
+    from keras_infobal.evaluation import fold_standardization
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(3, 2, (6, 5))
+    mean, std = rng.normal(0, 1, (1, 5)), rng.uniform(0.5, 2, (1, 5))
+    w, b = rng.normal(0, 1, (5, 4)), rng.normal(0, 1, 4)
+    wf, bf = fold_standardization(w, b, mean, std)
+    np.testing.assert_allclose(x @ wf + bf, ((x - mean) / std) @ w + b, atol=1e-12)

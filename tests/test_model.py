@@ -314,3 +314,26 @@ def test_mixed_bfloat16_policy_trains_with_float32_estimates(tiny_config, images
     mi32 = full.infomax_critics[0]([full.aggregator(views32, training=False),
                                     _locals(views32, 0)], training=False)
     assert float(mi) == pytest.approx(float(mi32), abs=0.05)
+
+
+def test_train_on_batch_takes_a_pair_as_x_and_y(tiny_config, images):
+    """`train_on_batch(x1, x2)` is one step on the pair (x1, x2), the same as `fit` on it."""
+    x1, x2 = images[:4], images[4:]
+    weights = []
+    for use_fit in (False, True):
+        keras.utils.set_random_seed(0)
+        model = make(tiny_config, augmented_pairs=True, infomin_weight=0.0, critic="infonce")
+        model.compile(optimizer=keras.optimizers.SGD(0.1))
+        if use_fit:
+            model.fit(tf.data.Dataset.from_tensors((x1, x2)), epochs=1, verbose=0)
+        else:
+            model.train_on_batch(x1, x2)
+        weights.append([np.asarray(v) for v in model.encoder.trainable_variables])
+    for a, b in zip(*weights):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    keras.utils.set_random_seed(0)
+    swapped = make(tiny_config, augmented_pairs=True, infomin_weight=0.0, critic="infonce")
+    swapped.compile(optimizer=keras.optimizers.SGD(0.1))
+    swapped.train_on_batch(x1, x1)  # another pair: another step
+    assert any(not np.allclose(a, np.asarray(b), atol=1e-5)
+               for a, b in zip(weights[0], swapped.encoder.trainable_variables))

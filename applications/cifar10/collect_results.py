@@ -8,6 +8,7 @@ and applications/cifar10/mi_vs_accuracy.png.
 """
 
 import csv
+import glob
 import json
 import os
 
@@ -57,16 +58,38 @@ def main():
     from keras_infobal.applications import presets
 
     default = presets.default_preset()
-    md += ["", "| shipped classifier (preset) | objective, lambda | feature layer | validation "
-           "accuracy (5,000 held-out training images) | CIFAR-10 test accuracy (full test set) |",
-           "|---|---|---|---|---|"]
+    md += ["", "| shipped classifier (preset) | objective, lambda | feature layer | head | "
+           "validation accuracy (5,000 held-out training images) | CIFAR-10 test accuracy "
+           "(full test set) |", "|---|---|---|---|---|---|"]
     for (variant, label), (_, _, export) in zip(VARIANTS, rows):
-        cfg = presets.get_preset(variant)["pretraining_config"]
+        preset = presets.get_preset(variant)
+        cfg = preset["pretraining_config"]
         objective = f"{cfg['critic']}, {cfg['infomin_weight']:g}"
+        if cfg.get("infomin_weight") and cfg.get("infomin_critic") not in (None, cfg["critic"]):
+            objective += f" ({cfg['infomin_critic']})"
         name = f"`{variant}`" + (" (default)" if variant == default else "")
-        md.append(f"| {name} | {objective} | {export['feature_layer']} | "
-                  f"{100 * export['validation_accuracy'][export['feature_layer']]:.2f} | "
+        md.append(f"| {name} | {objective} | {preset['feature_layer']} | "
+                  f"{preset.get('head', 'linear')} | "
+                  f"{100 * preset['validation_accuracy']:.2f} | "
                   f"{100 * export['public_loader_test_accuracy']:.2f} |")
+    # The same frozen encoders under both heads (pilots/head_protocol.py).
+    pilots = sorted(glob.glob(os.path.join(HERE, "pilots", "head_protocol", "*.json")))
+    if pilots:
+        md += ["", "| encoder | layer | linear head: validation / test | DIM's classifier "
+               "(mlp): validation / test |", "|---|---|---|---|"]
+        out["head_protocol"] = {}
+        for path in pilots:
+            pilot = load(path)
+            name = os.path.basename(path)[:-len(".json")]
+            out["head_protocol"][name] = pilot
+            cells = {(c["layer"], c["head"]): c for c in pilot["cells"]}
+            for layer in dict.fromkeys(c["layer"] for c in pilot["cells"]):
+                row = [f"| `{name}` | {layer} |"]
+                for head in ("linear", "mlp"):
+                    c = cells.get((layer, head))
+                    row.append(f" {100 * c['validation_accuracy']:.2f} / "
+                               f"{100 * c['test_accuracy']:.2f} |" if c else " - |")
+                md.append("".join(row))
     out["default_preset"] = default
     with open(os.path.join(HERE, "results.json"), "w") as f:
         json.dump(out, f, indent=2)

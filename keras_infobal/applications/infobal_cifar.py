@@ -7,6 +7,7 @@ import numpy as np
 
 from keras_infobal.applications import presets
 from keras_infobal.datasets import CIFAR10_CLASSES
+from keras_infobal.evaluation import HEADS
 from keras_infobal.layers.view_aggregator import ViewAggregator
 from keras_infobal.layers.view_encoder import ViewEncoder
 
@@ -51,8 +52,11 @@ def InfoBalCIFAR(
     "local" (8x8x128 map), "conv" (4096), "fc" (1024) or "R" (64, the global representation).
 
     Args:
-        include_top: add the linear classifier. With `weights="cifar10"` it is the shipped
-            head, trained on frozen features, so the model classifies CIFAR-10 out of the box.
+        include_top: add the preset's classifier head (`presets.get_preset(v)["head"]`: a
+            dense layer, or "mlp", DIM's evaluation classifier: dense 200 -> BN -> dropout
+            0.1 -> ReLU -> dense). With `weights="cifar10"` it is the shipped head, trained
+            on frozen features, so the model classifies CIFAR-10 out of the box. To
+            fine-tune your own linear head, use include_top=False and add a Dense layer.
         weights: "cifar10" (shipped weights, sha256-checked), None (random init), or the path
             of a `.weights.h5` file saved from a model of the same configuration.
         input_tensor: optional Keras tensor to use as the image input.
@@ -163,14 +167,15 @@ def InfoBalCIFAR(
     else:
         x = aggregator(views)
     if include_top:
-        x = keras.layers.Dense(classes, activation=classifier_activation, name="predictions")(x)
+        x = _top(x, classes, classifier_activation, preset.get("head", "linear"))
     model = keras.Model(inputs, x, name=name or f"{variant}_cifar10")
 
     if weights == "cifar10":
         path = presets.checked_path(variant)
         # The shipped file holds every layer (encoder, aggregator, head): load it into the
         # canonical model, then copy the layers this configuration has.
-        full = canonical_model(shipped_layer, backbone=preset["backbone"])
+        full = canonical_model(shipped_layer, backbone=preset["backbone"],
+                               head=preset.get("head", "linear"))
         _load_keras_weights(full, path)
         for layer in model.layers:
             if layer.weights:
@@ -180,8 +185,9 @@ def InfoBalCIFAR(
     return model
 
 
-def canonical_model(head_layer, classes=10, backbone=None):
-    """The model a shipped weights file is saved from: every layer, the head on `head_layer`."""
+def canonical_model(head_layer, classes=10, backbone=None, head="linear"):
+    """The model a shipped weights file is saved from: every layer, the head on `head_layer`
+    (a `head` from `evaluation.HEADS`)."""
     inputs = keras.Input((32, 32, 3), name="images")
     encoder, aggregator = _encoder_and_aggregator(
         backbone or {}, head_layer if head_layer != "local" else "R")
@@ -193,8 +199,21 @@ def canonical_model(head_layer, classes=10, backbone=None):
         x = keras.layers.Flatten(name="flatten")(x)
     else:
         x = aggregated
-    logits = keras.layers.Dense(classes, activation="softmax", name="predictions")(x)
+    logits = _top(x, classes, "softmax", head)
     return keras.Model(inputs, [logits, aggregated], name="canonical")
+
+
+def _top(x, classes, activation, head):
+    """The classifier on the features: a dense layer, or DIM's evaluation classifier (the
+    layer names match `evaluation.train_classifier`'s, which trains the shipped heads)."""
+    if head == "mlp":
+        x = keras.layers.Dense(200, name="head_dense")(x)
+        x = keras.layers.BatchNormalization(name="head_bn")(x)
+        x = keras.layers.Dropout(0.1, name="head_dropout")(x)
+        x = keras.layers.ReLU(name="head_relu")(x)
+    elif head != "linear":
+        raise ValueError(f"A preset's `head` must be one of {HEADS}; got {head!r}.")
+    return keras.layers.Dense(classes, activation=activation, name="predictions")(x)
 
 
 def _load_keras_weights(model, path):

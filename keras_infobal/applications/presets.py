@@ -5,11 +5,13 @@ A preset (`keras_infobal/applications/weights/<name>.preset.json`) holds:
   trained with another split, M or aggregator ships without new code;
 - `pretraining_config`: the whole `InfoBal` config it was pretrained with (objective,
   critics, lambda), for `InfoBal.from_preset`;
-- `weights` (encoder, aggregator and linear head, float16) and optionally
+- `weights` (encoder, aggregator and classifier head, float16) and optionally
   `pretraining_weights` (the whole pretraining model, critics included), each a file name and
   its sha256;
-- `feature_layer` (what the head reads), `validation_accuracy` (linear probe on 5,000
-  held-out training images: how the default is chosen), `test_accuracy` (the shipped
+- `feature_layer` (what the head reads), `head` ("linear", or "mlp": DIM's evaluation
+  classifier, dense 200 -> BN -> dropout -> ReLU -> dense; "linear" when absent),
+  `validation_accuracy` (that head on 5,000 held-out training images: how the default is
+  chosen), `test_accuracy` (the shipped
   classifier on the full CIFAR-10 test set), `command` (how it was trained), `run`.
 
 ```python
@@ -125,7 +127,8 @@ def load_encoder_and_aggregator(model, name):
     from keras_infobal.applications.infobal_cifar import _load_keras_weights, canonical_model
 
     preset = get_preset(name)
-    source = canonical_model(preset["feature_layer"], backbone=preset["backbone"])
+    source = canonical_model(preset["feature_layer"], backbone=preset["backbone"],
+                             head=preset.get("head", "linear"))
     _load_keras_weights(source, checked_path(name))
     _copy_weights(model.encoder, source.get_layer("view_encoder"))
     _copy_weights(model.aggregator, source.get_layer("view_aggregator"))

@@ -558,6 +558,10 @@ class InfoBal(Trainer, keras.Model):
             )
 
     def _check_pair(self, data):
+        if isinstance(data, (tuple, list)):
+            # train_on_batch(x1, x2) arrives as Keras' (x, y, sample_weight) = (x1, x2, None).
+            while len(data) > 2 and data[-1] is None:
+                data = data[:-1]
         if not (isinstance(data, (tuple, list)) and len(data) == 2
                 and not isinstance(data[0], dict) and not isinstance(data[1], dict)
                 and len(data[0].shape) == len(data[1].shape) == 4):

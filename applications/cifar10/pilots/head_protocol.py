@@ -7,8 +7,9 @@ training images (the split `export_weights.py` uses) and touching the test set o
 
     python applications/cifar10/pilots/head_protocol.py \
         --run applications/cifar10/runs/dim_pairs_long --data ../shared/data/cifar10-jpeg.tar.gz
+    python applications/cifar10/pilots/head_protocol.py --preset dim_pairs --data ...
 
-Writes `pilots/head_protocol/<run name>.json`. Budget: feature extraction (~2 min) plus
+Writes `pilots/head_protocol/<run or preset name>.json`. Budget: feature extraction (~2 min) plus
 2 heads x len(--layers) classifiers on 45,000 x D features (~1-3 min each on 2 cores).
 """
 
@@ -24,7 +25,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--run", required=True)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", help="a run folder holding model.keras")
+    src.add_argument("--preset", help="a shipped preset (its encoder, without the head)")
     p.add_argument("--data", default=os.environ.get("KERAS_INFOBAL_CIFAR10"))
     p.add_argument("--layers", nargs="+", default=["conv", "fc"])
     p.add_argument("--heads", nargs="+", default=["linear", "mlp"])
@@ -37,11 +40,22 @@ def main(argv=None):
     from keras_infobal import datasets
     from keras_infobal.evaluation import train_classifier
 
-    model = keras.models.load_model(os.path.join(args.run, "model.keras"))
+    if args.run:
+        model = keras.models.load_model(os.path.join(args.run, "model.keras"))
+        features = model.extract_features
+    else:
+        # The shipped encoder (float16 weights), through the application's feature models.
+        from keras_infobal.applications import InfoBalCIFAR
+
+        apps = {k: InfoBalCIFAR(variant=args.preset, include_top=False, feature_layer=k)
+                for k in args.layers}
+
+        def features(x, layers):
+            return {k: apps[k].predict(x, batch_size=500, verbose=0) for k in layers}
     x_tr, y_tr, _ = datasets.load_cifar10("train", source=args.data)
     x_te, y_te, _ = datasets.load_cifar10("test", source=args.data)
-    f_tr = model.extract_features(x_tr, layers=args.layers)
-    f_te = model.extract_features(x_te, layers=args.layers)
+    f_tr = features(x_tr, layers=args.layers)
+    f_te = features(x_te, layers=args.layers)
     del x_tr, x_te
     # The same 5,000 held-out training images as export_weights.py.
     order = np.random.default_rng(0).permutation(len(y_tr))
@@ -58,13 +72,15 @@ def main(argv=None):
                           "seconds": round(time.time() - t0, 1)})
             print(json.dumps(cells[-1]), flush=True)
     best = max(cells, key=lambda c: c["validation_accuracy"])
-    out = {"run": os.path.relpath(args.run, os.path.dirname(os.path.dirname(HERE))),
+    name = os.path.basename(args.run.rstrip("/")) if args.run else args.preset
+    out = {"run": (os.path.relpath(args.run, os.path.dirname(os.path.dirname(HERE)))
+                   if args.run else None), "preset": args.preset,
            "protocol": "converged (early stopping on 10% of the fitting images); validation = "
                        "5,000 held-out training images, test = the full test set",
            "cells": cells, "best_on_validation": best, "cpu": platform.processor() or
            platform.machine(), "keras": keras.__version__}
     os.makedirs(os.path.join(HERE, "head_protocol"), exist_ok=True)
-    path = os.path.join(HERE, "head_protocol", os.path.basename(args.run.rstrip("/")) + ".json")
+    path = os.path.join(HERE, "head_protocol", name + ".json")
     with open(path, "w") as f:
         json.dump(out, f, indent=2)
     print(path)
