@@ -1,33 +1,115 @@
-"""Training and inference speed, against a PyTorch DIM(L) reference and the matmul ceiling.
+"""Training-step speed on every Keras backend against a plain PyTorch DIM(L) step, on a noisy host.
 
-    pip install -e ".[bench]"        # torch 2.13.0 (CPU build here) and psutil
-    python benchmarks/speed.py       # writes benchmarks/results/speed.{json,md}
+    pip install -e ".[bench,jax,torch]"
+    python benchmarks/speed.py            # ~15 min; writes benchmarks/results/speed.{json,md}
+    python benchmarks/speed.py --rounds 2 --steps 2 --contenders dim_tf dim_torch_ref --no-memory
 
-Measured in one run on the same machine: images/s of a DIM(L) training step (batch 64,
-512 critic units) and of an InfoBal step (M=2), with and without XLA, and under Keras'
-mixed_bfloat16 policy (also the dim_pairs recipe's step); images/s of the frozen
-feature extractor; the same DIM(L) step written plainly in PyTorch (float32, and under
-torch.autocast bfloat16); achieved GFLOP/s of each
-step (FLOPs counted analytically, backward = 2x forward) against the fp32 matmul GFLOP/s of
-both frameworks; peak RSS of training at batch 64 and 256 (fresh processes). Run it on an
-idle machine: it is a benchmark, not a test. The same steps on the JAX and PyTorch
-backends: `benchmarks/backend_speed.py`.
+What it measures, in one run on one machine:
+- images/s of a DIM(L) training step (batch 64, 512 critic units, JSD) and an InfoBal step
+  (M=2, lambda=1) on TensorFlow (eager graph and XLA), JAX and PyTorch, float32 and Keras'
+  mixed_bfloat16; the M=8 pair (DIM and InfoBal on a 2x4 grid) on TensorFlow; the dim_pairs
+  recipe's step; the frozen feature extractor; the same DIM(L) step written plainly in
+  PyTorch (float32 and torch.autocast bfloat16), the reference;
+- the matmul ceilings (1024^3, fp32 and bf16, TF and PyTorch) in the same rounds, and each
+  step's achieved GFLOP/s (FLOPs counted analytically, backward = 2x forward);
+- peak memory: the peak RSS *increase* over the first training steps (tracing and buffers)
+  and over steady-state steps at batch 64 and 256, and over `extract_features` of 2,000 and
+  10,000 images, each in a fresh process (the peak is reset with /proc/self/clear_refs
+  after the model is built, so importing TensorFlow and building the model cannot hide it,
+  as they did for the process-lifetime peak, `ru_maxrss`, that earlier versions reported).
+
+Why rounds: on a shared host the throughput of one step swings by up to 2x from one
+10-second window to the next, so one sequential pass per contender compares windows, not
+code. One persistent worker process per backend builds and warms its contenders once; the
+driver then asks for `--steps` timed steps of each contender in turn, rotating the order
+every round, with a short pause between contenders (OpenMP / Eigen worker threads spin for a
+while after work and would steal the next contender's cores). Each contender's best round is
+its speed; the median and worst rounds give the spread. Every step is timed on its own
+(`train_on_batch`, the compiled function `fit` runs, with its loss read back so asynchronous
+dispatch cannot hide work), and every round records the host's steal time and the worker's
+CPU time, so a disturbed round is visible and a host whose scheduler quantizes steps (every
+step a multiple of one interval) is flagged (`quantized` in the results).
 """
 
 import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
+UNITS = 512
+
+DIM = dict(num_views=1, infomin_weight=0.0)
+INFOBAL = dict(num_views=2, infomin_weight=1.0)
+DIM8 = dict(num_views=8, split="grid", infomin_weight=0.0)
+INFOBAL8 = dict(num_views=8, split="grid", infomin_weight=1.0)
+DIM_PAIRS = dict(num_views=2, infomin_weight=0.0, critic="infonce", augmented_pairs=True,
+                 score_clip=20.0)
+
+
+def _c(backend, kind, description, model=None, policy="float32", jit=None):
+    return dict(backend=backend, kind=kind, description=description, model=model,
+                policy=policy, jit=jit)
+
+
+BF16 = "mixed_bfloat16"
+CONTENDERS = {
+    # TensorFlow
+    "dim_tf": _c("tensorflow", "step", "DIM(L), TF, float32", DIM, jit=False),
+    "dim_tf_xla": _c("tensorflow", "step", "DIM(L), TF + XLA, float32", DIM, jit=True),
+    "dim_tf_bf16": _c("tensorflow", "step", "DIM(L), TF, mixed bfloat16", DIM, BF16, False),
+    "dim_tf_xla_bf16": _c("tensorflow", "step", "DIM(L), TF + XLA, mixed bfloat16", DIM, BF16,
+                          True),
+    "infobal_tf": _c("tensorflow", "step", "InfoBal M=2, TF, float32", INFOBAL, jit=False),
+    "infobal_tf_xla": _c("tensorflow", "step", "InfoBal M=2, TF + XLA, float32", INFOBAL,
+                         jit=True),
+    "infobal_tf_bf16": _c("tensorflow", "step", "InfoBal M=2, TF, mixed bfloat16", INFOBAL,
+                          BF16, False),
+    "infobal_tf_xla_bf16": _c("tensorflow", "step", "InfoBal M=2, TF + XLA, mixed bfloat16",
+                              INFOBAL, BF16, True),
+    "dim8_tf": _c("tensorflow", "step", "DIM M=8 (grid), TF, float32", DIM8, jit=False),
+    "infobal8_tf": _c("tensorflow", "step", "InfoBal M=8 (grid), TF, float32", INFOBAL8,
+                      jit=False),
+    "dim_pairs_tf_bf16": _c("tensorflow", "step",
+                            "dim_pairs recipe (2 augmentations per image, InfoNCE), TF, "
+                            "mixed bfloat16", DIM_PAIRS, BF16, False),
+    "extract_tf": _c("tensorflow", "extract", "extract_features (conv, fc, R), TF, batch 256",
+                     INFOBAL),
+    "matmul_tf": _c("tensorflow", "matmul", "matmul 1024^3, TF, float32"),
+    "matmul_tf_bf16": _c("tensorflow", "matmul", "matmul 1024^3, TF, bfloat16", policy=BF16),
+    # JAX (jit is Keras' default there)
+    "dim_jax": _c("jax", "step", "DIM(L), JAX, float32", DIM, jit=True),
+    "dim_jax_bf16": _c("jax", "step", "DIM(L), JAX, mixed bfloat16", DIM, BF16, True),
+    "infobal_jax": _c("jax", "step", "InfoBal M=2, JAX, float32", INFOBAL, jit=True),
+    "infobal_jax_bf16": _c("jax", "step", "InfoBal M=2, JAX, mixed bfloat16", INFOBAL, BF16,
+                           True),
+    # Keras on PyTorch (eager; torch.compile would cost minutes of compilation per run)
+    "dim_torch": _c("torch", "step", "DIM(L), Keras on PyTorch, float32", DIM, jit=False),
+    "dim_torch_bf16": _c("torch", "step", "DIM(L), Keras on PyTorch, mixed bfloat16", DIM,
+                         BF16, False),
+    "infobal_torch": _c("torch", "step", "InfoBal M=2, Keras on PyTorch, float32", INFOBAL,
+                        jit=False),
+    "infobal_torch_bf16": _c("torch", "step", "InfoBal M=2, Keras on PyTorch, mixed bfloat16",
+                             INFOBAL, BF16, False),
+    # The plain PyTorch reference (no Keras), run in the torch worker
+    "dim_torch_ref": _c("torch", "reference", "DIM(L), plain PyTorch reference, float32"),
+    "dim_torch_ref_bf16": _c("torch", "reference",
+                             "DIM(L), plain PyTorch reference, autocast bfloat16", policy=BF16),
+    "matmul_torch": _c("torch", "matmul", "matmul 1024^3, PyTorch, float32"),
+    "matmul_torch_bf16": _c("torch", "matmul", "matmul 1024^3, PyTorch, bfloat16",
+                            policy=BF16),
+}
+MATMUL_FLOPS = 2 * 1024 ** 3
+MATMULS_PER_STEP = 8  # one "step" of a matmul contender; keeps its steps ~10-50 ms
 
 
 # ---------------------------------------------------------------------------- FLOP count
-def dim_step_flops(batch=64, units=512, num_views=1, infomin=False):
+def dim_step_flops(batch=64, units=UNITS, num_views=1, infomin=False):
     """FLOPs of one training step of DIM(L) / InfoBal on 32x32 images (multiply-add = 2)."""
     conv = lambda hw, cin, cout, k=4: 2 * hw * hw * cin * cout * k * k  # noqa: E731
     enc = conv(16, 3, 64) + conv(8, 64, 128) + conv(4, 128, 256)
@@ -43,85 +125,34 @@ def dim_step_flops(batch=64, units=512, num_views=1, infomin=False):
     return 3 * fwd * batch
 
 
-def time_steps(step, steps, warmup):
-    for _ in range(warmup):
-        step()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return (time.perf_counter() - t0) / steps
+def contender_flops(name, batch):
+    c = CONTENDERS[name]
+    if c["kind"] == "matmul":
+        return MATMULS_PER_STEP * MATMUL_FLOPS
+    if c["kind"] == "reference":
+        return dim_step_flops(batch, UNITS, 1, False)
+    if c["kind"] == "extract":
+        return None
+    m = c["model"]
+    images = batch * (2 if m.get("augmented_pairs") else 1)
+    return dim_step_flops(images, UNITS, m["num_views"], m["infomin_weight"] > 0)
 
 
-# ------------------------------------------------------------------------------ ours (TF)
-def bench_tf(batch, steps, warmup):
-    import keras
-    import numpy as np
-    import tensorflow as tf
-
-    from keras_infobal import InfoBal
-
-    out = {}
-    n = 200_000_000 // (2 * 1024 ** 3) + 20
-    a = tf.random.normal((1024, 1024))
-    b = tf.random.normal((1024, 1024))
-    mm = tf.function(lambda: tf.matmul(a, b))
-    sec = time_steps(lambda: mm().numpy(), n, 3)
-    out["tf_matmul_gflops"] = 2 * 1024 ** 3 / sec / 1e9
-    a16, b16 = tf.cast(a, tf.bfloat16), tf.cast(b, tf.bfloat16)
-    mm16 = tf.function(lambda: tf.matmul(a16, b16))
-    sec = time_steps(lambda: mm16().numpy(), n, 3)
-    out["tf_matmul_bf16_gflops"] = 2 * 1024 ** 3 / sec / 1e9
-
-    x = np.random.default_rng(0).integers(0, 256, (batch, 32, 32, 3)).astype("uint8")
-    ds = tf.data.Dataset.from_tensors(x).repeat()
-    pairs = tf.data.Dataset.from_tensors((x, x)).repeat()
-    dim, infobal = dict(num_views=1, infomin_weight=0.0), dict(num_views=2, infomin_weight=1.0)
-    # (name, model arguments, XLA, policy); a pair step encodes 2 x batch images.
-    for name, kwargs, jit, policy in [
-        ("dim_step", dim, False, "float32"),
-        ("dim_step_xla", dim, True, "float32"),
-        ("dim_step_bf16", dim, False, "mixed_bfloat16"),
-        ("infobal_step", infobal, False, "float32"),
-        ("infobal_step_xla", infobal, True, "float32"),
-        ("infobal_step_bf16", infobal, False, "mixed_bfloat16"),
-        ("dim_pairs_step_bf16", dict(num_views=2, infomin_weight=0.0, critic="infonce",
-                                     augmented_pairs=True, score_clip=20.0),
-         False, "mixed_bfloat16"),
-    ]:
-        keras.utils.set_random_seed(0)
-        keras.mixed_precision.set_global_policy(policy)
-        try:
-            model = InfoBal(critic_units=512, **kwargs)
-        finally:
-            keras.mixed_precision.set_global_policy("float32")
-        model.compile(optimizer=keras.optimizers.Adam(1e-4, beta_1=0.5),
-                      discriminator_optimizer=keras.optimizers.Adam(1e-4, beta_1=0.5),
-                      jit_compile=jit)
-        data = pairs if model.augmented_pairs else ds
-        model.fit(data, steps_per_epoch=warmup, epochs=1, verbose=0)
-        t0 = time.perf_counter()
-        model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0)
-        sec = (time.perf_counter() - t0) / steps
-        images = batch * (2 if model.augmented_pairs else 1)
-        flops = dim_step_flops(images, 512, kwargs["num_views"], kwargs["infomin_weight"] > 0)
-        out[name] = {"images_per_second": images / sec, "seconds_per_step": sec,
-                     "gflops_per_step": flops / 1e9, "achieved_gflops": flops / sec / 1e9,
-                     "policy": policy}
-    model = InfoBal(critic_units=512, **infobal)
-    big = np.repeat(x, 4, axis=0)
-    model.extract_features(big, layers=("conv", "fc", "R"), batch_size=256)
-    t0 = time.perf_counter()
-    reps = 10
-    for _ in range(reps):
-        model.extract_features(big, layers=("conv", "fc", "R"), batch_size=256)
-    out["inference_images_per_second"] = reps * len(big) / (time.perf_counter() - t0)
-    return out
+def images_per_step(name, batch):
+    c = CONTENDERS[name]
+    if c["kind"] == "matmul":
+        return None
+    if c["kind"] == "extract":
+        return 16 * batch  # _keras_step extracts 16 x batch images per "step"
+    return batch * (2 if (c["model"] or {}).get("augmented_pairs") else 1)
 
 
 # ------------------------------------------------------------------- PyTorch reference
-def torch_dim_step(batch=64, units=512):
+def torch_dim_step(batch=64, units=UNITS):
     """The plain PyTorch DIM(L) training step (JSD critic, Adam): a function of no arguments."""
     import torch
+    import torch.nn.functional as F
+    from torch import nn
 
     torch.manual_seed(0)
 
@@ -162,136 +193,388 @@ def torch_dim_step(batch=64, units=512):
         m, r = enc(img)
         eg = g_enc(r)  # (B, U)
         el = l_enc(m).flatten(2)  # (B, U, L)
-        s = torch.einsum("au,bul->abl", eg, el)
+        s = torch.einsum("au,bul->abl", eg, el).float()
         e_pos = (-F.softplus(-s) * eye).sum() / (eye.sum() * s.shape[2])
         e_neg = (F.softplus(s) * (1 - eye)).sum() / ((1 - eye).sum() * s.shape[2])
         loss = -(e_pos - e_neg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        return float(loss)
+        return float(loss.detach())
 
     return step
 
 
-def bench_torch_steps(batch):
-    """The plain PyTorch DIM(L) step, float32 and under autocast bfloat16 (for the benchmarks
-    that alternate contenders)."""
+# ------------------------------------------------------------------------------ workers
+def _matmul_step(backend, bf16):
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        dtype = tf.bfloat16 if bf16 else tf.float32
+        a = tf.cast(tf.random.normal((1024, 1024)), dtype)
+        b = tf.cast(tf.random.normal((1024, 1024)), dtype)
+        mm = tf.function(lambda: tf.reduce_sum(
+            tf.stack([tf.matmul(a + float(i), b)[0, 0] for i in range(MATMULS_PER_STEP)])))
+        return lambda: float(mm())
     import torch
 
-    step = torch_dim_step(batch, 512)
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    a, b = torch.randn(1024, 1024).to(dtype), torch.randn(1024, 1024).to(dtype)
 
-    def step_bf16():
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            return step()
+    def step():
+        s = 0.0
+        for _ in range(MATMULS_PER_STEP):
+            s += float(torch.mm(a, b)[0, 0])
+        return s
 
-    return step, step_bf16
-
-
-def bench_torch(batch, steps, warmup):
-    import torch
-
-    out = {"torch_version": torch.__version__, "torch_threads": torch.get_num_threads()}
-    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
-    sec = time_steps(lambda: torch.mm(a, b), 20, 3)
-    out["torch_matmul_gflops"] = 2 * 1024 ** 3 / sec / 1e9
-    step = torch_dim_step(batch, 512)
-    sec = time_steps(step, steps, warmup)
-    flops = dim_step_flops(batch, 512, 1, False)
-    out["torch_dim_step"] = {"images_per_second": batch / sec, "seconds_per_step": sec,
-                             "achieved_gflops": flops / sec / 1e9}
-
-    def step_bf16():  # PyTorch's own mixed precision on CPU, the peer of our bfloat16 row
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            step()
-
-    return step, step_bf16
+    return step
 
 
-def peak_rss(batch, steps=5):
-    """Peak RSS (MiB) of a fresh process that trains DIM(L) at `batch`."""
-    code = f"""
-import os, resource
+def _keras_step(spec, batch):
+    import keras
+    import numpy as np
+
+    from keras_infobal import InfoBal
+
+    keras.utils.set_random_seed(0)
+    keras.mixed_precision.set_global_policy(spec["policy"])
+    try:
+        model = InfoBal(critic_units=UNITS, **spec["model"])
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    rng = np.random.default_rng(0)
+    if spec["kind"] == "extract":
+        x = rng.integers(0, 256, (16 * batch, 32, 32, 3)).astype("uint8")
+
+        def extract():
+            f = model.extract_features(x, layers=("conv", "fc", "R"), batch_size=256)
+            return float(f["R"][0, 0])
+
+        return extract
+    model.compile(optimizer=keras.optimizers.Adam(1e-4, beta_1=0.5),
+                  discriminator_optimizer=keras.optimizers.Adam(1e-4, beta_1=0.5),
+                  jit_compile=spec["jit"])
+    x = rng.integers(0, 256, (batch, 32, 32, 3)).astype("uint8")
+    # A pair batch (x1, x2) goes in as train_on_batch's x and y, which Keras hands to
+    # train_step as the tuple `fit` gives it from a dataset of pairs.
+    data = (x, x[::-1].copy()) if model.augmented_pairs else (x,)
+
+    def step():
+        # The public one-batch API: the same compiled train function `fit` runs.
+        return float(model.train_on_batch(*data, return_dict=True)["loss"])
+
+    return step
+
+
+def _build(name, batch):
+    spec = CONTENDERS[name]
+    bf16 = spec["policy"] == BF16
+    if spec["kind"] == "matmul":
+        return _matmul_step(spec["backend"], bf16)
+    if spec["kind"] == "reference":
+        import torch
+
+        step = torch_dim_step(batch, UNITS)
+        if not bf16:
+            return step
+
+        def step_bf16():
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return step()
+
+        return step_bf16
+    return _keras_step(spec, batch)
+
+
+def _steal_ticks():
+    with open("/proc/stat") as f:
+        fields = f.readline().split()
+    return int(fields[8]) if len(fields) > 8 else 0  # cpu steal, in USER_HZ ticks
+
+
+def worker(names, batch, warmup):
+    """Builds and warms `names`; then serves "name steps" requests on stdin (JSON out)."""
+    steps = {}
+    for name in names:
+        steps[name] = _build(name, batch)
+        for _ in range(warmup):
+            steps[name]()
+    print(json.dumps({"ready": sorted(steps)}), flush=True)
+    for line in sys.stdin:
+        name, n = line.split()
+        times = []
+        cpu0, steal0 = os.times(), _steal_ticks()
+        for _ in range(int(n)):
+            t0 = time.perf_counter()
+            steps[name]()
+            times.append(time.perf_counter() - t0)
+        cpu1, steal1 = os.times(), _steal_ticks()
+        cpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
+        print(json.dumps({"times": times, "cpu_seconds": cpu,
+                          "steal_seconds": (steal1 - steal0) / os.sysconf("SC_CLK_TCK")}),
+              flush=True)
+
+
+# --------------------------------------------------------------------------- memory
+MEMORY_CODE = r"""
+import json, os, sys
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-import numpy as np, keras, tensorflow as tf
+import numpy as np, keras
 from keras_infobal import InfoBal
-x = np.random.default_rng(0).integers(0, 256, ({batch}, 32, 32, 3)).astype("uint8")
+what, n = sys.argv[1], int(sys.argv[2])
+
+def status(key):
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) / 1024 for l in f if l.startswith(key))
+
+def reset_peak():
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM (the peak RSS) to the current RSS
+
+x = np.random.default_rng(0).integers(0, 256, (max(n, 256), 32, 32, 3)).astype("uint8")
 m = InfoBal(num_views=1, infomin_weight=0.0, critic_units=512)
-m.compile(optimizer="adam")
-m.fit(tf.data.Dataset.from_tensors(x).repeat(), steps_per_epoch={steps}, epochs=1, verbose=0)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+if what == "train":
+    m.compile(optimizer="adam")
+    batch = x[:n]
+    # From the built model: the first steps trace the step and allocate its buffers.
+    reset_peak(); first_base = status("VmRSS")
+    for _ in range(3):
+        m.train_on_batch(batch)
+    first = {"first_steps_increase_mib": status("VmHWM") - first_base}
+    # Steady state: later steps reuse those buffers.
+    reset_peak(); base = status("VmRSS")
+    for _ in range(5):
+        m.train_on_batch(batch)
+else:
+    first = {}
+    m.extract_features(x[:256], layers=("conv", "fc", "R"), batch_size=256)
+    reset_peak(); base = status("VmRSS")
+    f = m.extract_features(x[:n], layers=("conv", "fc", "R"), batch_size=256)
+    out_mib = sum(v.nbytes for v in f.values()) / 2 ** 20
+print(json.dumps({"rss_before_mib": base, "peak_mib": status("VmHWM"),
+                  "increase_mib": status("VmHWM") - base, **first,
+                  **({"output_mib": out_mib} if what == "extract" else {})}))
 """
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True)
-    return float(res.stdout.strip().splitlines()[-1])
+
+
+def memory():
+    """Peak RSS increase over steady-state training / extraction, in fresh processes."""
+    out = {}
+    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3")
+    for what, sizes in (("train", (64, 256)), ("extract", (2000, 10000))):
+        for n in sizes:
+            res = subprocess.run([sys.executable, "-c", MEMORY_CODE, what, str(n)], env=env,
+                                 capture_output=True, text=True, check=True)
+            r = json.loads(res.stdout.strip().splitlines()[-1])
+            out[f"{what}_{n}"] = r
+    t64, t256 = (out["train_64"]["first_steps_increase_mib"],
+                 out["train_256"]["first_steps_increase_mib"])
+    out["train_mib_per_image"] = (t256 - t64) / (256 - 64)
+    e2, e10 = out["extract_2000"]["increase_mib"], out["extract_10000"]["increase_mib"]
+    out["extract_mib_per_image"] = (e10 - e2) / 8000
+    return out
+
+
+# --------------------------------------------------------------------------- driver
+def machine():
+    info = {"cores": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+        info["cpu_model"] = next(line.split(":", 1)[1].strip() for line in text.splitlines()
+                                 if line.startswith("model name"))
+        flags = next(line for line in text.splitlines() if line.startswith("flags")).split()
+        info["cpu_flags"] = sorted(f for f in flags if f.startswith(
+            ("avx512_bf16", "amx", "avx512f", "avx2", "hypervisor")))
+    except (OSError, StopIteration):
+        info["cpu_model"] = platform.processor() or "unknown"
+    for module in ("keras", "tensorflow", "jax", "torch", "numpy"):
+        try:
+            info[module] = __import__(module).__version__
+        except ImportError:
+            info[module] = None
+    return info
+
+
+def quantization(times):
+    """Whether every step lasted (within 3%) a whole multiple of the shortest one, with some
+    steps at 2x or more: the signature of a host that hands out CPU in fixed slices."""
+    q = min(times)
+    ratios = [t / q for t in times]
+    on_grid = all(abs(r - round(r)) < 0.03 * r for r in ratios)
+    return {"quantum_seconds": q, "quantized": bool(on_grid and max(ratios) >= 1.9)}
+
+
+def start_workers(names, args):
+    by_backend = {}
+    for name in names:
+        by_backend.setdefault(CONTENDERS[name]["backend"], []).append(name)
+    procs = {}
+    for backend, group in by_backend.items():
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND=backend)
+        cmd = [sys.executable, os.path.abspath(__file__), "--worker", *group, "--batch",
+               str(args.batch), "--warmup", str(args.warmup)]
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                env=env)
+        line = proc.stdout.readline()
+        if not line:
+            print(f"skipped {group}: the {backend} worker failed to start (see above)",
+                  file=sys.stderr)
+            continue
+        for name in json.loads(line)["ready"]:
+            procs[name] = proc
+    return procs
+
+
+def run(args):
+    procs = start_workers(args.contenders, args)
+    names = [n for n in args.contenders if n in procs]
+    rec = {n: {"rounds_per_second": [], "step_seconds": [], "cpu_cores_used": [],
+               "steal_seconds": []} for n in names}
+    for r in range(args.rounds):
+        order = names[r % len(names):] + names[:r % len(names)]  # rotate who goes first
+        for name in order:
+            time.sleep(args.settle)
+            proc = procs[name]
+            proc.stdin.write(f"{name} {args.steps}\n")
+            proc.stdin.flush()
+            ans = json.loads(proc.stdout.readline())
+            wall = sum(ans["times"])
+            rec[name]["rounds_per_second"].append(len(ans["times"]) / wall)
+            rec[name]["step_seconds"].extend(ans["times"])
+            rec[name]["cpu_cores_used"].append(ans["cpu_seconds"] / wall)
+            rec[name]["steal_seconds"].append(ans["steal_seconds"])
+    for proc in set(procs.values()):
+        proc.stdin.close()
+        proc.wait()
+    out = {"machine": machine(), "batch": args.batch, "critic_units": UNITS,
+           "rounds": args.rounds, "steps_per_round": args.steps, "settle_seconds": args.settle,
+           "contenders": {}}
+    for name in names:
+        r = rec[name]
+        best, med, worst = (max(r["rounds_per_second"]),
+                            statistics.median(r["rounds_per_second"]),
+                            min(r["rounds_per_second"]))
+        flops, imgs = contender_flops(name, args.batch), images_per_step(name, args.batch)
+        c = {"description": CONTENDERS[name]["description"], "kind": CONTENDERS[name]["kind"],
+             "backend": CONTENDERS[name]["backend"], "best_steps_per_second": best,
+             "median_steps_per_second": med, "worst_steps_per_second": worst,
+             "spread_best_over_worst": best / worst, **r, **quantization(r["step_seconds"])}
+        if imgs:
+            c.update(best_images_per_second=best * imgs, median_images_per_second=med * imgs,
+                     worst_images_per_second=worst * imgs)
+        if flops:
+            c["best_gflops"] = best * flops / 1e9
+        out["contenders"][name] = c
+    out["ratios_of_best_rounds"] = ratios(out)
+    return out
+
+
+RATIOS = {
+    "ours / PyTorch reference, float32 (TF)": ("dim_tf", "dim_torch_ref"),
+    "ours / PyTorch reference, float32 (TF + XLA)": ("dim_tf_xla", "dim_torch_ref"),
+    "ours / PyTorch reference, float32 (JAX)": ("dim_jax", "dim_torch_ref"),
+    "ours / PyTorch reference, float32 (Keras on PyTorch)": ("dim_torch", "dim_torch_ref"),
+    "ours / PyTorch reference, bfloat16 (TF)": ("dim_tf_bf16", "dim_torch_ref_bf16"),
+    "ours / PyTorch reference, bfloat16 (TF + XLA)": ("dim_tf_xla_bf16", "dim_torch_ref_bf16"),
+    "ours / PyTorch reference, bfloat16 (JAX)": ("dim_jax_bf16", "dim_torch_ref_bf16"),
+    "ours / PyTorch reference, bfloat16 (Keras on PyTorch)": ("dim_torch_bf16",
+                                                               "dim_torch_ref_bf16"),
+}
+COST = {  # step time of InfoBal over the same backend's DIM step (targets: <= 1.1 / 1.3)
+    "InfoBal / DIM step time, M=2, TF float32": ("dim_tf", "infobal_tf"),
+    "InfoBal / DIM step time, M=2, TF + XLA float32": ("dim_tf_xla", "infobal_tf_xla"),
+    "InfoBal / DIM step time, M=2, TF bfloat16": ("dim_tf_bf16", "infobal_tf_bf16"),
+    "InfoBal / DIM step time, M=2, TF + XLA bfloat16": ("dim_tf_xla_bf16",
+                                                        "infobal_tf_xla_bf16"),
+    "InfoBal / DIM step time, M=2, JAX float32": ("dim_jax", "infobal_jax"),
+    "InfoBal / DIM step time, M=2, JAX bfloat16": ("dim_jax_bf16", "infobal_jax_bf16"),
+    "InfoBal / DIM step time, M=2, Keras on PyTorch float32": ("dim_torch", "infobal_torch"),
+    "InfoBal / DIM step time, M=8, TF float32": ("dim8_tf", "infobal8_tf"),
+}
+
+
+def ratios(out):
+    c = {k: v["best_steps_per_second"] for k, v in out["contenders"].items()}
+    res = {k: c[a] / c[b] for k, (a, b) in {**RATIOS, **COST}.items() if a in c and b in c}
+    steps = {k: v for k, v in c.items() if k.startswith("dim_") and "_ref" not in k
+             and "pairs" not in k}
+    for policy, tag in (("float32", ""), (BF16, "_bf16")):
+        ours = {k: v for k, v in steps.items()
+                if CONTENDERS[k]["policy"] == policy and CONTENDERS[k]["kind"] == "step"}
+        if ours:
+            res[f"fastest DIM(L) step, {policy}"] = max(ours, key=ours.get)
+    return res
+
+
+def markdown(out):
+    m = out["machine"]
+    md = [f"CPU: {m.get('cpu_model')} ({m['cores']} cores; flags {', '.join(m.get('cpu_flags', []))})"
+          f"; python {m['python']}, keras {m['keras']}, tensorflow {m['tensorflow']}, jax "
+          f"{m['jax']}, torch {m['torch']}. {out['rounds']} alternating rounds x "
+          f"{out['steps_per_round']} timed steps per contender, batch {out['batch']}, "
+          f"{out['critic_units']} critic units; best round (median, worst).", "",
+          "| contender | images/s best (median, worst) | GFLOP/s (best) | cores used | "
+          "steal s/round | quantized |", "|---|---|---|---|---|---|"]
+    for c in out["contenders"].values():
+        if "best_images_per_second" in c:
+            speed = (f"{c['best_images_per_second']:.0f} ({c['median_images_per_second']:.0f},"
+                     f" {c['worst_images_per_second']:.0f})")
+        else:
+            speed = "-"
+        gf = f"{c['best_gflops']:.0f}" if c.get("best_gflops") else "-"
+        md.append(f"| {c['description']} | {speed} | {gf} | "
+                  f"{statistics.median(c['cpu_cores_used']):.2f} | "
+                  f"{max(c['steal_seconds']):.2f} | {'yes' if c['quantized'] else 'no'} |")
+    md += ["", "| ratio (of best rounds) | value |", "|---|---|"]
+    for k, v in out["ratios_of_best_rounds"].items():
+        md.append(f"| {k} | {v:.2f} |" if isinstance(v, float) else f"| {k} | {v} |")
+    mem = out.get("memory")
+    if mem:
+        md += ["", "Peak RSS increase (fresh process each; the peak is reset with "
+                   "/proc/self/clear_refs): training DIM(L), over the first 3 steps from the "
+                   f"built model, batch 64 {mem['train_64']['first_steps_increase_mib']:.0f} "
+                   f"MiB, batch 256 {mem['train_256']['first_steps_increase_mib']:.0f} MiB "
+                   f"({mem['train_mib_per_image']:.2f} MiB per image of batch); over 5 "
+                   f"steady-state steps {mem['train_64']['increase_mib']:.0f} and "
+                   f"{mem['train_256']['increase_mib']:.0f} MiB; extract_features 2,000 images "
+               f"{mem['extract_2000']['increase_mib']:.0f} MiB, 10,000 images "
+               f"{mem['extract_10000']['increase_mib']:.0f} MiB (outputs "
+               f"{mem['extract_10000']['output_mib']:.0f} MiB; "
+               f"{1024 * mem['extract_mib_per_image']:.1f} KiB per image). Process RSS before "
+               f"training: {mem['train_64']['rss_before_mib']:.0f} MiB."]
+    return "\n".join(md) + "\n"
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--contenders", nargs="+", default=list(CONTENDERS),
+                   choices=list(CONTENDERS))
+    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--steps", type=int, default=8, help="timed steps per contender per round")
+    p.add_argument("--warmup", type=int, default=4)
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--settle", type=float, default=0.3,
+                   help="seconds of pause before each contender's turn")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
     p.add_argument("--out", default=RESULTS)
+    p.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = p.parse_args()
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    result = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                          "python": platform.python_version()},
-              "batch": args.batch, "critic_units": 512}
-    result.update(bench_tf(args.batch, args.steps, args.warmup))
-    try:
-        result.update(bench_torch(args.batch, args.steps, args.warmup))
-    except ImportError:
-        result["torch_dim_step"] = None  # pip install -e ".[bench]"
-    result["peak_rss_mib"] = {str(b): peak_rss(b) for b in (64, 256)}
-    ours = result["dim_step"]["images_per_second"]
-    best = max(ours, result["dim_step_xla"]["images_per_second"])
-    if result.get("torch_dim_step"):
-        ref = result["torch_dim_step"]["images_per_second"]
-        result["ratio_ours_over_torch"] = ours / ref
-        result["ratio_best_ours_over_torch"] = best / ref
-        result["ratio_ours_over_torch_bf16"] = (
-            result["dim_step_bf16"]["images_per_second"]
-            / result["torch_dim_step_bf16"]["images_per_second"])
-    result["fraction_of_matmul_ceiling"] = (
-        result["dim_step"]["achieved_gflops"] / result["tf_matmul_gflops"])
+    if args.worker:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        sys.path.insert(0, os.path.dirname(HERE))
+        return worker(args.worker, args.batch, args.warmup)
+    out = run(args)
+    if not args.no_memory:
+        out["memory"] = memory()
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "speed.json"), "w") as f:
-        json.dump(result, f, indent=2)
-    rows = [("DIM(L) step, ours (TF)", result["dim_step"]),
-            ("DIM(L) step, ours (TF, XLA)", result["dim_step_xla"]),
-            ("DIM(L) step, ours (TF, mixed bfloat16)", result["dim_step_bf16"]),
-            ("InfoBal step M=2, ours (TF)", result["infobal_step"]),
-            ("InfoBal step M=2, ours (TF, XLA)", result["infobal_step_xla"]),
-            ("InfoBal step M=2, ours (TF, mixed bfloat16)", result["infobal_step_bf16"]),
-            ("dim_pairs step (2 augmentations per image, InfoNCE; images = 2 x batch), "
-             "mixed bfloat16", result["dim_pairs_step_bf16"])]
-    if result.get("torch_dim_step"):
-        rows.append(("DIM(L) step, PyTorch reference", result["torch_dim_step"]))
-        rows.append(("DIM(L) step, PyTorch reference (autocast bfloat16)",
-                     result["torch_dim_step_bf16"]))
-    md = ["| step (batch %d, 512 critic units) | images/s | achieved GFLOP/s |" % args.batch,
-          "|---|---|---|"]
-    md += [f"| {n} | {r['images_per_second']:.0f} | {r['achieved_gflops']:.1f} |"
-           for n, r in rows]
-    md += ["", f"fp32 matmul 1024x1024: TF {result['tf_matmul_gflops']:.1f} GFLOP/s"
-           + (f", PyTorch {result['torch_matmul_gflops']:.1f} GFLOP/s"
-              if result.get("torch_matmul_gflops") else ""),
-           f"bfloat16 matmul 1024x1024: TF {result['tf_matmul_bf16_gflops']:.1f} GFLOP/s",
-           f"Feature extraction (conv, fc, R; batch 256): "
-           f"{result['inference_images_per_second']:.0f} images/s",
-           f"Peak RSS training DIM(L): batch 64 {result['peak_rss_mib']['64']:.0f} MiB, "
-           f"batch 256 {result['peak_rss_mib']['256']:.0f} MiB"]
-    if "ratio_ours_over_torch" in result:
-        md.append(f"Ours / PyTorch (DIM(L) step): {result['ratio_ours_over_torch']:.2f} "
-                  f"(best of ours with/without XLA: {result['ratio_best_ours_over_torch']:.2f}); "
-                  f"both in mixed bfloat16: {result['ratio_ours_over_torch_bf16']:.2f}")
-    md.append(f"DIM(L) step at {100 * result['fraction_of_matmul_ceiling']:.0f}% of the TF "
-              "matmul ceiling")
-    md.append(f"Mixed bfloat16 / float32 (DIM(L) step): "
-              f"{result['dim_step_bf16']['images_per_second'] / ours:.2f}")
+        json.dump(out, f, indent=2)
+    md = markdown(out)
     with open(os.path.join(args.out, "speed.md"), "w") as f:
-        f.write("\n".join(md) + "\n")
-    print("\n".join(md))
+        f.write(md)
+    print(md)
 
 
 if __name__ == "__main__":

@@ -31,8 +31,11 @@ def test_local_map_is_the_encoders_map():
     enc = model.get_layer("view_encoder")
     np.testing.assert_allclose(model.predict(IMAGES, verbose=0),
                                np.asarray(enc.local_map(IMAGES)), atol=1e-5)
-    top = InfoBalCIFAR(weights=None, feature_layer="local")  # flattened under the top
+    # Flattened under the top: the linear head of "dim", the first layer of an mlp head.
+    top = InfoBalCIFAR(weights=None, feature_layer="local", variant="dim")
     assert top.get_layer("predictions").kernel.shape == (8 * 8 * 128, 10)
+    top = InfoBalCIFAR(weights=None, feature_layer="local", variant="dim_pairs_long")
+    assert top.get_layer("head_dense").kernel.shape == (8 * 8 * 128, 200)
 
 
 def test_top_classes_activation_input_tensor_and_name():
