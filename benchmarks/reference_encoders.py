@@ -30,7 +30,7 @@ def main():
     import numpy as np
     import tensorflow as tf
 
-    from keras_infobal import InfoBal, datasets
+    from keras_infobal import InfoBal, datasets, features
     from keras_infobal.evaluation import train_classifier
 
     if args.threads:
@@ -42,7 +42,7 @@ def main():
     if args.limit:
         keep = np.random.default_rng(0).permutation(len(x_tr))[: args.limit]
         x_tr, y_tr = x_tr[keep], y_tr[keep]
-    layers = ("local", "conv", "fc", "R")
+    layers = features.NAMES  # every feature layer
 
     def probe(model):
         f_tr = model.extract_features(x_tr, layers=layers)

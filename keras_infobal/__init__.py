@@ -6,7 +6,7 @@ model = kib.InfoBal(num_views=2, split="rows", infomin_weight=1.0)
 ```
 """
 
-from keras_infobal import datasets, estimators, knn
+from keras_infobal import datasets, estimators, features, knn
 from keras_infobal.layers import (
     CLUB,
     DVCritic,

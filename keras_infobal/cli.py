@@ -7,16 +7,30 @@
 
 The `keras-infobal` entry point (`keras_infobal_cli`) loads this file without importing the
 package, so `--help` and argument errors never import TensorFlow: nothing here may import
-keras_infobal (or keras, TensorFlow) at module level. Names come from the data files.
+keras_infobal (or keras, TensorFlow) at module level. Names come from the data files and from
+keras_infobal/features.py, which imports nothing and is loaded alone.
 """
 
 import argparse
 import glob
+import importlib.util
 import json
 import os
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _feature_registry():
+    """keras_infobal/features.py, the feature-layer names: the package's module once the package
+    is imported (so registered layers count), else the file alone (it imports nothing)."""
+    module = sys.modules.get("keras_infobal.features")
+    if module is None:
+        spec = importlib.util.spec_from_file_location("_keras_infobal_features",
+                                                      os.path.join(HERE, "features.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    return module
 
 
 def _recipe_names():
@@ -60,7 +74,9 @@ def build_parser():
                          f"cifar10:PRESET, PRESET one of {_preset_names()}")
     ev.add_argument("--data", help="CIFAR-10 folder or .tar.gz")
     ev.add_argument("--protocol", choices=["note", "converged"], default="converged")
-    ev.add_argument("--layers", default="conv,fc,R")
+    features = _feature_registry()
+    ev.add_argument("--layers", default=",".join(features.probe_layers()),
+                    help=f"comma-separated feature layers, from {','.join(features.names())}")
     ev.add_argument("--limit", type=int, default=0, help="use N train and N/5 test images")
     ev.add_argument("--knn", type=int, default=200,
                     help="k of the weighted kNN row (cosine, temperature 0.1); 0 = no kNN row")
@@ -71,7 +87,7 @@ def build_parser():
                     help="a .keras InfoBal model, or cifar10 / cifar10:PRESET, PRESET one of "
                          f"{_preset_names()}")
     ex.add_argument("--images", required=True, help="a folder of images or a .npy (N,H,W,3)")
-    ex.add_argument("--layer", choices=["local", "conv", "fc", "R"], default="conv")
+    ex.add_argument("--layer", choices=features.names(), default="conv")
     ex.add_argument("--out", required=True)
     ex.add_argument("--batch-size", type=int, default=256)
 
@@ -184,9 +200,7 @@ def run(args):
         from keras_infobal.evaluation import train_classifier
 
         layers = [s.strip() for s in args.layers.split(",") if s.strip()]
-        bad = set(layers) - {"local", "conv", "fc", "R"}
-        if bad:
-            raise ValueError(f"--layers: unknown {sorted(bad)}; choose from local,conv,fc,R.")
+        _feature_registry().check_layers(layers, "--layers")
         model = _load_model(args.model)
         x_tr, y_tr, _ = datasets.load_cifar10("train", source=args.data)
         x_te, y_te, _ = datasets.load_cifar10("test", source=args.data)

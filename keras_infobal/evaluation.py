@@ -15,7 +15,10 @@ import os
 import keras
 import numpy as np
 
-FEATURE_LAYERS = ("conv", "fc", "R")
+from keras_infobal import features as feature_registry
+
+# The layers probed by default: keras_infobal.features.probe_layers() ("conv", "fc", "R").
+FEATURE_LAYERS = feature_registry.probe_layers()
 PROTOCOLS = ("note", "converged")
 # "linear": one dense layer; "mlp": DIM's evaluation classifier (Hjelm et al. 2019), the
 # protocol of its published accuracies: dense 200 -> BN -> dropout 0.1 -> ReLU -> dense.
@@ -100,20 +103,25 @@ def train_classifier(f_train, y_train, f_test, y_test, protocol="converged", hea
     return (acc, model, norm) if return_model else acc
 
 
-def linear_probe(model, train, test, layers=FEATURE_LAYERS, protocol="converged",
+def linear_probe(model, train, test, layers=None, protocol="converged",
                  head="linear", classes=10, seed=0, **kwargs):
     """Frozen-encoder probe: features computed once, a classifier per layer; test accuracy.
 
     Args:
         model: an `InfoBal` model (anything with `extract_features(images, layers)`).
         train, test: `(images, labels)` tuples of uint8 images and integer labels.
-        layers: feature layers to probe, from "local", "conv", "fc", "R".
+        layers: feature layers to probe, from `keras_infobal.features.names()` ("local",
+            "conv", "fc", "R"); default `features.probe_layers()` ("conv", "fc", "R").
         protocol: "note" (one linear layer, 4 epochs) or "converged" (early stopping on a
             validation split of `train`).
         head: "linear", or "mlp" for DIM's 200-unit classifier.
 
     Returns: `{layer: test accuracy}`.
     """
+    if layers is None:
+        layers = feature_registry.probe_layers()
+    # Checked before any features are computed.
+    layers = feature_registry.check_layers(layers)
     (x_tr, y_tr), (x_te, y_te) = train, test
     f_tr = model.extract_features(x_tr, layers=layers)
     f_te = model.extract_features(x_te, layers=layers)
@@ -142,7 +150,8 @@ class LinearProbe(keras.callbacks.Callback):
         if not isinstance(every, int) or every < 1:
             raise ValueError(f"`every` must be a positive integer; got {every!r}.")
         self.train, self.test = train, test
-        self.every, self.layers, self.protocol, self.kwargs = every, tuple(layers), protocol, kwargs
+        layers = feature_registry.check_layers(layers)  # at construction, not after an epoch
+        self.every, self.layers, self.protocol, self.kwargs = every, layers, protocol, kwargs
         self.history = []
 
     def on_epoch_end(self, epoch, logs=None):

@@ -12,6 +12,8 @@ import os
 import time
 from types import SimpleNamespace
 
+from keras_infobal import features as feature_registry
+
 # The pretraining recipes (variants) are data: keras_infobal/pretraining_recipes.json, which
 # the CLI also reads without importing TensorFlow.
 RECIPES_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)),
@@ -29,7 +31,8 @@ DEFAULTS = dict(variant="infobal", critic=None, infomin_critic=None, infomin_wei
                 critic_units=512,
                 probe_every=5, probe_train=10000, seed=0, threads=0, limit=0,
                 data=None, out=None, skip_final_probe=False, verbose=2, init_from=None,
-                probe_layers=("conv", "fc", "R"), final_probe_layers=("local", "conv", "fc", "R"))
+                probe_layers=feature_registry.probe_layers(),
+                final_probe_layers=feature_registry.NAMES)
 
 
 def _initialize_from(model, source):
@@ -84,6 +87,9 @@ def pretrain_cifar10(**kwargs):
         raise ValueError("`out` (the run folder) is required.")
     if args.variant not in CONFIGS:
         raise ValueError(f"`variant` must be one of {sorted(CONFIGS)}; got {args.variant!r}.")
+    # Before any data is loaded or epoch run.
+    feature_registry.check_layers(args.probe_layers, "probe_layers")
+    feature_registry.check_layers(args.final_probe_layers, "final_probe_layers")
     if args.data is None:
         args.data = os.environ.get("KERAS_INFOBAL_CIFAR10")
     import keras

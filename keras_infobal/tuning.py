@@ -15,7 +15,10 @@ import keras
 import keras_tuner as kt
 import numpy as np
 
+from keras_infobal import features as feature_registry
 from keras_infobal.evaluation import linear_probe
+from keras_infobal.layers.critics import critic_names, infomin_critic_names
+from keras_infobal.layers.view_encoder import SPLIT_REGISTRY
 from keras_infobal.models.infobal import InfoBal
 
 OBJECTIVE = "val_probe_accuracy"
@@ -31,8 +34,35 @@ PRESETS = {
 }
 
 
+def _names(argument, names, registered):
+    """`names` (default: every `registered` one) as a list, after checking each is registered."""
+    registered = list(registered)
+    if names is None:
+        return registered
+    names = list(names)
+    unknown = [n for n in names if n not in registered]
+    if not names or unknown:
+        raise ValueError(
+            f"`{argument}` must list registered names, from {registered}; got {names}."
+        )
+    return names
+
+
+def _choice(hp, name, values, preferred):
+    """hp.Choice over `values`, defaulting to InfoBal's default `preferred` when searched."""
+    return hp.Choice(name, values, default=preferred if preferred in values else values[0])
+
+
 class InfoBalHyperModel(kt.HyperModel):
-    """Searches lambda, alpha/beta presets, the critic, the number of views, the critic units.
+    """Searches lambda, alpha/beta presets, the critic and InfoMin critic, the split, the
+    number of views, the critic units.
+
+    The critics and splits searched are, by default, every registered one (the estimators of
+    `critics.critic_names()` and `critics.infomin_critic_names()`, the splits of
+    `view_encoder.SPLIT_REGISTRY`), read when the tuner first builds a model, so one added
+    with `estimators.register_estimator` or `view_encoder.register_split` is searched too; pass
+    `critics`, `infomin_critics` or `splits` to search fewer. A split that cannot cut the
+    local map into `num_views` views fails its trial with the split's error.
 
     The score of a trial is the linear-probe accuracy on `validation` (declared with
     direction "max" in `self.objective`: keras-tuner minimizes a bare metric name it does
@@ -41,29 +71,46 @@ class InfoBalHyperModel(kt.HyperModel):
     Args:
         train, validation: `(images, labels)` for the probe.
         epochs, batch_size: pretraining budget per trial.
-        probe_layer: the feature layer scored ("conv", "fc" or "R").
+        probe_layer: the feature layer scored (one of `keras_infobal.features.names()`).
         model_kwargs: fixed InfoBal arguments (e.g. small sizes for a quick search).
+        critics, infomin_critics, splits: the names searched (default: every registered one).
     """
 
     def __init__(self, train, validation, epochs=5, batch_size=64, probe_layer="conv",
-                 learning_rate=3e-4, model_kwargs=None, **kwargs):
+                 learning_rate=3e-4, model_kwargs=None, critics=None, infomin_critics=None,
+                 splits=None, **kwargs):
         super().__init__(**kwargs)
+        feature_registry.check_layers((probe_layer,), "probe_layer")
         self.train, self.validation = train, validation
         self.epochs, self.batch_size = epochs, batch_size
         self.probe_layer, self.learning_rate = probe_layer, learning_rate
         self.model_kwargs = dict(model_kwargs or {})
+        self.critics, self.infomin_critics, self.splits = critics, infomin_critics, splits
+        self.search_space()  # checks the names given
         self.objective = kt.Objective(OBJECTIVE, direction="max")
 
+    def search_space(self):
+        """The registry-derived choices, read from the registries now:
+        {"critic": [...], "infomin_critic": [...], "split": [...]}."""
+        return {
+            "critic": _names("critics", self.critics, critic_names()),
+            "infomin_critic": _names("infomin_critics", self.infomin_critics,
+                                     infomin_critic_names()),
+            "split": _names("splits", self.splits, SPLIT_REGISTRY),
+        }
+
     def build(self, hp):
+        space = self.search_space()
         num_views = hp.Choice("num_views", [2, 4, 8])
-        split = hp.Choice("split", ["rows", "grid"])
+        split = _choice(hp, "split", space["split"], "rows")
         if split == "grid" and num_views == 2:
             split = "rows"  # a 2-view grid is the rows split
         alpha, beta = PRESETS[hp.Choice("weights_preset", sorted(PRESETS))](num_views)
         kwargs = dict(
             num_views=num_views,
             split=split,
-            critic=hp.Choice("critic", ["jsd", "dv", "infonce"]),
+            critic=_choice(hp, "critic", space["critic"], "jsd"),
+            infomin_critic=_choice(hp, "infomin_critic", space["infomin_critic"], "jsd"),
             critic_units=hp.Choice("critic_units", [128, 256, 512]),
             infomin_weight=hp.Choice("infomin_weight", [0.0, 0.1, 0.3, 1.0]),
             view_weights=alpha.tolist(),

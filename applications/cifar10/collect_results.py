@@ -14,7 +14,8 @@ import os
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
-LAYERS = ("local", "conv", "fc", "R")
+# The shipped presets' row labels, in table order; main() checks that they are exactly the
+# presets `keras_infobal.applications.presets.list_presets()` ships.
 VARIANTS = (("dim", "DIM baseline (lambda = 0)"), ("infobal", "InfoBal (lambda = 1)"),
             ("dim_pairs", "dim_pairs: DIM, InfoNCE, augmented pairs (lambda = 0)"),
             ("dim_pairs_long", "dim_pairs_long: dim_pairs continued 28 epochs (lambda = 0)"))
@@ -25,8 +26,23 @@ def load(path):
         return json.load(f)
 
 
+def check_variants(variants, shipped):
+    """Raises a ValueError unless `variants` labels exactly the `shipped` presets."""
+    labelled = sorted(name for name, _ in variants)
+    if labelled != sorted(shipped):
+        raise ValueError(
+            f"VARIANTS labels {labelled}, but the shipped presets are {sorted(shipped)}: give "
+            "every shipped preset a row label in collect_results.VARIANTS, and drop the others."
+        )
+
+
 def main():
+    from keras_infobal import features
+    from keras_infobal.applications import presets
     from keras_infobal.evaluation import plot_mi_vs_accuracy, read_log
+
+    check_variants(VARIANTS, presets.list_presets())
+    layers = features.NAMES  # the table's columns: every feature layer
 
     continued = read_log(os.path.join(HERE, "runs", "dim_pairs_long", "log.csv"))
     first = len(read_log(os.path.join(HERE, "runs", "dim_pairs", "log.csv"))["epoch"])
@@ -45,18 +61,16 @@ def main():
         rows.append((label, res["probe"], export))
     refs = load(os.path.join(ROOT, "benchmarks", "results", "reference_encoders.json"))
     out["references"] = refs
-    md = ["| encoder | probe | local | conv | fc | R |", "|---|---|---|---|---|---|"]
+    md = ["| encoder | probe | " + " | ".join(layers) + " |", "|---|---|" + "---|" * len(layers)]
     for label, probe, _ in rows:
         for proto in ("converged", "note"):
             md.append(f"| {label} | {proto} | " + " | ".join(
-                f"{100 * probe[proto][k]:.2f}" for k in LAYERS) + " |")
+                f"{100 * probe[proto][k]:.2f}" for k in layers) + " |")
     for key, label in (("random_init", "random init (same architecture)"),
                        ("supervised", "supervised (same architecture)")):
         for proto in ("converged", "note"):
             md.append(f"| {label} | {proto} | " + " | ".join(
-                f"{100 * refs[key][proto][k]:.2f}" for k in LAYERS) + " |")
-    from keras_infobal.applications import presets
-
+                f"{100 * refs[key][proto][k]:.2f}" for k in layers) + " |")
     default = presets.default_preset()
     md += ["", "| shipped classifier (preset) | objective, lambda | feature layer | head | "
            "validation accuracy (5,000 held-out training images) | CIFAR-10 test accuracy "

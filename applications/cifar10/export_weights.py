@@ -67,7 +67,7 @@ def main(argv=None):
     import numpy as np
 
     import keras_infobal  # noqa: F401  (registers the serializable classes)
-    from keras_infobal import datasets
+    from keras_infobal import datasets, features
     from keras_infobal.applications import presets
     from keras_infobal.applications.infobal_cifar import InfoBalCIFAR, canonical_model, sha256
     from keras_infobal.evaluation import fold_standardization, train_classifier
@@ -75,7 +75,7 @@ def main(argv=None):
     model = keras.models.load_model(os.path.join(args.run, "model.keras"))
     x_tr, y_tr, _ = datasets.load_cifar10("train", source=args.data)
     x_te, y_te, _ = datasets.load_cifar10("test", source=args.data)
-    layers = ("local", "conv", "fc", "R")
+    layers = features.NAMES  # the shipped head reads the best of every feature layer
     f_tr = model.extract_features(x_tr, layers=layers)
     f_te = model.extract_features(x_te, layers=layers)
     rng = np.random.default_rng(0)

@@ -21,21 +21,24 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from keras_infobal.layers.critics import critic_names, infomin_critic_names  # noqa: E402
+from keras_infobal.layers.view_encoder import SPLIT_REGISTRY  # noqa: E402
 from keras_infobal.pretraining import CONFIGS, DEFAULTS, pretrain_cifar10  # noqa: E402
 
 
 def parse_args(argv=None):
+    # The choices come from the registries when the parser is made, so estimators and splits
+    # registered before (register_estimator, register_split) are accepted.
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--variant", choices=sorted(CONFIGS), default="infobal")
-    p.add_argument("--critic", choices=["jsd", "dv", "infonce", "nwj"], default=None,
+    p.add_argument("--critic", choices=critic_names(), default=None,
                    help="override the variant's estimator")
-    p.add_argument("--infomin-critic", default=None,
-                   choices=["jsd", "dv", "infonce", "nwj", "club", "club_sampled"],
+    p.add_argument("--infomin-critic", default=None, choices=infomin_critic_names(),
                    help="InfoMin estimator: an adversarial lower-bound critic, or the CLUB "
                         "upper bound")
     p.add_argument("--infomin-weight", type=float, default=None, help="override lambda")
     p.add_argument("--num-views", type=int, default=None)
-    p.add_argument("--split", default=None)
+    p.add_argument("--split", choices=tuple(SPLIT_REGISTRY), default=None)
     p.add_argument("--score-clip", type=float, default=None,
                    help="soft-clip critic scores to (-c, c)")
     p.add_argument("--augmented-pairs", type=int, choices=[0, 1], default=None,

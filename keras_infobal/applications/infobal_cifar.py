@@ -5,13 +5,15 @@ import os
 import keras
 import numpy as np
 
+from keras_infobal import features as feature_registry
 from keras_infobal.applications import presets
 from keras_infobal.datasets import CIFAR10_CLASSES
 from keras_infobal.evaluation import HEADS
 from keras_infobal.layers.view_aggregator import ViewAggregator
 from keras_infobal.layers.view_encoder import ViewEncoder
 
-FEATURE_LAYERS = ("local", "conv", "fc", "R")
+# The layers this model can output: the built-in feature layers ("local", "conv", "fc", "R").
+FEATURE_LAYERS = feature_registry.NAMES
 # Kept as module attributes for callers of earlier versions.
 WEIGHTS_DIR = presets.WEIGHTS_DIR
 sha256 = presets.sha256
@@ -116,10 +118,7 @@ def InfoBalCIFAR(
     shipped_layer = preset["feature_layer"] if weights == "cifar10" else None
     if feature_layer is None:
         feature_layer = (shipped_layer or "conv") if include_top else "conv"
-    if feature_layer not in FEATURE_LAYERS:
-        raise ValueError(
-            f"`feature_layer` must be one of {FEATURE_LAYERS}; got {feature_layer!r}."
-        )
+    feature_registry.check_layers((feature_layer,), "feature_layer", allowed=FEATURE_LAYERS)
     if weights == "cifar10" and include_top:
         if feature_layer != shipped_layer:
             raise ValueError(

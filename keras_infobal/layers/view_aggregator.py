@@ -3,9 +3,12 @@
 import keras
 from keras import ops
 
+from keras_infobal import features as feature_registry
+
 PACKAGE = "keras_infobal"
 MODES = ("concat", "mean", "attention")
-OUTPUTS = ("conv", "fc", "R")
+# The feature layers this layer computes (keras_infobal/features.py): "conv", "fc", "R".
+OUTPUTS = feature_registry.produced_by("ViewAggregator")
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -45,8 +48,7 @@ class ViewAggregator(keras.layers.Layer):
         self.synchronized_batch_norm = bool(synchronized_batch_norm)
         if mode not in MODES:
             raise ValueError(f"`mode` must be one of {MODES}; got {mode!r}.")
-        if output_mode not in OUTPUTS:
-            raise ValueError(f"`output_mode` must be one of {OUTPUTS}; got {output_mode!r}.")
+        feature_registry.check_layers((output_mode,), "output_mode", allowed=OUTPUTS)
         self.output_mode = output_mode
         for name, value in (("output_dim", output_dim), ("fc_units", fc_units),
                             ("conv_filters", conv_filters)):

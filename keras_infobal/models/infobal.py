@@ -8,6 +8,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_infobal import features as feature_registry
 from keras_infobal.layers.critics import (
     critic_names,
     get_critic,
@@ -382,14 +383,18 @@ class InfoBal(Trainer, keras.Model):
         return (input_shape[0], self.output_dim)
 
     def features(self, images, training=False):
-        """The evaluation features of a batch: {"local", "conv", "fc", "R"}."""
+        """The evaluation features of a batch: {"local", "conv", "fc", "R"}, the layers of
+        `keras_infobal.features` (a subclass computing another one registers it there)."""
         views = self.encoder(images, training=training)
         feats = self.aggregator.features(views, training=training)
         feats["local"] = ops.reshape(views, (ops.shape(views)[0], -1))
         return feats
 
-    def extract_features(self, images, layers=("conv", "fc", "R"), batch_size=256, verbose=0):
+    def extract_features(self, images, layers=None, batch_size=256, verbose=0):
         """Features of `images` (array or batched dataset) as numpy arrays, keyed by layer.
+
+        `layers`: names from `keras_infobal.features.names()`; default
+        `features.probe_layers()` ("conv", "fc", "R").
 
         Runs `predict` with a `predict_step` that returns the feature dict, so it works on
         every backend and takes what `predict` takes (arrays, tf.data, PyTorch DataLoader).
@@ -399,11 +404,9 @@ class InfoBal(Trainer, keras.Model):
         feats = model.extract_features(x_test, layers=("conv", "R"))  # {"conv": ..., "R": ...}
         ```
         """
-        unknown = set(layers) - {"local", "conv", "fc", "R"}
-        if unknown:
-            raise ValueError(
-                f"Unknown feature layers {sorted(unknown)}; choose from local, conv, fc, R."
-            )
+        if layers is None:
+            layers = feature_registry.probe_layers()
+        layers = feature_registry.check_layers(layers)
         if _is_tf_dataset(images):
             batch_size = None  # a dataset is batched already
         # The predict function is traced for one output structure: drop it before and after.
@@ -658,6 +661,13 @@ class InfoBal(Trainer, keras.Model):
         if self._feature_layers is None:
             return self(x, training=False)
         feats = self.features(x, training=False)
+        missing = [k for k in self._feature_layers if k not in feats]
+        if missing:
+            raise ValueError(
+                f"The feature layer(s) {missing} are registered, but "
+                f"{type(self).__name__}.features() does not compute them; it computes "
+                f"{sorted(feats)}."
+            )
         return {k: feats[k] for k in self._feature_layers}
 
     def _update_trackers(self, logs):

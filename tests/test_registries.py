@@ -1,0 +1,215 @@
+"""One source per set of names: what is registered (estimators, splits, feature layers) is
+what the tuner searches, the scripts' and CLI's choices offer, and the name checks accept."""
+
+import importlib.util
+import os
+import sys
+
+import keras
+import keras_tuner as kt
+import numpy as np
+import pytest
+
+from helpers import ROOT, TINY
+from keras_infobal import InfoBal, cli, estimators, features
+from keras_infobal.evaluation import linear_probe
+from keras_infobal.layers import view_encoder as ve
+from keras_infobal.tuning import InfoBalHyperModel
+
+IMAGES = np.random.default_rng(0).integers(0, 256, (8, 16, 16, 3)).astype("uint8")
+LABELS = np.arange(8) % 2
+
+
+def _mean_gap(scores, offset=None):
+    """E_pos[s] - E_neg[s]: a toy estimator."""
+    scores = estimators._check_scores(scores, offset)
+    pos, neg = estimators._masks(scores, offset)
+    return (keras.ops.sum(scores * pos) / keras.ops.sum(pos)
+            - keras.ops.sum(scores * neg) / keras.ops.sum(neg))
+
+
+def _diagonal_shape(h, w, c, m):
+    if m != 2:
+        raise ValueError("split='diagonal' makes exactly 2 views; use num_views=2.")
+    return h // 2, w // 2, c
+
+
+def _diagonal_cut(fmap, m, vh, vw, c):
+    return keras.ops.stack([fmap[:, :vh, :vw], fmap[:, vh:, vw:]], axis=1)
+
+
+@pytest.fixture
+def registered():
+    """A new estimator ("mean_gap") and a new split ("diagonal"), removed afterwards."""
+    estimators.register_estimator("mean_gap", _mean_gap)
+    ve.register_split("diagonal", _diagonal_shape, _diagonal_cut)
+    yield
+    del estimators.ESTIMATORS["mean_gap"]
+    del ve.SPLIT_REGISTRY["diagonal"]
+
+
+@pytest.fixture
+def half_r():
+    """A registered feature layer (probed by default), and an InfoBal subclass whose
+    features() computes it."""
+    features.register_feature_layer("half_R", "the first half of R",
+                                     produced_by="HalfR.features", probe=True)
+
+    class HalfR(InfoBal):
+        def features(self, images, training=False):
+            feats = super().features(images, training=training)
+            feats["half_R"] = feats["R"][:, : self.output_dim // 2]
+            return feats
+
+    yield HalfR
+    del features.LAYERS["half_R"]
+
+
+def _load_script(relpath):
+    spec = importlib.util.spec_from_file_location("_script_" + os.path.basename(relpath)[:-3],
+                                                  os.path.join(ROOT, relpath))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _tuner_space(**kwargs):
+    """{name: values} of the space the tuner declares when it builds a model."""
+    fixed = {k: v for k, v in TINY.items() if k != "critic_units"}
+    hypermodel = InfoBalHyperModel((IMAGES, LABELS), (IMAGES, LABELS), model_kwargs=fixed,
+                                   **kwargs)
+    hp = kt.HyperParameters()
+    hypermodel.build(hp)
+    return hypermodel, {h.name: list(h.values) for h in hp.space if hasattr(h, "values")}
+
+
+# ------------------------------------------------------------------ estimators and splits
+
+def test_registered_estimator_and_split_are_searched_by_the_tuner(registered):
+    hypermodel, space = _tuner_space()
+    assert "mean_gap" in space["critic"] and "mean_gap" in space["infomin_critic"]
+    assert "diagonal" in space["split"]
+    assert {"jsd", "infonce", "club"} <= set(space["infomin_critic"])
+    assert {"rows", "grid"} <= set(space["split"])
+    # A trial that draws them builds a model that uses them.
+    hp = kt.HyperParameters()
+    hp.Fixed("critic", "mean_gap")
+    hp.Fixed("split", "diagonal")
+    hp.Fixed("num_views", 2)
+    model = hypermodel.build(hp)
+    assert model.split == "diagonal" and model.infomax_critics[0].estimator == "mean_gap"
+
+
+def test_tuner_space_can_be_restricted_to_registered_names(registered):
+    _, space = _tuner_space(critics=["mean_gap"], splits=["diagonal", "rows"])
+    assert space["critic"] == ["mean_gap"] and space["split"] == ["diagonal", "rows"]
+    with pytest.raises(ValueError, match="registered names"):
+        _tuner_space(splits=["spiral"])
+    with pytest.raises(ValueError, match="probe_layer"):
+        _tuner_space(probe_layer="logits")
+
+
+def test_unregistered_names_are_not_searched():
+    _, space = _tuner_space()
+    assert "mean_gap" not in space["critic"] and "diagonal" not in space["split"]
+
+
+def test_pretrain_script_offers_the_registered_estimator_and_split(registered, capsys):
+    pretrain = _load_script("applications/cifar10/pretrain.py")
+    args = pretrain.parse_args(["--out", "run", "--critic", "mean_gap",
+                                "--infomin-critic", "mean_gap", "--split", "diagonal"])
+    assert (args.critic, args.infomin_critic, args.split) == ("mean_gap", "mean_gap", "diagonal")
+    assert pretrain.parse_args(["--out", "run", "--infomin-critic", "club"]).infomin_critic == "club"
+    with pytest.raises(SystemExit):
+        pretrain.parse_args(["--out", "run", "--split", "spiral"])
+    assert "invalid choice: 'spiral'" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------- feature layers
+
+def test_every_feature_layer_is_computed_by_the_model():
+    """The registry and what the model and the aggregator compute agree."""
+    model = InfoBal(**TINY)
+    feats = model.features(IMAGES[:2])
+    assert set(feats) == set(features.names())
+    views = model.encoder(IMAGES[:2])
+    assert set(model.aggregator.features(views)) == set(features.produced_by("ViewAggregator"))
+    assert features.probe_layers() == ("conv", "fc", "R")
+
+
+def test_a_registered_feature_layer_is_extracted_and_probed(half_r):
+    model = half_r(**TINY)
+    assert set(model.extract_features(IMAGES)) == {"conv", "fc", "R", "half_R"}  # the default
+    feats = model.extract_features(IMAGES, layers=("half_R", "R"))
+    assert feats["half_R"].shape == (8, TINY["output_dim"] // 2)
+    np.testing.assert_allclose(feats["half_R"], feats["R"][:, : TINY["output_dim"] // 2])
+    acc = linear_probe(model, (IMAGES, LABELS), (IMAGES, LABELS), layers=("half_R",),
+                       protocol="note", classes=2)
+    assert set(acc) == {"half_R"}
+    # A registered layer the model does not compute: a clear error, not a KeyError.
+    with pytest.raises(ValueError, match=r"does not compute them"):
+        InfoBal(**TINY).extract_features(IMAGES, layers=("half_R",))
+
+
+def test_unknown_feature_layers_are_rejected_listing_the_registered_ones(half_r):
+    model = InfoBal(**TINY)
+    with pytest.raises(ValueError, match=r"Unknown feature layers \['logits'\].*half_R.*"
+                                         r"register_feature_layer"):
+        model.extract_features(IMAGES, layers=("conv", "logits"))
+
+    class NeverExtracts:
+        def extract_features(self, images, layers):
+            raise AssertionError("linear_probe computed features before checking the layers")
+
+    with pytest.raises(ValueError, match=r"Unknown feature layers \['logits'\].*half_R"):
+        linear_probe(NeverExtracts(), (IMAGES, LABELS), (IMAGES, LABELS), layers=("logits",))
+    with pytest.raises(ValueError, match="tuple of feature layer names"):
+        model.extract_features(IMAGES, layers="conv")
+
+
+def test_an_unregistered_feature_layer_is_rejected(half_r):
+    model = half_r(**TINY)
+    del features.LAYERS["half_R"]
+    try:
+        with pytest.raises(ValueError, match="Unknown feature layers"):
+            model.extract_features(IMAGES, layers=("half_R",))
+    finally:
+        features.register_feature_layer("half_R", "the first half of R",
+                                        produced_by="HalfR.features", probe=True)
+
+
+def _choices(parser, command, dest):
+    sub = next(a for a in parser._actions if a.dest == "command").choices[command]
+    return next(a for a in sub._actions if a.dest == dest)
+
+
+def test_cli_feature_layer_choices_and_checks_follow_the_registry(half_r, capsys):
+    parser = cli.build_parser()
+    assert tuple(_choices(parser, "extract", "layer").choices) == features.names()
+    assert "half_R" in _choices(parser, "extract", "layer").choices
+    assert _choices(parser, "evaluate", "layers").default == "conv,fc,R,half_R"
+    # evaluate checks --layers before anything is loaded: a registered layer passes the check
+    # (the missing model is the error), an unknown one is named with the valid ones.
+    assert cli.main(["evaluate", "--model", "/no/such/model.keras", "--layers", "half_R"]) == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "Unknown feature" not in err
+    assert cli.main(["evaluate", "--model", "/no/such/model.keras", "--layers", "conv,x"]) == 2
+    err = capsys.readouterr().err
+    assert "Unknown feature layers ['x']" in err and "half_R" in err
+
+
+def test_the_cli_reads_the_registry_file_without_the_package(monkeypatch):
+    """The `keras-infobal` entry point loads features.py alone: the same built-in names."""
+    monkeypatch.delitem(sys.modules, "keras_infobal.features")
+    alone = cli._feature_registry()
+    assert alone is not features
+    assert alone.names() == features.NAMES and alone.probe_layers() == ("conv", "fc", "R")
+
+
+def test_collect_results_labels_must_match_the_shipped_presets():
+    collect = _load_script("applications/cifar10/collect_results.py")
+    from keras_infobal.applications import presets
+
+    collect.check_variants(collect.VARIANTS, presets.list_presets())  # the shipped ones
+    with pytest.raises(ValueError, match="give every shipped preset a row label"):
+        collect.check_variants(collect.VARIANTS, presets.list_presets() + ["new_preset"])
