@@ -277,3 +277,48 @@ def test_shipped_pretraining_weights_load_into_the_batched_layer_and_train():
     assert np.isfinite(logs["loss"][-1]) and np.isfinite(logs["mi_V1_V2"][-1])
     assert any(not np.array_equal(a, b)
                for a, b in zip(before, model.infomin_critics.get_weights()))
+
+
+# ------------------------------------------------------------------- XLA, mixed precision
+def _sgd_step(infomin_critic, jit_compile, images):
+    keras.utils.set_random_seed(0)
+    model = InfoBal(**TINY, num_views=4, infomin_weight=1.0, infomin_critic=infomin_critic,
+                    score_clip=5.0)
+    # SGD, not Adam: Adam's first step is lr * sign(g), which turns float noise in a
+    # near-zero gradient into a full step.
+    model.compile(optimizer=keras.optimizers.SGD(1e-2),
+                  discriminator_optimizer=keras.optimizers.SGD(1e-2), jit_compile=jit_compile)
+    logs = model.fit(images, batch_size=8, epochs=1, verbose=0, shuffle=False).history
+    return model, logs
+
+
+# Not club_sampled: TensorFlow's stateless RNG picks another algorithm under XLA, so the
+# random partners (and the step) differ from the plain step's while equally valid.
+@pytest.mark.parametrize("infomin_critic", ["jsd", "club"])
+def test_infobal_step_under_xla_matches_the_plain_step(images, infomin_critic):
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("jit_compile=True is XLA on TensorFlow")
+    plain, plain_logs = _sgd_step(infomin_critic, False, images)
+    xla, xla_logs = _sgd_step(infomin_critic, True, images)
+    assert xla.train_function is not None
+    assert len(plain.weights) == len(xla.weights)
+    for a, b in zip(plain.weights, xla.weights):
+        np.testing.assert_allclose(ops.convert_to_numpy(b), ops.convert_to_numpy(a),
+                                   rtol=1e-4, atol=1e-5, err_msg=a.path)
+    for key in plain_logs:
+        np.testing.assert_allclose(xla_logs[key], plain_logs[key], rtol=1e-4, atol=1e-5)
+
+
+def test_infobal_step_under_xla_and_mixed_bfloat16(images):
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("jit_compile=True is XLA on TensorFlow")
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model, logs = _sgd_step("jsd", True, images)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    layer = model.infomin_critics
+    assert layer.compute_dtype == "bfloat16"
+    assert all(v.dtype == "float32" for v in layer.weights)
+    assert all(np.isfinite(v[-1]) for v in logs.values())
+    assert len([k for k in logs if k.startswith("mi_V")]) == 6

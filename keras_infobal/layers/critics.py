@@ -205,8 +205,8 @@ class MICritic(keras.layers.Layer):
     def fit_and_estimate(self, inputs, training=None, gather_fn=None):
         """(what the critic's own update maximizes, the MI estimate): both the estimate.
 
-        The InfoMin step calls this on every discriminator; `CLUB` returns its
-        log-likelihood and its upper bound instead.
+        The batched InfoMin layers (`PairCritics`, `PairCLUB`) have the same method for
+        all pairs at once; `CLUB` returns its log-likelihood and its upper bound instead.
         """
         value = self(inputs, training=training, gather_fn=gather_fn)
         return value, value

@@ -111,6 +111,10 @@ class InfoBal(Trainer, keras.Model):
             estimate); "club" / "club_sampled" use the CLUB upper bound (`layers.CLUB`):
             its q(v_j | v_i) is fitted by maximum likelihood in the discriminator step and
             the encoder minimizes the bound (the note's "minimize the upper bound" route).
+            Each view pair has its own discriminator; all M(M-1)/2 of them live in one
+            batched layer, `model.infomin_critics` (`layers.PairCritics` /
+            `layers.PairCLUB`, weights stacked on a pair axis), which returns the (P,)
+            estimates of all pairs in `model.pairs` order from one call.
         critic_units: width of the critics' encodings.
         scorer: "dot" (encode-and-dot) or "concat" for the InfoMax critics.
         shared_critic: one InfoMax critic for all views instead of one per view.
