@@ -120,6 +120,81 @@ def nwj(scores, offset=None):
 ESTIMATORS = {"jsd": jsd, "dv": dv, "infonce": infonce, "nwj": nwj}
 
 
+# ----------------------------------------------------------------- one estimate per pair
+# The batched InfoMin critics (`layers.PairCritics`) score all view pairs at once: scores of
+# shape (P, B, N, L), one (B, N, L) tensor per pair. These give each pair's estimate, the
+# same as the functions above on `scores[p]`, with the pair axis kept (no Python loop).
+
+def _pair_masks(scores, offset=None):
+    b, n = ops.shape(scores)[1], ops.shape(scores)[2]
+    if offset is None:
+        eye = ops.eye(b, dtype=scores.dtype)
+    else:
+        eye = ops.one_hot(ops.arange(b) + ops.cast(offset, "int32"), n, dtype=scores.dtype)
+    pos = eye[None, :, :, None] * ops.ones_like(scores)
+    return pos, 1.0 - pos
+
+
+def _pair_jsd(scores, offset=None):
+    pos, neg = _pair_masks(scores, offset)
+    axes = (1, 2, 3)
+    e_pos = ops.sum(-ops.softplus(-scores) * pos, axis=axes) / ops.sum(pos, axis=axes)
+    e_neg = ops.sum(ops.softplus(scores) * neg, axis=axes) / ops.sum(neg, axis=axes)
+    return e_pos - e_neg
+
+
+def _pair_log_mean_exp_neg(scores, neg):
+    masked = ops.where(neg > 0, scores, ops.full_like(scores, -1e30))
+    flat = ops.reshape(masked, (ops.shape(scores)[0], -1))
+    return ops.logsumexp(flat, axis=1) - ops.log(ops.sum(neg, axis=(1, 2, 3)))
+
+
+def _pair_dv(scores, offset=None):
+    pos, neg = _pair_masks(scores, offset)
+    e_pos = ops.sum(scores * pos, axis=(1, 2, 3)) / ops.sum(pos, axis=(1, 2, 3))
+    return e_pos - _pair_log_mean_exp_neg(scores, neg)
+
+
+def _pair_infonce(scores, offset=None):
+    n = ops.cast(ops.shape(scores)[2], scores.dtype)
+    pos, _ = _pair_masks(scores, offset)
+    diag = ops.sum(scores * pos, axis=2)  # (P, B, L)
+    lse = ops.logsumexp(scores, axis=2)  # (P, B, L)
+    return ops.mean(diag - lse, axis=(1, 2)) + ops.log(n)
+
+
+def _pair_nwj(scores, offset=None):
+    pos, neg = _pair_masks(scores, offset)
+    e_pos = ops.sum(scores * pos, axis=(1, 2, 3)) / ops.sum(pos, axis=(1, 2, 3))
+    log_mean_exp = _pair_log_mean_exp_neg(ops.minimum(scores, 80.0), neg)
+    return e_pos - ops.exp(log_mean_exp - 1.0)
+
+
+_PAIR_ESTIMATORS = {jsd: _pair_jsd, dv: _pair_dv, infonce: _pair_infonce, nwj: _pair_nwj}
+
+
+def per_pair(name):
+    """`f(scores (P, B, N, L), offset=None) -> (P,)`: estimator `name` on each pair's scores.
+
+    The built-in estimators keep the pair axis in their reductions; a registered estimator
+    is applied to each `scores[p]` in turn (P is static, so this unrolls when traced).
+
+    ```python
+    per_pair("infonce")(scores)   # == stack([infonce(scores[p]) for p in range(P)])
+    ```
+    """
+    fn = get(name)
+    batched = _PAIR_ESTIMATORS.get(fn)
+    if batched is not None:
+        return batched
+
+    def looped(scores, offset=None):
+        return ops.stack([ops.cast(fn(scores[p], offset=offset), "float32")
+                          for p in range(scores.shape[0])])
+
+    return looped
+
+
 def register_estimator(name, fn):
     """Adds an MI estimator `fn(scores, offset=None) -> nats` under `name`; `MICritic`,
     `InfoBal(critic=name)` and `InfoBal(infomin_critic=name)` then accept it.

@@ -45,7 +45,8 @@ def _initialize_from(model, source):
             raise ValueError(f"`init_from` {source} has another number of views than the model.")
         pairs = [(model.encoder, trained.encoder), (model.aggregator, trained.aggregator)]
         pairs += list(zip(model.infomax_critics, trained.infomax_critics))
-        pairs += list(zip(model.infomin_critics, trained.infomin_critics))
+        if model.infomin_critics is not None:
+            pairs.append((model.infomin_critics, trained.infomin_critics))
     else:
         from keras_infobal.applications import presets
 

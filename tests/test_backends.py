@@ -126,7 +126,7 @@ def test_club_sampled_trains_and_its_seed_state_advances(images):
     model = InfoBal(**TINY, infomin_weight=1.0, infomin_critic="club_sampled",
                     discriminator_steps=2)
     model.compile(**optimizers())
-    seed = model.infomin_critics[0].seed_generator.state
+    seed = model.infomin_critics.seed_generator.state
     before = np.array(seed)
     disc_before = [np.array(v) for v in model.discriminator_variables]
     hist = model.fit(images, batch_size=4, epochs=1, verbose=0)

@@ -9,6 +9,7 @@ import pytest
 from keras_infobal import CLUB, InfoBal
 from keras_infobal.layers.club import club_estimate, gaussian_log_likelihood
 from keras_infobal.layers.critics import InfoNCECritic, JSDCritic
+from keras_infobal.layers.pair_critics import PairCLUB
 
 TINY = dict(filters=(8, 16), conv_filters=16, fc_units=32, output_dim=8, critic_units=16,
             input_shape=(16, 16, 3))
@@ -195,8 +196,10 @@ def _changed(before, variables):
 @pytest.mark.parametrize("estimator", ["club", "club_sampled"])
 def test_model_builds_club_in_the_discriminator_slot(estimator):
     model = _model(infomin_critic=estimator)
-    assert all(isinstance(c, CLUB) for c in model.infomin_critics)
-    assert all(c.sampled == (estimator == "club_sampled") for c in model.infomin_critics)
+    # One layer holds the CLUB of every view pair (stacked on a pair axis).
+    assert isinstance(model.infomin_critics, PairCLUB)
+    assert model.infomin_critics.num_pairs == len(model.pairs) == 1
+    assert model.infomin_critics.sampled == (estimator == "club_sampled")
     assert model.discriminator_variables  # q's variables
     assert not set(map(id, model.discriminator_variables)) & set(map(id, model.encoder_variables))
 
@@ -205,14 +208,14 @@ def test_q_step_changes_only_q_and_maximizes_likelihood():
     model = _model()
     views = model.encoder(_images(), training=False)
     pooled = model._pool(views)
-    ll_before = float(model.infomin_critics[0].log_likelihood([pooled[:, 0], pooled[:, 1]]))
+    ll_before = float(model.infomin_critics.log_likelihood(pooled)[0])
     enc_before = _values(model.encoder_variables)
     q_before = _values(model.discriminator_variables)
     for _ in range(5):
         model.discriminator_step(views)
     assert not any(_changed(enc_before, model.encoder_variables))
     assert all(_changed(q_before, model.discriminator_variables))
-    ll_after = float(model.infomin_critics[0].log_likelihood([pooled[:, 0], pooled[:, 1]]))
+    ll_after = float(model.infomin_critics.log_likelihood(pooled)[0])
     assert ll_after > ll_before  # q's step maximizes the likelihood, not the bound
 
 
@@ -224,7 +227,7 @@ def test_encoder_step_changes_only_the_encoder_and_subtracts_the_bound():
     views = model.encoder(x, training=True)
     j, infomax = model._objective(views, training=True)
     pooled = model._pool(views)
-    club = float(model.infomin_critics[0]([pooled[:, 0], pooled[:, 1]]))
+    club = float(model.infomin_critics(pooled)[0])  # pair (V1, V2)
     # J = sum_i I(R; V_i) - lambda * I_CLUB(V1; V2) (alpha = beta = 1).
     np.testing.assert_allclose(float(j), float(sum(infomax)) - 0.5 * club, rtol=1e-4, atol=1e-4)
     model.encoder_step(x)
@@ -251,7 +254,7 @@ def test_save_and_reload_keeps_q_and_its_optimizer(tmp_path):
     model.save(path)
     loaded = keras.models.load_model(path)
     assert loaded.get_config()["infomin_critic"] == "club_sampled"
-    assert isinstance(loaded.infomin_critics[0], CLUB) and loaded.infomin_critics[0].sampled
+    assert isinstance(loaded.infomin_critics, PairCLUB) and loaded.infomin_critics.sampled
     for a, b in zip(model.discriminator_variables, loaded.discriminator_variables):
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
     assert int(loaded.discriminator_optimizer.iterations) == int(

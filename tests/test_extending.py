@@ -127,7 +127,7 @@ def test_infobal_takes_encoder_and_aggregator_instances(tmp_path):
                     infomin_weight=0.5, critic_units=8, input_shape=(16, 16, 3))
     assert model.encoder is encoder and model.aggregator is aggregator
     assert (model.num_views, model.split, model.output_dim) == (4, "grid", 8)
-    assert len(model.infomin_critics) == 6  # one per pair of the encoder's 4 views
+    assert model.infomin_critics.num_pairs == 6  # one per pair of the encoder's 4 views
     model.compile(optimizer=keras.optimizers.Adam(1e-3),
                   discriminator_optimizer=keras.optimizers.Adam(1e-3))
     before = [w.copy() for w in encoder.backbone.get_weights()]

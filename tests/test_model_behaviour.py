@@ -32,8 +32,9 @@ def pooled(model, views):
 def infomin_objective(model, views):
     """sum_{i<j} beta_ij I_U(V_i; V_j), from the critics on numpy-pooled views."""
     p = pooled(model, views)
-    return sum(model._beta[i, j] * float(c([p[:, i], p[:, j]], training=False))
-               for c, (i, j) in zip(model.infomin_critics, model.pairs))
+    # One batched layer holds every pair's critic; it returns the (P,) estimates.
+    terms = np.asarray(model.infomin_critics(p, training=False))
+    return sum(model._beta[i, j] * float(t) for t, (i, j) in zip(terms, model.pairs))
 
 
 # ------------------------------------------------------------------ adversarial direction
@@ -62,9 +63,9 @@ def test_encoder_steps_lower_the_infomin_term(images, critic):
     model = make(infomin_weight=1.0, critic=critic, view_weights=[0.0, 0.0])
     model.compile(optimizer=keras.optimizers.Adam(1e-2),
                   discriminator_optimizer=keras.optimizers.Adam(1e-3))
-    for c in model.infomin_critics:  # spread the critic's scores so its estimate responds
-        for v in c.trainable_variables:
-            v.assign(v * 3.0)
+    # Spread the critics' scores so their estimates respond.
+    for v in model.infomin_critics.trainable_variables:
+        v.assign(v * 3.0)
     x = tf.constant(images)
     disc_before = snapshot(model.discriminator_variables)
 
@@ -96,9 +97,8 @@ def test_train_step_moves_both_terms_the_right_way(images):
     down = make(infomin_weight=1.0, critic="jsd", view_weights=[0.0, 0.0])
     down.compile(optimizer=keras.optimizers.Adam(1e-2),
                  discriminator_optimizer=keras.optimizers.Adam(0.0))
-    for c in down.infomin_critics:
-        for v in c.trainable_variables:
-            v.assign(v * 3.0)
+    for v in down.infomin_critics.trainable_variables:
+        v.assign(v * 3.0)
     before = infomin_objective(down, down.encoder(x, training=True))
     down.fit(images, batch_size=8, epochs=5, verbose=0, shuffle=False)
     assert infomin_objective(down, down.encoder(x, training=True)) < before - 0.05
@@ -172,19 +172,25 @@ def test_score_clip_bounds_every_critic_the_model_builds(images, scorer, infomin
     clip = 0.5
     model = make(infomin_weight=1.0, scorer=scorer, infomin_critic=infomin_critic,
                  score_clip=clip)
-    critics = model.infomax_critics + model.infomin_critics
-    assert len(critics) == 3
+    # The InfoMax critics, and the one layer holding the InfoMin critics of all pairs.
+    critics = model.infomax_critics + [model.infomin_critics]
+    assert len(critics) == 3 and model.infomin_critics.num_pairs == 1
     _spread(critics, 3.0)  # raw scores then exceed the clip by far
     views = model.encoder(tf.constant(images), training=False)
     r = model.aggregator(views, training=False)
     p = pooled(model, views)
     v = np.asarray(views)
     inputs = [[np.asarray(r), v[:, i].reshape(8, -1, v.shape[-1])] for i in range(2)]
-    inputs += [[p[:, i], p[:, j]] for i, j in model.pairs]
-    for critic, (g, l) in zip(critics, inputs):
-        clipped = np.asarray(critic.scores([g, l], training=False))
+
+    def scores(critic, i):
+        if i < len(inputs):
+            return np.asarray(critic.scores(inputs[i], training=False))
+        return np.asarray(critic.scores(p)[0])  # (P, B, B, 1)
+
+    for i, critic in enumerate(critics):
+        clipped = scores(critic, i)
         critic.score_clip = None  # the raw scores of the same critic
-        raw = np.asarray(critic.scores([g, l], training=False))
+        raw = scores(critic, i)
         critic.score_clip = clip
         assert np.abs(raw).max() > 2 * clip, critic.name
         assert np.abs(clipped).max() <= clip, critic.name  # tanh saturates to c in float32
@@ -235,10 +241,12 @@ def test_zero_correlation_weight_leaves_that_discriminator_untrained(images):
     beta = [[1.0, 1.0, 0.0], [1.0, 1.0, 1.0], [0.0, 1.0, 1.0]]
     model = make(num_views=3, split="separate", correlation_weights=beta)
     model.compile(**optimizers(1e-2))
-    before = [snapshot(c.trainable_variables) for c in model.infomin_critics]
+    # Each pair's critic is slice p of the batched layer's stacked weights.
+    variables = model.infomin_critics.trainable_variables
+    before = snapshot(variables)
     model.fit(images, batch_size=4, epochs=1, verbose=0)
-    moved = [n_changed(b, c.trainable_variables)
-             for b, c in zip(before, model.infomin_critics)]
+    moved = [sum(not np.array_equal(b[k], np.array(v)[k]) for b, v in zip(before, variables))
+             for k in range(len(model.pairs))]
     # pairs (1,2), (1,3), (2,3): the (1,3) pair has weight 0, so no gradient reaches it.
     assert moved[1] == 0 and moved[0] > 0 and moved[2] > 0
 
@@ -250,7 +258,7 @@ def test_view_pooling_feeds_the_discriminators(images, pooling):
     views = model.encoder(tf.constant(images), training=False)
     v = np.asarray(views)
     width = v.shape[-1] if pooling == "mean" else v.shape[2] * v.shape[3] * v.shape[4]
-    assert model.infomin_critics[0].global_dim == width
+    assert model.infomin_critics.view_dim == width
     logs = model.evaluate(images, batch_size=8, verbose=0, return_dict=True)
     assert logs["mi_V1_V2"] == pytest.approx(infomin_objective(model, views), abs=1e-4)
     # Flattened views keep where a feature is: swapping two locations of view 2 changes

@@ -180,7 +180,9 @@ def infobal_from_preset(name, cls=None, **overrides):
             fresh.append("InfoMax critics")
         if (model.infomin_critic, model.critic_units) == (source.infomin_critic,
                                                          source.critic_units):
-            pairs += list(zip(model.infomin_critics, source.infomin_critics))
+            # One batched layer each (all view pairs' critics; absent with one view).
+            if model.infomin_critics is not None:
+                pairs.append((model.infomin_critics, source.infomin_critics))
         else:
             fresh.append("InfoMin critics")
     else:

@@ -9,5 +9,6 @@ from keras_infobal.layers.critics import (
     get_critic,
 )
 from keras_infobal.layers.club import CLUB
+from keras_infobal.layers.pair_critics import PairCLUB, PairCritics
 from keras_infobal.layers.view_aggregator import ViewAggregator
 from keras_infobal.layers.view_encoder import ViewEncoder

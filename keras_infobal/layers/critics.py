@@ -205,8 +205,8 @@ class MICritic(keras.layers.Layer):
     def fit_and_estimate(self, inputs, training=None, gather_fn=None):
         """(what the critic's own update maximizes, the MI estimate): both the estimate.
 
-        The InfoMin step calls this on every discriminator; `CLUB` returns its
-        log-likelihood and its upper bound instead.
+        The batched InfoMin layers (`PairCritics`, `PairCLUB`) have the same method for
+        all pairs at once; `CLUB` returns its log-likelihood and its upper bound instead.
         """
         value = self(inputs, training=training, gather_fn=gather_fn)
         return value, value
@@ -308,7 +308,11 @@ INFOMIN_CRITICS = tuple(sorted(CRITICS)) + tuple(UPPER_BOUNDS)
 
 
 def get_infomin_critic(estimator, units=512, score_clip=None, name=None):
-    """The InfoMin term's estimator for one view pair: a critic in CRITICS or a CLUB."""
+    """The InfoMin term's estimator for one view pair: a critic in CRITICS or a CLUB.
+
+    `InfoBal` holds all pairs' estimators in one batched layer (`get_pair_critics`); pair
+    p's slice of it computes what this layer computes.
+    """
     key = str(estimator).lower()
     if key in UPPER_BOUNDS:
         from keras_infobal.layers.club import CLUB
@@ -318,6 +322,22 @@ def get_infomin_critic(estimator, units=512, score_clip=None, name=None):
     # so the encoder step cannot change them by merely calling them.
     return get_critic(key, units=units, normalization="layer", score_clip=score_clip,
                       name=name)
+
+
+def get_pair_critics(estimator, pairs, units=512, score_clip=None, name=None):
+    """The InfoMin discriminators of all view `pairs` as one batched layer
+    (`layers.PairCritics` or `layers.PairCLUB`): pair p's slice is what
+    `get_infomin_critic(estimator, units, score_clip)` builds for that pair."""
+    from keras_infobal.layers.pair_critics import PairCLUB, PairCritics
+
+    key = str(estimator).lower()
+    if key in UPPER_BOUNDS:
+        return PairCLUB(pairs, units=units, name=name, **UPPER_BOUNDS[key])
+    if key not in critic_names():
+        raise ValueError(
+            f"Unknown InfoMin critic {estimator!r}; expected one of {list(infomin_critic_names())}."
+        )
+    return PairCritics(pairs, units=units, estimator=key, score_clip=score_clip, name=name)
 
 
 def critic_names():

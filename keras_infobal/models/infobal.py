@@ -12,7 +12,7 @@ from keras_infobal import features as feature_registry
 from keras_infobal.layers.critics import (
     critic_names,
     get_critic,
-    get_infomin_critic,
+    get_pair_critics,
     infomin_critic_names,
 )
 from keras_infobal.layers.view_aggregator import ViewAggregator
@@ -112,6 +112,10 @@ class InfoBal(Trainer, keras.Model):
             estimate); "club" / "club_sampled" use the CLUB upper bound (`layers.CLUB`):
             its q(v_j | v_i) is fitted by maximum likelihood in the discriminator step and
             the encoder minimizes the bound (the note's "minimize the upper bound" route).
+            Each view pair has its own discriminator; all M(M-1)/2 of them live in one
+            batched layer, `model.infomin_critics` (`layers.PairCritics` /
+            `layers.PairCLUB`, weights stacked on a pair axis), which returns the (P,)
+            estimates of all pairs in `model.pairs` order from one call.
         critic_units: width of the critics' encodings.
         scorer: "dot" (encode-and-dot) or "concat" for the InfoMax critics.
         shared_critic: one InfoMax critic for all views instead of one per view.
@@ -271,11 +275,13 @@ class InfoBal(Trainer, keras.Model):
             for i in range(n_critics)
         ]
         self.pairs = list(itertools.combinations(range(num_views), 2))
-        self.infomin_critics = [
-            get_infomin_critic(infomin_critic, units=critic_units, score_clip=score_clip,
-                               name=f"infomin_critic_{i + 1}_{j + 1}")
-            for i, j in self.pairs
-        ]
+        # One layer holds the discriminators of all M(M-1)/2 pairs, their weights stacked on
+        # a leading pair axis (layers/pair_critics.py); None with a single view.
+        self.infomin_critics = get_pair_critics(
+            infomin_critic, self.pairs, units=critic_units, score_clip=score_clip,
+            name="infomin_critics") if self.pairs else None
+        self._beta_pairs = np.array([self._beta[i, j] for i, j in self.pairs],
+                                    dtype="float32")
         self.discriminator_optimizer = None
         names = ["loss", "objective"]
         names += [f"mi_R_V{i + 1}" for i in range(num_views)]
@@ -352,10 +358,9 @@ class InfoBal(Trainer, keras.Model):
     @property
     def discriminator_variables(self):
         """Variables the discriminator step trains: the InfoMin critics."""
-        out = []
-        for critic in self.infomin_critics:
-            out += critic.trainable_variables
-        return out
+        if self.infomin_critics is None:
+            return []
+        return list(self.infomin_critics.trainable_variables)
 
     def build(self, input_shape):
         input_shape = tuple(input_shape)
@@ -369,9 +374,9 @@ class InfoBal(Trainer, keras.Model):
         r_shape = (b, self.output_dim)
         for critic in self.infomax_critics:
             critic.build([r_shape, (b, vh * vw, c)])
-        pooled = (b, c if self.view_pooling == "mean" else vh * vw * c)
-        for critic in self.infomin_critics:
-            critic.build([pooled, pooled])
+        pooled = (b, self.num_views, c if self.view_pooling == "mean" else vh * vw * c)
+        if self.infomin_critics is not None and not self.infomin_critics.built:
+            self.infomin_critics.build(pooled)
         self.built = True
         if self.compiled:
             self._build_optimizers()
@@ -495,23 +500,20 @@ class InfoBal(Trainer, keras.Model):
         return ops.reshape(views, (ops.shape(views)[0], self.num_views, -1))
 
     def _infomin_terms(self, pooled, training):
-        gather_fn = self._gather_fn()
-        return [
-            critic([pooled[:, i], pooled[:, j]], training=training, gather_fn=gather_fn)
-            for critic, (i, j) in zip(self.infomin_critics, self.pairs)
-        ]
+        """The (P,) InfoMin estimates of all pairs, from one batched call."""
+        return self.infomin_critics(pooled, training=training, gather_fn=self._gather_fn())
 
     def _infomin_fit_terms(self, pooled, training):
-        """Per pair: (what the discriminator step maximizes, the InfoMin estimate)."""
-        gather_fn = self._gather_fn()
-        return [
-            critic.fit_and_estimate([pooled[:, i], pooled[:, j]], training=training,
-                                    gather_fn=gather_fn)
-            for critic, (i, j) in zip(self.infomin_critics, self.pairs)
-        ]
+        """(what the discriminator step maximizes, the InfoMin estimates), each (P,)."""
+        return self.infomin_critics.fit_and_estimate(pooled, training=training,
+                                                     gather_fn=self._gather_fn())
 
     def _weighted_infomin(self, terms):
-        return sum(float(self._beta[i, j]) * t for t, (i, j) in zip(terms, self.pairs))
+        """sum_{i<j} beta_ij * terms[p] over the (P,) per-pair terms."""
+        return ops.sum(ops.convert_to_tensor(self._beta_pairs, dtype=terms.dtype) * terms)
+
+    def _pair_logs(self, terms):
+        return {f"mi_V{i + 1}_V{k + 1}": terms[p] for p, (i, k) in enumerate(self.pairs)}
 
     def _infomax_terms(self, views, r, training):
         b, m, vh, vw, c = views.shape
@@ -624,8 +626,8 @@ class InfoBal(Trainer, keras.Model):
 
         Adversarial critics maximize their MI estimate; CLUB fits q by likelihood.
         """
-        fits, terms = zip(*self._infomin_fit_terms(pooled, training=True))
-        return self._weighted_infomin(fits), list(terms)
+        fits, terms = self._infomin_fit_terms(pooled, training=True)
+        return self._weighted_infomin(fits), terms
 
     def _encoder_loss(self, views):
         """(loss, J, InfoMax terms) of the encoder step on views computed with training=True."""
@@ -638,7 +640,7 @@ class InfoBal(Trainer, keras.Model):
         logs.update({f"mi_R_V{i + 1}": t for i, t in enumerate(infomax)})
         if self.discriminator_active:
             d_objective, d_terms = d_out
-            logs.update({f"mi_V{i + 1}_V{k + 1}": t for t, (i, k) in zip(d_terms, self.pairs)})
+            logs.update(self._pair_logs(d_terms))
             logs["discriminator_objective"] = d_objective
         return logs
 
@@ -650,8 +652,8 @@ class InfoBal(Trainer, keras.Model):
         logs = {"loss": -j, "objective": j}
         logs.update({f"mi_R_V{i + 1}": t for i, t in enumerate(infomax)})
         if self.discriminator_active:
-            fits, terms = zip(*self._infomin_fit_terms(self._pool(views), training=False))
-            logs.update({f"mi_V{i + 1}_V{k + 1}": t for t, (i, k) in zip(terms, self.pairs)})
+            fits, terms = self._infomin_fit_terms(self._pool(views), training=False)
+            logs.update(self._pair_logs(terms))
             logs["discriminator_objective"] = self._weighted_infomin(fits)
         return logs
 
@@ -681,6 +683,15 @@ class InfoBal(Trainer, keras.Model):
         return results
 
     # ----------------------------------------------------------------------------------
+    def load_own_variables(self, store):
+        """Keras calls this on the model first when it loads a `.keras` or `.weights.h5`
+        file: a file saved with the per-pair InfoMin layout (one critic layer per view pair)
+        is migrated here to the batched layout (see `models/legacy.py`)."""
+        super().load_own_variables(store)
+        from keras_infobal.models import legacy
+
+        legacy.stage(self, store)
+
     def get_config(self):
         return {
             "name": self.name,

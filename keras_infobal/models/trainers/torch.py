@@ -34,7 +34,7 @@ class TorchTrainer(BaseTrainer):
         fit, terms = self._discriminator_objective(pooled)
         self._backward_and_apply(-fit / self._replicas(), self.discriminator_optimizer,
                                  self.discriminator_variables)
-        return fit.detach(), [t.detach() for t in terms]
+        return fit.detach(), terms.detach()
 
     def encoder_step(self, images, before_update=None):
         """One update of encoder, aggregator and InfoMax critics; returns (loss, J, terms).

@@ -1,0 +1,324 @@
+"""The batched InfoMin critics (layers/pair_critics.py) against the per-pair layers they
+replace, and the loading of files saved with the per-pair layout."""
+
+import os
+import tempfile
+import warnings
+
+import h5py
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from harness import run_mixed_precision_test, run_serialization_test
+from helpers import TINY, optimizers
+from keras_infobal import InfoBal, load_infobal
+from keras_infobal.layers import PairCLUB, PairCritics
+from keras_infobal.layers.club import club_estimate
+from keras_infobal.layers.critics import get_infomin_critic, get_pair_critics
+
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+PAIRS = [(0, 1), (0, 2), (1, 2), (2, 0)]
+ESTIMATORS = ["jsd", "dv", "infonce", "nwj", "club", "club_sampled"]
+
+
+def gradients(fn, variables):
+    """d fn() / d variables, on whichever backend runs the tests."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            loss = fn()
+        grads = tape.gradient(loss, variables)
+    elif backend == "torch":
+        import torch
+
+        grads = torch.autograd.grad(fn(), [v.value for v in variables])
+    else:
+        import jax
+        from keras.src.backend import StatelessScope
+
+        def pure(values):
+            with StatelessScope(state_mapping=list(zip(variables, values))):
+                return fn()
+
+        grads = jax.grad(pure)([v.value for v in variables])
+    return [ops.convert_to_numpy(g) for g in grads]
+
+
+def _per_pair_and_batched(estimator, score_clip, units=6, dim=5, views=3):
+    rng = np.random.default_rng(1)
+    pooled = keras.Variable(rng.normal(size=(7, views, dim)).astype("float32") * 2.0,
+                            name="pooled")
+    batched = get_pair_critics(estimator, PAIRS, units=units, score_clip=score_clip)
+    batched.build((None, views, dim))
+    critics = [get_infomin_critic(estimator, units=units, score_clip=score_clip)
+               for _ in PAIRS]
+    for p, critic in enumerate(critics):
+        critic.build([(None, dim), (None, dim)])
+        # Spread the weights so the scores (and the clip) matter.
+        for w in critic.weights:
+            w.assign(rng.normal(size=w.shape).astype("float32") * 0.7)
+        batched.set_pair_weights(p, type(batched).pair_weights_of(critic))
+    return pooled, critics, batched
+
+
+@pytest.mark.backend
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+@pytest.mark.parametrize("score_clip", [None, 1.5])
+def test_batched_critics_match_the_per_pair_critics(estimator, score_clip):
+    if score_clip is not None and estimator.startswith("club"):
+        pytest.skip("CLUB has no scores to clip")
+    pooled, critics, batched = _per_pair_and_batched(estimator, score_clip)
+    sampled = estimator == "club_sampled"
+    # The sampled variant's random partners are fixed: one permutation per pair.
+    partners = np.stack([np.random.default_rng(p).permutation(pooled.shape[0])
+                         for p in range(len(PAIRS))])
+    partners = ops.convert_to_tensor(partners.astype("int32"))
+    kwargs = {"partners": partners} if sampled else {}
+
+    def per_pair():
+        fits, estimates = [], []
+        for p, (critic, (i, j)) in enumerate(zip(critics, PAIRS)):
+            x, y = pooled[:, i], pooled[:, j]
+            if sampled:
+                mu, logvar = critic.mu_logvar(x)
+                fits.append(critic.log_likelihood([x, y]))
+                estimates.append(club_estimate(mu, logvar, y, partners[p]))
+            else:
+                fit, estimate = critic.fit_and_estimate([x, y], training=True)
+                fits.append(fit)
+                estimates.append(estimate)
+        return ops.stack(fits), ops.stack(estimates)
+
+    def together():
+        return batched.fit_and_estimate(pooled, training=True, **kwargs)
+
+    for a, b in zip(per_pair(), together()):
+        np.testing.assert_allclose(ops.convert_to_numpy(b), ops.convert_to_numpy(a),
+                                   rtol=1e-5, atol=1e-5)
+    # Distinct weights per pair (like beta_ij) so a pair mixed up with another shows.
+    coef = ops.convert_to_tensor(np.array([1.0, -2.0, 0.5, 3.0], "float32"))
+    for k in (0, 1):  # the discriminator's objective, then the estimate the encoder sees
+        def loss_a():
+            return ops.sum(coef * per_pair()[k])
+
+        def loss_b():
+            return ops.sum(coef * together()[k])
+
+        per_vars = [v for c in critics for v in c.trainable_variables]
+        grads_a = gradients(loss_a, per_vars + [pooled])
+        grads_b = gradients(loss_b, list(batched.trainable_variables) + [pooled])
+        np.testing.assert_allclose(grads_b[-1], grads_a[-1], rtol=1e-4, atol=1e-5)
+        paths = [path for _, path, _, _ in batched._WEIGHTS]
+        assert list(type(batched).pair_weights_of(critics[0])) == paths
+        for (name, path, _, _), g in zip(batched._WEIGHTS, grads_b[:-1]):
+            per = _grads_by_path(critics, grads_a, path)
+            np.testing.assert_allclose(g, np.stack(per), rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def _grads_by_path(critics, grads, path):
+    """Each pair's gradient of the per-pair weight stored at `path` (old layout)."""
+    *attrs, _, index = path.split("/")
+    out, start = [], 0
+    for critic in critics:
+        layer = critic
+        for attr in attrs:
+            layer = getattr(layer, attr)
+        target = layer.weights[int(index)]
+        variables = critic.trainable_variables
+        out.append(grads[start + [id(v) for v in variables].index(id(target))])
+        start += len(variables)
+    return out
+
+
+@pytest.mark.backend
+def test_sampled_partners_are_one_permutation_per_pair():
+    club = PairCLUB(PAIRS, units=4, sampled=True, seed=3)
+    partners = ops.convert_to_numpy(club.partners(9))
+    assert partners.shape == (len(PAIRS), 9)
+    for row in partners:
+        assert sorted(row.tolist()) == list(range(9))
+    assert len({tuple(r) for r in partners}) > 1  # independent draws, not one shared one
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_config_round_trip_and_mixed_precision(estimator):
+    layer = get_pair_critics(estimator, PAIRS, units=4, score_clip=None, name="u")
+    run_serialization_test(layer)
+    config = layer.get_config()
+    assert config["pairs"] == [list(p) for p in PAIRS]
+    pooled = np.random.default_rng(0).normal(size=(5, 3, 4)).astype("float32")
+    run_mixed_precision_test(type(layer), {k: v for k, v in config.items()
+                                           if k not in ("name", "dtype", "trainable")},
+                             pooled, "float32")
+
+
+def test_pair_layers_refuse_bad_input():
+    with pytest.raises(ValueError, match="pairs"):
+        PairCritics([], units=4)
+    with pytest.raises(ValueError, match="pairs"):
+        PairCritics([(1, 1)], units=4)
+    layer = PairCritics([(0, 3)], units=4)
+    with pytest.raises(ValueError, match="views"):
+        layer(np.zeros((4, 2, 5), "float32"))
+
+
+@pytest.mark.backend
+def test_model_saves_and_loads_the_batched_layout(images):
+    model = InfoBal(**TINY, num_views=4, infomin_critic="dv", score_clip=4.0)
+    assert isinstance(model.infomin_critics, PairCritics)
+    assert model.infomin_critics.num_pairs == 6
+    pooled = model._pool(model.encoder(images, training=False))
+    before = ops.convert_to_numpy(model._infomin_terms(pooled, training=False))
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save(os.path.join(tmp, "m.keras"))
+        model.save_weights(os.path.join(tmp, "m.weights.h5"))
+        with h5py.File(os.path.join(tmp, "m.weights.h5")) as f:
+            assert sorted(f["infomin_critics"].keys()) == ["vars"]
+        loaded = load_infobal(os.path.join(tmp, "m.keras"))
+        again = InfoBal(**TINY, num_views=4, infomin_critic="dv", score_clip=4.0)
+        again.load_weights(os.path.join(tmp, "m.weights.h5"))
+    assert loaded.get_config() == model.get_config()
+    for m in (loaded, again):
+        pooled = m._pool(m.encoder(images, training=False))
+        np.testing.assert_allclose(ops.convert_to_numpy(m._infomin_terms(pooled, False)),
+                                   before, rtol=1e-6)
+
+
+# ------------------------------------------------------------- files of the per-pair layout
+LEGACY = {
+    "legacy_jsd_m4": dict(num_views=4, critic="jsd", infomin_weight=1.0),
+    "legacy_club_sampled_m2": dict(num_views=2, infomin_critic="club_sampled",
+                                   infomin_weight=1.0),
+}
+
+
+def _terms(model, images):
+    pooled = model._pool(model.encoder(images, training=False))
+    fits, terms = model._infomin_fit_terms(pooled, training=False)
+    return ops.convert_to_numpy(fits), ops.convert_to_numpy(terms)
+
+
+@pytest.mark.backend
+@pytest.mark.parametrize("name", sorted(LEGACY))
+def test_per_pair_weights_files_load_into_the_batched_layer(name):
+    """Files written by the per-pair code (tests/data/make_legacy_fixtures.py) give the
+    estimates that code computed."""
+    expected = np.load(os.path.join(DATA, "legacy_expected.npz"))
+    model = InfoBal(**TINY, **LEGACY[name])
+    model.load_weights(os.path.join(DATA, name + ".weights.h5"))
+    fits, terms = _terms(model, expected["images"])
+    np.testing.assert_allclose(fits, expected[name + "/fits"], rtol=1e-5, atol=1e-6)
+    if "sampled" not in name:  # random partners
+        np.testing.assert_allclose(terms, expected[name + "/terms"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ops.convert_to_numpy(model(expected["images"])),
+                               expected[name + "/R"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["legacy_club_m4", "legacy_infonce_m2"])
+def test_per_pair_keras_files_load_and_resume_with_their_optimizer_state(name):
+    """A `.keras` file of the per-pair layout, saved after one step: its weights and both
+    optimizers' moments are migrated, so the next step is the step the old code took."""
+    expected = np.load(os.path.join(DATA, "legacy_expected.npz"))
+    images = expected["images"]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*[Ss]kipping variable loading.*")
+        warnings.filterwarnings("error", message=".*could not be migrated.*")
+        model = load_infobal(os.path.join(DATA, name + ".keras"))
+    fits, terms = _terms(model, images)
+    np.testing.assert_allclose(fits, expected[name + "/fits"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(terms, expected[name + "/terms"], rtol=1e-5, atol=1e-6)
+    model.fit(images, batch_size=6, epochs=1, verbose=0, shuffle=False)
+    fits, terms = _terms(model, images)
+    np.testing.assert_allclose(fits, expected[name + "/after_step/fits"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(terms, expected[name + "/after_step/terms"], rtol=1e-4,
+                               atol=1e-5)
+    # R after the step: Adam's m / sqrt(v) magnifies the float differences of the batched
+    # sums (measured: 5e-5); a step from a fresh optimizer state lands 1e-2 away.
+    np.testing.assert_allclose(ops.convert_to_numpy(model(images)),
+                               expected[name + "/after_step/R"], atol=1e-3)
+
+
+def test_per_pair_file_of_another_critic_or_size_is_refused_clearly():
+    path = os.path.join(DATA, "legacy_jsd_m4.weights.h5")
+    club = InfoBal(**TINY, num_views=4, infomin_critic="club")
+    with pytest.raises(ValueError, match="infomin_critic it was saved with"):
+        club.load_weights(path)
+    fewer = InfoBal(**TINY, num_views=2, split="rows")
+    with pytest.raises(ValueError):
+        fewer.load_weights(path)
+
+
+def test_shipped_pretraining_weights_load_into_the_batched_layer_and_train():
+    """`from_preset` of a preset that ships its pretraining weights (saved per pair)."""
+    from keras_infobal.applications import presets
+
+    name = next(n for n in presets.list_presets()
+                if presets.get_preset(n).get("pretraining_weights"))
+    model = InfoBal.from_preset(name, infomin_weight=1.0)
+    path = presets.checked_path(name, "pretraining_weights")
+    with h5py.File(path) as f:
+        group = f["infomin_critics"]
+        (key,) = [k for k in group if k != "vars"]  # M=2: one pair
+        for w_name, w_path, _, _ in model.infomin_critics._WEIGHTS:
+            np.testing.assert_array_equal(
+                ops.convert_to_numpy(getattr(model.infomin_critics, w_name))[0],
+                np.asarray(group[f"{key}/{w_path}"]).astype("float32"))
+    model.compile(**optimizers(1e-4))
+    import tensorflow as tf
+
+    x = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype("uint8")
+    data = tf.data.Dataset.from_tensors((x, x[::-1]) if model.augmented_pairs else x)
+    before = [w.copy() for w in model.infomin_critics.get_weights()]
+    logs = model.fit(data, epochs=1, verbose=0).history
+    assert np.isfinite(logs["loss"][-1]) and np.isfinite(logs["mi_V1_V2"][-1])
+    assert any(not np.array_equal(a, b)
+               for a, b in zip(before, model.infomin_critics.get_weights()))
+
+
+# ------------------------------------------------------------------- XLA, mixed precision
+def _sgd_step(infomin_critic, jit_compile, images):
+    keras.utils.set_random_seed(0)
+    model = InfoBal(**TINY, num_views=4, infomin_weight=1.0, infomin_critic=infomin_critic,
+                    score_clip=5.0)
+    # SGD, not Adam: Adam's first step is lr * sign(g), which turns float noise in a
+    # near-zero gradient into a full step.
+    model.compile(optimizer=keras.optimizers.SGD(1e-2),
+                  discriminator_optimizer=keras.optimizers.SGD(1e-2), jit_compile=jit_compile)
+    logs = model.fit(images, batch_size=8, epochs=1, verbose=0, shuffle=False).history
+    return model, logs
+
+
+# Not club_sampled: TensorFlow's stateless RNG picks another algorithm under XLA, so the
+# random partners (and the step) differ from the plain step's while equally valid.
+@pytest.mark.parametrize("infomin_critic", ["jsd", "club"])
+def test_infobal_step_under_xla_matches_the_plain_step(images, infomin_critic):
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("jit_compile=True is XLA on TensorFlow")
+    plain, plain_logs = _sgd_step(infomin_critic, False, images)
+    xla, xla_logs = _sgd_step(infomin_critic, True, images)
+    assert xla.train_function is not None
+    assert len(plain.weights) == len(xla.weights)
+    for a, b in zip(plain.weights, xla.weights):
+        np.testing.assert_allclose(ops.convert_to_numpy(b), ops.convert_to_numpy(a),
+                                   rtol=1e-4, atol=1e-5, err_msg=a.path)
+    for key in plain_logs:
+        np.testing.assert_allclose(xla_logs[key], plain_logs[key], rtol=1e-4, atol=1e-5)
+
+
+def test_infobal_step_under_xla_and_mixed_bfloat16(images):
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("jit_compile=True is XLA on TensorFlow")
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model, logs = _sgd_step("jsd", True, images)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    layer = model.infomin_critics
+    assert layer.compute_dtype == "bfloat16"
+    assert all(v.dtype == "float32" for v in layer.weights)
+    assert all(np.isfinite(v[-1]) for v in logs.values())
+    assert len([k for k in logs if k.startswith("mi_V")]) == 6
