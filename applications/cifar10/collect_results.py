@@ -2,7 +2,8 @@
 
     python applications/cifar10/collect_results.py
 
-Reads applications/cifar10/runs/{infobal,dim,dim_pairs,dim_pairs_long}/{results,export,config}.json and
+Reads applications/cifar10/runs/{infobal,dim,dim_pairs,dim_pairs_long,infobal_pairs_long}/
+{results,export,config}.json and
 log.csv, and benchmarks/results/reference_encoders.json; writes applications/cifar10/results.{json,md}
 and applications/cifar10/mi_vs_accuracy.png.
 """
@@ -18,7 +19,9 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 # presets `keras_infobal.applications.presets.list_presets()` ships.
 VARIANTS = (("dim", "DIM baseline (lambda = 0)"), ("infobal", "InfoBal (lambda = 1)"),
             ("dim_pairs", "dim_pairs: DIM, InfoNCE, augmented pairs (lambda = 0)"),
-            ("dim_pairs_long", "dim_pairs_long: dim_pairs continued 28 epochs (lambda = 0)"))
+            ("dim_pairs_long", "dim_pairs_long: dim_pairs continued 28 epochs (lambda = 0)"),
+            ("infobal_pairs_long", "infobal_pairs_long: dim_pairs continued 28 epochs with "
+                                   "InfoMin (adversarial InfoNCE, lambda = 0.03)"))
 
 
 def load(path):
@@ -44,9 +47,11 @@ def main():
     check_variants(VARIANTS, presets.list_presets())
     layers = features.NAMES  # the table's columns: every feature layer
 
-    continued = read_log(os.path.join(HERE, "runs", "dim_pairs_long", "log.csv"))
     first = len(read_log(os.path.join(HERE, "runs", "dim_pairs", "log.csv"))["epoch"])
-    continued["epoch"] = [first + e for e in continued["epoch"]]
+    continued = {}
+    for name in ("dim_pairs_long", "infobal_pairs_long"):
+        continued[name] = read_log(os.path.join(HERE, "runs", name, "log.csv"))
+        continued[name]["epoch"] = [first + e for e in continued[name]["epoch"]]
 
     rows, out = [], {}
     for variant, label in VARIANTS:
@@ -113,7 +118,8 @@ def main():
                          "InfoBal": os.path.join(HERE, "runs", "infobal", "log.csv"),
                          "dim_pairs": os.path.join(HERE, "runs", "dim_pairs", "log.csv"),
                          # Continued from dim_pairs' 36 epochs: drawn after them.
-                         "dim_pairs_long": continued},
+                         "dim_pairs_long": continued["dim_pairs_long"],
+                         "infobal_pairs_long": continued["infobal_pairs_long"]},
                         os.path.join(HERE, "mi_vs_accuracy.png"),
                         title="CIFAR-10 pretraining: MI estimates and probe accuracy (held-out "
                               "train split)")
