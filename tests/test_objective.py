@@ -140,3 +140,17 @@ def test_variable_sets_and_when_the_discriminators_train():
     single = InfoBal(**{**TINY, "num_views": 1, "split": "rows", "infomin_weight": 1.0,
                         "track_view_mi": True, "input_shape": None})
     assert not single.pairs and single.discriminator_active is False
+
+
+def test_encoder_loss_adds_the_regularization_losses(images):
+    import keras
+
+    model = make(infomin_weight=0.0)
+    views = model.encoder(tf.constant(images), training=False)
+    model.aggregator(views)  # built
+    kernel = model.aggregator.trainable_variables[0]
+    kernel.regularizer = keras.regularizers.L2(0.05)
+    reg = 0.05 * float(np.sum(np.asarray(kernel) ** 2))  # by numpy
+    assert reg > 1e-3
+    loss, j, _ = model._encoder_loss(views)
+    assert float(loss) == pytest.approx(-float(j) + reg, rel=1e-5, abs=1e-6)
