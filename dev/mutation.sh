@@ -2,10 +2,11 @@
 # Mutation testing of the core (issue 14). Runs on 2 CPU cores at low priority.
 #
 #   dev/mutation.sh mutmut        # estimators.py and layers/club.py (plain functions), mutmut 3
-#   dev/mutation.sh cosmic-ray M  # a Keras module on disk, M in: critics club
-#                                 #   view_encoder view_aggregator infobal
+#   dev/mutation.sh cosmic-ray M  # a Keras module on disk, M in: infobal trainer_tf
+#                                 #   trainer_base critics view_aggregator view_encoder club
 #                                 #   (configs and the scope filter in dev/cosmic-ray/)
 #   dev/mutation.sh all           # everything, in that order
+#   SAMPLE=20 SEED=0 dev/mutation.sh cosmic-ray infobal   # a random sample of the scope
 #
 # Results: `mutmut results` / `dev/cosmic-ray/M.report.txt`; summary in dev/MUTATION.md.
 # Needs: pip install mutmut==3.8.1 cosmic-ray==8.7.0 (test-only tools, not package deps).
@@ -15,8 +16,9 @@ export TF_CPP_MIN_LOG_LEVEL=3
 # mutmut puts its mutated copy (mutants/) first on sys.path; an outside PYTHONPATH would
 # shadow it, so it is cleared here.
 unset PYTHONPATH
-NICE="nice -n 15"
+NICE="nice -n 19"
 JOBS="${JOBS:-2}"
+export FORKSERVER_TIMEOUT_S="${FORKSERVER_TIMEOUT_S:-1800}"
 
 run_mutmut() {
     rm -rf mutants  # a fresh run: mutmut may reuse cached verdicts after tests change
@@ -35,9 +37,11 @@ run_cosmic_ray() {
         cd "$scratch"
         export PYTHONPATH="$scratch"  # the scratch copy, not the editable install
         cfg="dev/cosmic-ray/$module.toml" db="$module.sqlite"
-        cosmic-ray init "$cfg" "$db"
-        python dev/cosmic-ray/scope_filter.py "$cfg" "$db"
-        cr-filter-operators "$db" "$cfg"
+        $NICE cosmic-ray init "$cfg" "$db"
+        $NICE cr-filter-operators "$db" "$cfg"
+        # the named functions only; SAMPLE=N keeps N of them, random with seed SEED (default 0)
+        MUTATION_SAMPLE="${SAMPLE:-}" MUTATION_SEED="${SEED:-0}" \
+            $NICE python dev/cosmic-ray/scope_filter.py "$cfg" "$db"
         # Tests run in children forked from a server that imported TensorFlow once.
         find . -name __pycache__ -prune -exec rm -rf {} +
         export FORKSERVER_SOCKET="$scratch/forkserver.sock"
@@ -45,7 +49,9 @@ run_cosmic_ray() {
         server=$!
         trap 'kill $server 2>/dev/null' EXIT
         while [ ! -S "$FORKSERVER_SOCKET" ]; do sleep 1; done
+        local t0=$SECONDS
         $NICE cosmic-ray --verbosity=WARNING baseline "$cfg"
+        echo "baseline test run: $((SECONDS - t0)) s"
         $NICE cosmic-ray exec "$cfg" "$db"
         kill $server
         cr-report --show-pending "$db" > "$here/dev/cosmic-ray/$module.report.txt" || true
@@ -59,6 +65,6 @@ case "${1:-all}" in
     cosmic-ray) run_cosmic_ray "$2" ;;
     all)
         run_mutmut
-        for m in critics club view_encoder view_aggregator infobal; do run_cosmic_ray "$m"; done ;;
+        for m in infobal trainer_tf trainer_base critics view_aggregator view_encoder club; do run_cosmic_ray "$m"; done ;;
     *) echo "usage: $0 [mutmut | cosmic-ray MODULE | all]" >&2; exit 2 ;;
 esac

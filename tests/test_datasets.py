@@ -131,7 +131,19 @@ def test_color_distortion_per_image():
                            seed=0).numpy().astype(int)
     means = out.reshape(64, -1).mean(1)
     assert len(np.unique(means)) > 32  # one factor per image, not one per batch
-    assert out.min() >= 0 and out.max() <= 255
+    # A flat grey image stays flat and grey under brightness, contrast and saturation, and
+    # only the brightness factor f in [1 - 0.8 s, 1 + 0.8 s] = [0.6, 1.4] moves it: by hand,
+    # each image is 250 (the 20% left alone) or min(round(250 f), 255). Near white most
+    # brightened images saturate at 255; without the clip to [0, 255] before the uint8 cast
+    # they would wrap round to small values (below 150).
+    flat = datasets.augment(tf.constant(np.full((64, 4, 4, 3), 250, np.uint8)), pad=0,
+                            flip=False, color_jitter=0.5, seed=1).numpy().astype(int)
+    per_image = flat.reshape(64, -1)
+    assert np.all(per_image == per_image[:, :1]), per_image  # flat and grey
+    values = per_image[:, 0]
+    assert values.min() >= 150 and values.max() <= 255, values
+    assert np.sum(values == 255) >= 8, values  # ~40% are brightened past 255 and clipped
+    assert np.sum(values < 250) >= 8, values  # ~40% are darkened
     grey = datasets.augment(tf.constant(x), pad=0, flip=False, grayscale=1.0).numpy()
     assert np.array_equal(grey[..., 0], grey[..., 1]) and np.array_equal(grey[..., 1],
                                                                           grey[..., 2])

@@ -110,3 +110,55 @@ def test_probe_classifier_is_float32_under_a_mixed_policy():
     finally:
         keras.mixed_precision.set_global_policy("float32")
     assert all(layer.compute_dtype == "float32" for layer in model.layers[1:])
+
+
+def test_validation_choices_and_the_model_never_see_the_test_set():
+    # The converged protocol standardizes, early-stops and restores the best epoch from the
+    # training features alone: poisoned test features (NaN) and shuffled test labels leave the
+    # trained classifier and its normalization bit-for-bit the same.
+    f, y = blobs(260, dim=8, sep=1.0, seed=2)
+    f_tr, y_tr, f_te, y_te = f[:200], y[:200], f[200:], y[200:]
+    kwargs = dict(classes=3, max_epochs=5, patience=2, return_model=True)
+    keras.utils.set_random_seed(0)
+    acc, model, (mean, std) = train_classifier(f_tr, y_tr, f_te, y_te, **kwargs)
+    poison = np.full_like(f_te, np.nan)
+    shuffled = np.random.default_rng(1).permutation(y_te)
+    keras.utils.set_random_seed(0)
+    _, model_p, (mean_p, std_p) = train_classifier(f_tr, y_tr, poison, shuffled, **kwargs)
+    for a, b in zip(model.get_weights(), model_p.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(mean, mean_p)
+    np.testing.assert_array_equal(std, std_p)
+    # The normalization is the training features' own, by numpy ...
+    np.testing.assert_allclose(mean[0], f_tr.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(std[0], f_tr.std(0) + 1e-6, rtol=1e-5, atol=1e-6)
+    # ... and the test accuracy is that of the returned model on the test set, scored once.
+    logits = model.predict((f_te - mean) / std, verbose=0)
+    assert acc == np.mean(np.argmax(logits, -1) == y_te)
+
+
+def test_early_stopping_monitors_a_split_of_the_training_features(monkeypatch):
+    # The validation data that fit gets are rows of the training features (never the test
+    # features), a tenth of them, disjoint from the rows it trains on.
+    import keras_infobal.evaluation as evaluation
+
+    f, y = blobs(260, dim=8, seed=3)
+    f_tr, y_tr, f_te, y_te = f[:200], y[:200], f[200:] + 100.0, y[200:]
+    seen = {}
+    real_fit = keras.Model.fit
+
+    def spy(self, x=None, y=None, validation_data=None, callbacks=None, **kw):
+        seen.update(x=np.array(x), val=np.array(validation_data[0]),
+                    monitor=[c.monitor for c in callbacks
+                             if isinstance(c, keras.callbacks.EarlyStopping)])
+        return real_fit(self, x, y, validation_data=validation_data, callbacks=callbacks,
+                        **{**kw, "epochs": 1})
+
+    monkeypatch.setattr(keras.Model, "fit", spy)
+    evaluation.train_classifier(f_tr, y_tr, f_te, y_te, classes=3)
+    assert seen["monitor"] == ["val_accuracy"]
+    std_tr = (f_tr - f_tr.mean(0)) / (f_tr.std(0) + 1e-6)  # by numpy
+    rows = lambda a: {tuple(np.round(r, 4)) for r in a}  # noqa: E731
+    assert len(seen["val"]) == 20 and len(seen["x"]) == 180
+    assert rows(seen["val"]) | rows(seen["x"]) == rows(std_tr)
+    assert not rows(seen["val"]) & rows(seen["x"])

@@ -104,6 +104,24 @@ def test_train_step_moves_both_terms_the_right_way(images):
     assert infomin_objective(down, down.encoder(x, training=True)) < before - 0.05
 
 
+def test_encoder_step_encodes_in_training_mode(images):
+    # The encoder step's J is the objective of views encoded with training=True (batch
+    # statistics in BatchNormalization), and the step updates the moving statistics.
+    keras.utils.set_random_seed(0)
+    model = make(infomin_weight=1.0)
+    model.compile(optimizer=keras.optimizers.SGD(0.0),
+                  discriminator_optimizer=keras.optimizers.SGD(0.0))
+    x = tf.constant(images)
+    moving = model.encoder.non_trainable_variables
+    assert moving  # BatchNormalization's moving means and variances
+    j_ref, _ = model._objective(model.encoder(x, training=True), training=True)
+    after_ref = snapshot(moving)
+    loss, j, _ = model.encoder_step(x)
+    assert float(j) == pytest.approx(float(j_ref), rel=1e-5, abs=1e-5)
+    assert float(loss) == pytest.approx(-float(j_ref), rel=1e-5, abs=1e-5)
+    assert n_changed(after_ref, moving) == len(moving)
+
+
 # ------------------------------------------------------------------ isolation through fit
 def test_fit_with_a_frozen_encoder_changes_only_the_discriminators(images):
     model = make(infomin_weight=1.0)

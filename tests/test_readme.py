@@ -73,3 +73,17 @@ def test_readme_cli_commands_run_as_written(tmp_path):
                              timeout=1800)
         assert res.returncode == 0, (line, res.stderr[-3000:])
     assert (work / "feats.npy").exists() and (work / "mi_vs_acc.png").exists()
+
+
+def test_readme_test_commands_are_what_ci_runs():
+    # The README's quick-start block lists exactly the test commands of .ci/run, in order,
+    # the slow tests included.
+    text = open(os.path.join(ROOT, "README.md")).read()
+    block = re.search(r"## Quick start\s*```bash\n(.*?)```", text, re.S).group(1)
+    ci = open(os.path.join(ROOT, ".ci", "run")).read()
+
+    def commands(lines):
+        return [line.strip() for line in lines.splitlines() if "pytest" in line]
+
+    assert commands(block) == commands(ci)
+    assert "python -m pytest -q -m slow" in commands(ci)

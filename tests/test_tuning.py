@@ -1,5 +1,6 @@
 import keras_tuner as kt
 import numpy as np
+import pytest
 
 from helpers import TINY
 from keras_infobal.tuning import OBJECTIVE, InfoBalHyperModel
@@ -24,3 +25,40 @@ def test_two_trial_search_maximizes_probe_accuracy(tmp_path):
     best = tuner.oracle.get_best_trials(1)[0]
     assert best.score == max(scores)
     assert tuner.get_best_hyperparameters()[0].values == best.hyperparameters.values
+
+
+def test_the_chosen_hyperparameters_and_presets_reach_the_model():
+    # The presets written out by hand for 4 views (not read from tuning.PRESETS).
+    by_hand = {
+        "uniform": ([1, 1, 1, 1], np.ones((4, 4))),
+        "neighbours": ([1, 1, 1, 1], [[1, 2, 1, 1], [2, 1, 2, 1], [1, 2, 1, 2], [1, 1, 2, 1]]),
+        "edges": ([1.5, 1, 1, 1.5], np.ones((4, 4))),
+    }
+    fixed = {k: v for k, v in TINY.items() if k != "critic_units"}
+    x = class_images(8)[0]
+    for preset, critic, units, lam in (("neighbours", "dv", 128, 0.3),
+                                       ("edges", "infonce", 256, 0.0),
+                                       ("uniform", "jsd", 512, 1.0)):
+        hp = kt.HyperParameters()
+        for name, value in (("num_views", 4), ("split", "grid"), ("weights_preset", preset),
+                            ("critic", critic), ("critic_units", units),
+                            ("infomin_weight", lam)):
+            hp.Fixed(name, value)
+        model = InfoBalHyperModel(None, None, model_kwargs=fixed).build(hp)
+        alpha, beta = by_hand[preset]
+        assert (model.num_views, model.split, model.critic) == (4, "grid", critic)
+        assert model.infomin_weight == lam and model.critic_units == units
+        np.testing.assert_array_equal(model._alpha, alpha)
+        np.testing.assert_array_equal(model._beta, beta)
+        assert len(model.infomax_critics) == 4
+        assert all(c.units == units for c in model.infomax_critics)
+        assert model.optimizer is not None and (model.discriminator_optimizer is not None)
+        if preset == "uniform":
+            continue
+        # ... and they weigh the terms of the objective: alpha and beta by hand.
+        logs = model.evaluate(x, batch_size=8, verbose=0, return_dict=True)
+        j = sum(a * logs[f"mi_R_V{i + 1}"] for i, a in enumerate(alpha))
+        if lam:
+            j -= lam * sum(beta[i][k] * logs[f"mi_V{i + 1}_V{k + 1}"]
+                           for i in range(4) for k in range(i + 1, 4))
+        assert logs["objective"] == pytest.approx(j, abs=1e-4)

@@ -6,10 +6,17 @@ get_config are left to the ordinary tests. The scope is read from the session's 
     [cosmic-ray.filters.scope]
     functions = ["MICritic._score", "get_critic"]
 
+A sample of the in-scope mutants can be run instead of all of them (on a shared host):
+MUTATION_SAMPLE=N keeps N of them, chosen by random.Random(MUTATION_SEED, default 0) over
+the job list sorted by (line, operator, occurrence); the others are marked skipped
+"not in the sample".
+
 Usage: python dev/cosmic-ray/scope_filter.py CONFIG SESSION
 """
 
 import ast
+import os
+import random
 import sys
 
 from cosmic_ray.config import load_config
@@ -42,17 +49,32 @@ def main(config_path, session):
     module = config["module-path"]
     names = config.sub("filters", "scope")["functions"]
     ranges = list(function_ranges(module, names).values())
-    kept = skipped = 0
+    kept, skipped = [], 0
     with use_db(session) as db:
         for item in list(db.pending_work_items):
             line = item.mutations[0].start_pos[0]
             if any(a <= line <= b for a, b in ranges):
-                kept += 1
+                kept.append(item)
                 continue
             skipped += 1
             db.set_result(item.job_id, WorkResult(output="outside the mutation scope",
                                                   worker_outcome=WorkerOutcome.SKIPPED))
-    print(f"scope_filter: {kept} mutants in scope, {skipped} skipped ({module})")
+        print(f"scope_filter: {len(kept)} mutants in scope, {skipped} skipped ({module})")
+        sample = os.environ.get("MUTATION_SAMPLE")
+        if sample and int(sample) < len(kept):
+            def key(item):
+                m = item.mutations[0]
+                return (m.start_pos, m.operator_name, m.occurrence)
+
+            kept.sort(key=key)
+            rng = random.Random(int(os.environ.get("MUTATION_SEED", "0")))
+            chosen = {id(item) for item in rng.sample(kept, int(sample))}
+            for item in kept:
+                if id(item) not in chosen:
+                    db.set_result(item.job_id, WorkResult(
+                        output="not in the sample", worker_outcome=WorkerOutcome.SKIPPED))
+            print(f"scope_filter: sampled {sample} of {len(kept)} in scope "
+                  f"(seed {os.environ.get('MUTATION_SEED', '0')})")
 
 
 if __name__ == "__main__":

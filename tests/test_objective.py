@@ -1,0 +1,156 @@
+"""InfoBal's objective and its pieces, called eagerly, against references composed by hand.
+
+The references pool the views with numpy and call each critic on its own inputs, then weigh
+the critics' values with the alpha and beta written out here; nothing is read back from
+`_objective` and its helpers. Eager and small, so it runs in seconds: it is also the fast
+test selection of the mutation runs of `keras_infobal/models/infobal.py` (dev/MUTATION.md).
+"""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from helpers import TINY
+from keras_infobal import InfoBal
+
+ALPHA = [1.0, 0.5, 2.0]
+BETA = [[1.0, 2.0, 0.5], [2.0, 1.0, 3.0], [0.5, 3.0, 1.0]]
+LAM = 0.7
+
+
+def make(**kwargs):
+    base = dict(num_views=3, split="separate", infomin_weight=LAM, view_weights=ALPHA,
+                correlation_weights=BETA)
+    return InfoBal(**{**TINY, **base, **kwargs})
+
+
+def spread(critics, factor=3.0):
+    for c in critics:
+        for v in c.trainable_variables:
+            v.assign(v * factor)
+
+
+@pytest.fixture(scope="module")
+def images():
+    return np.random.default_rng(0).integers(0, 256, size=(8, 16, 16, 3), dtype=np.uint8)
+
+
+def by_hand(model, views, pooling="mean"):
+    """(J, InfoMax terms, InfoMin terms by pair) from numpy pooling and the critics' calls."""
+    v = np.asarray(views)
+    b, m, vh, vw, c = v.shape
+    r = model.aggregator(views, training=False)
+    infomax = [float(model.infomax_critics[i]([r, v[:, i].reshape(b, vh * vw, c)],
+                                             training=False)) for i in range(m)]
+    p = v.mean(axis=(2, 3)) if pooling == "mean" else v.reshape(b, m, -1)
+    pairs = [(0, 1), (0, 2), (1, 2)][: len(model.infomin_critics)]
+    infomin = {(i, j): float(crit([p[:, i], p[:, j]], training=False))
+               for crit, (i, j) in zip(model.infomin_critics, pairs)}
+    j = sum(a * t for a, t in zip(ALPHA, infomax))
+    j -= LAM * sum(BETA[i][k] * t for (i, k), t in infomin.items())
+    return j, infomax, infomin
+
+
+@pytest.mark.parametrize("pooling", ["mean", "flatten"])
+def test_objective_weighs_every_term_by_hand(images, pooling):
+    model = make(view_pooling=pooling)
+    spread(model.infomax_critics + model.infomin_critics)  # terms of clearly different sizes
+    views = model.encoder(tf.constant(images), training=False)
+    j_ref, infomax_ref, infomin_ref = by_hand(model, views, pooling)
+    assert len(set(np.round(infomax_ref, 4))) == 3 and len(set(np.round(
+        list(infomin_ref.values()), 4))) == 3  # distinct, so a swapped index shows
+    j, infomax = model._objective(views, training=False)
+    np.testing.assert_allclose([float(t) for t in infomax], infomax_ref, rtol=1e-5, atol=1e-5)
+    assert float(j) == pytest.approx(j_ref, rel=1e-5, abs=1e-5)
+
+    # The discriminators' side: beta-weighted fits and the per-pair estimates, pair order.
+    pooled = model._pool(views)
+    fit, terms = model._discriminator_objective(pooled)
+    np.testing.assert_allclose([float(t) for t in terms], list(infomin_ref.values()),
+                               rtol=1e-5, atol=1e-5)
+    weighted = sum(BETA[i][k] * t for (i, k), t in infomin_ref.items())
+    assert float(fit) == pytest.approx(weighted, rel=1e-5, abs=1e-5)
+    # The encoder's loss is -J (no regularization losses here).
+    loss, j2, _ = model._encoder_loss(views)
+    assert not model.losses
+    assert float(loss) == pytest.approx(-float(j2), rel=1e-6)
+    # Pooled views by numpy: the mean over a view's locations, or all of them in order.
+    v = np.asarray(views)
+    expected = v.mean(axis=(2, 3)) if pooling == "mean" else v.reshape(8, 3, -1)
+    np.testing.assert_allclose(np.asarray(pooled), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_shared_critic_scores_every_view_with_critic_zero(images):
+    model = make(shared_critic=True, infomin_weight=0.0)
+    assert len(model.infomax_critics) == 1
+    views = model.encoder(tf.constant(images), training=False)
+    v = np.asarray(views)
+    r = model.aggregator(views, training=False)
+    crit = model.infomax_critics[0]
+    ref = [float(crit([r, v[:, i].reshape(8, -1, v.shape[-1])], training=False))
+           for i in range(3)]
+    j, infomax = model._objective(views, training=False)
+    np.testing.assert_allclose([float(t) for t in infomax], ref, rtol=1e-5, atol=1e-5)
+    # lambda = 0: J is the alpha-weighted InfoMax sum alone.
+    assert float(j) == pytest.approx(sum(a * t for a, t in zip(ALPHA, ref)), rel=1e-5)
+
+
+def test_augmented_pairs_score_each_half_against_the_other(images):
+    model = InfoBal(**{**TINY, "augmented_pairs": True, "infomin_weight": 0.0,
+                       "view_weights": [1.0, 3.0]})
+    spread(model.infomax_critics)
+    x = tf.constant(images)  # halves: images 0-3 and 4-7 stand in for two augmentations
+    views = model.encoder(x, training=False)
+    v = np.asarray(views)
+    r = np.asarray(model.aggregator(views, training=False))
+    b, m, vh, vw, c = v.shape
+
+    def term(i, r_rows, v_rows):
+        return float(model.infomax_critics[i]([r[r_rows], v[v_rows, i].reshape(4, -1, c)],
+                                              training=False))
+
+    first, second = slice(0, 4), slice(4, 8)
+    ref = [(term(i, first, second) + term(i, second, first)) / 2 for i in range(m)]
+    j, infomax = model._objective(views, training=False)
+    np.testing.assert_allclose([float(t) for t in infomax], ref, rtol=1e-5, atol=1e-5)
+    assert float(j) == pytest.approx(ref[0] + 3.0 * ref[1], rel=1e-5, abs=1e-5)
+
+
+def test_variable_sets_and_when_the_discriminators_train():
+    model = make()
+    enc = {id(v) for v in model.encoder.trainable_variables
+           + model.aggregator.trainable_variables}
+    for c in model.infomax_critics:
+        enc |= {id(v) for v in c.trainable_variables}
+    disc = set()
+    for c in model.infomin_critics:
+        disc |= {id(v) for v in c.trainable_variables}
+    assert len(model.infomin_critics) == 3 and disc
+    assert {id(v) for v in model.encoder_variables} == enc
+    assert len(model.encoder_variables) == len(enc)
+    assert {id(v) for v in model.discriminator_variables} == disc
+    assert len(model.discriminator_variables) == len(disc)
+    # lambda > 0 trains them unless track_view_mi=False; lambda = 0 only with track_view_mi.
+    cases = [(0.7, None, True), (0.0, None, False), (0.0, True, True), (0.7, False, False),
+             (0.0, False, False)]
+    for lam, track, active in cases:
+        m = InfoBal(**{**TINY, "infomin_weight": lam, "track_view_mi": track,
+                       "input_shape": None})
+        assert m.discriminator_active is active, (lam, track)
+    single = InfoBal(**{**TINY, "num_views": 1, "split": "rows", "infomin_weight": 1.0,
+                        "track_view_mi": True, "input_shape": None})
+    assert not single.pairs and single.discriminator_active is False
+
+
+def test_encoder_loss_adds_the_regularization_losses(images):
+    import keras
+
+    model = make(infomin_weight=0.0)
+    views = model.encoder(tf.constant(images), training=False)
+    model.aggregator(views)  # built
+    kernel = model.aggregator.trainable_variables[0]
+    kernel.regularizer = keras.regularizers.L2(0.05)
+    reg = 0.05 * float(np.sum(np.asarray(kernel) ** 2))  # by numpy
+    assert reg > 1e-3
+    loss, j, _ = model._encoder_loss(views)
+    assert float(loss) == pytest.approx(-float(j) + reg, rel=1e-5, abs=1e-6)
