@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from helpers import TINY
 from keras_infobal import InfoBal
+from keras_infobal.layers.critics import get_infomin_critic
 
 ALPHA = [1.0, 0.5, 2.0]
 BETA = [[1.0, 2.0, 0.5], [2.0, 1.0, 3.0], [0.5, 3.0, 1.0]]
@@ -35,6 +36,21 @@ def images():
     return np.random.default_rng(0).integers(0, 256, size=(8, 16, 16, 3), dtype=np.uint8)
 
 
+def per_pair_critic(model, p, dim):
+    """Pair p's discriminator as the stand-alone per-pair critic layer (an implementation
+    independent of the batched `PairCritics`), with pair p's weights."""
+    crit = get_infomin_critic(model.infomin_critic, units=model.critic_units,
+                              score_clip=model.score_clip)
+    crit.build([(None, dim), (None, dim)])
+    for path, value in model.infomin_critics.pair_weights(p).items():
+        *attrs, _, index = path.split("/")
+        layer = crit
+        for attr in attrs:
+            layer = getattr(layer, attr)
+        layer.weights[int(index)].assign(value)
+    return crit
+
+
 def by_hand(model, views, pooling="mean"):
     """(J, InfoMax terms, InfoMin terms by pair) from numpy pooling and the critics' calls."""
     v = np.asarray(views)
@@ -43,9 +59,10 @@ def by_hand(model, views, pooling="mean"):
     infomax = [float(model.infomax_critics[i]([r, v[:, i].reshape(b, vh * vw, c)],
                                              training=False)) for i in range(m)]
     p = v.mean(axis=(2, 3)) if pooling == "mean" else v.reshape(b, m, -1)
-    pairs = [(0, 1), (0, 2), (1, 2)][: len(model.infomin_critics)]
-    infomin = {(i, j): float(crit([p[:, i], p[:, j]], training=False))
-               for crit, (i, j) in zip(model.infomin_critics, pairs)}
+    assert model.pairs == [(0, 1), (0, 2), (1, 2)]
+    infomin = {(i, j): float(per_pair_critic(model, k, p.shape[-1])([p[:, i], p[:, j]],
+                                                                    training=False))
+               for k, (i, j) in enumerate(model.pairs)}
     j = sum(a * t for a, t in zip(ALPHA, infomax))
     j -= LAM * sum(BETA[i][k] * t for (i, k), t in infomin.items())
     return j, infomax, infomin
@@ -54,7 +71,7 @@ def by_hand(model, views, pooling="mean"):
 @pytest.mark.parametrize("pooling", ["mean", "flatten"])
 def test_objective_weighs_every_term_by_hand(images, pooling):
     model = make(view_pooling=pooling)
-    spread(model.infomax_critics + model.infomin_critics)  # terms of clearly different sizes
+    spread(model.infomax_critics + [model.infomin_critics])  # terms of clearly different sizes
     views = model.encoder(tf.constant(images), training=False)
     j_ref, infomax_ref, infomin_ref = by_hand(model, views, pooling)
     assert len(set(np.round(infomax_ref, 4))) == 3 and len(set(np.round(
@@ -123,9 +140,8 @@ def test_variable_sets_and_when_the_discriminators_train():
     for c in model.infomax_critics:
         enc |= {id(v) for v in c.trainable_variables}
     disc = set()
-    for c in model.infomin_critics:
-        disc |= {id(v) for v in c.trainable_variables}
-    assert len(model.infomin_critics) == 3 and disc
+    disc |= {id(v) for v in model.infomin_critics.trainable_variables}
+    assert model.infomin_critics.num_pairs == 3 and disc
     assert {id(v) for v in model.encoder_variables} == enc
     assert len(model.encoder_variables) == len(enc)
     assert {id(v) for v in model.discriminator_variables} == disc
