@@ -1,0 +1,187 @@
+"""Where the DIM(L) step's time goes, ours (TensorFlow) against the plain PyTorch reference.
+
+    python benchmarks/profile_step.py     # ~3 min on an idle machine; writes results/profile_step.{json,md}
+
+The step is cut into cumulative parts, each timed as its own compiled function (tf.function
+for ours, eager PyTorch for the reference), alternating between the two frameworks in
+rounds (best round kept, as in `speed.py`):
+
+- `trunk forward`: the convolutional encoder (and, for ours, the view split) on a batch;
+- `forward`: + the aggregator, the two critic encoders, the (B, B, L) score tensor and JSD;
+- `forward + backward`: + the gradients of the loss with respect to every weight;
+- `step`: + the Adam update (the whole training step).
+
+Differences between consecutive parts give each part's cost. Batch 64, 512 critic units,
+float32, JSD, one view (DIM(L)), both frameworks on all cores.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PARTS = ("trunk forward", "forward", "forward + backward", "step")
+
+
+def ours(batch):
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from keras_infobal import InfoBal
+
+    keras.utils.set_random_seed(0)
+    model = InfoBal(num_views=1, infomin_weight=0.0, critic_units=512)
+    opt = keras.optimizers.Adam(1e-4, beta_1=0.5)
+    model.compile(optimizer=opt)
+    x = tf.constant(np.random.default_rng(0).integers(0, 256, (batch, 32, 32, 3)), tf.uint8)
+    variables = model.encoder_variables
+    opt.build(variables)
+
+    @tf.function
+    def trunk():
+        return tf.reduce_sum(model.encoder(x, training=True))
+
+    @tf.function
+    def forward():
+        return model._encoder_loss(model.encoder(x, training=True))[0]
+
+    @tf.function
+    def backward():
+        with tf.GradientTape() as tape:
+            loss = model._encoder_loss(model.encoder(x, training=True))[0]
+        grads = tape.gradient(loss, variables)
+        return tf.add_n([tf.reduce_sum(g) for g in grads])
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            loss = model._encoder_loss(model.encoder(x, training=True))[0]
+        grads = tape.gradient(loss, variables)
+        opt.apply(grads, variables)
+        return loss
+
+    return dict(zip(PARTS, [lambda f=f: float(f()) for f in (trunk, forward, backward, step)]))
+
+
+def reference(batch):
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    torch.manual_seed(0)
+
+    def block(cin, cout):
+        return nn.Sequential(nn.Conv2d(cin, cout, 4, 2, 1), nn.BatchNorm2d(cout), nn.ReLU())
+
+    local = nn.Sequential(block(3, 64), block(64, 128))
+    conv = block(128, 256)
+    fc = nn.Sequential(nn.Linear(4096, 1024), nn.BatchNorm1d(1024), nn.ReLU())
+    head = nn.Linear(1024, 64)
+
+    class MLP(nn.Module):
+        def __init__(self, d, u, conv_):
+            super().__init__()
+            lin = (lambda i, o: nn.Conv2d(i, o, 1)) if conv_ else nn.Linear
+            norm = nn.BatchNorm2d if conv_ else nn.BatchNorm1d
+            self.block = nn.Sequential(lin(d, u), norm(u), nn.ReLU(), lin(u, u))
+            self.short = lin(d, u)
+
+        def forward(self, x):
+            return self.block(x) + self.short(x)
+
+    g_enc, l_enc = MLP(64, 512, False), MLP(128, 512, True)
+    mods = [local, conv, fc, head, g_enc, l_enc]
+    params = [p for m in mods for p in m.parameters()]
+    opt = torch.optim.Adam(params, lr=1e-4, betas=(0.5, 0.999))
+    x = torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8)
+    eye = torch.eye(batch)[:, :, None]
+
+    def loss_fn():
+        m = local(x.float() / 127.5 - 1)
+        r = head(fc(conv(m).flatten(1)))
+        s = torch.einsum("au,bul->abl", g_enc(r), l_enc(m).flatten(2))
+        e_pos = (-F.softplus(-s) * eye).sum() / (eye.sum() * s.shape[2])
+        e_neg = (F.softplus(s) * (1 - eye)).sum() / ((1 - eye).sum() * s.shape[2])
+        return -(e_pos - e_neg)
+
+    def trunk():
+        with torch.no_grad():
+            return float(local(x.float() / 127.5 - 1).sum())
+
+    def forward():
+        with torch.no_grad():
+            return float(loss_fn())
+
+    def backward():
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn()
+        loss.backward()
+        return float(loss.detach())
+
+    def step():
+        loss = backward()
+        opt.step()
+        return loss
+
+    return dict(zip(PARTS, (trunk, forward, backward, step)))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--out", default=os.path.join(HERE, "results"))
+    args = p.parse_args()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    sys.path.insert(0, os.path.dirname(HERE))
+    sys.path.insert(0, HERE)
+    from speed import machine
+
+    fns = {"ours (TF)": ours(args.batch), "PyTorch reference": reference(args.batch)}
+    for parts in fns.values():
+        for f in parts.values():
+            for _ in range(3):
+                f()
+    best = {(who, part): [] for who in fns for part in PARTS}
+    for r in range(args.rounds):
+        order = list(fns) if r % 2 == 0 else list(fns)[::-1]
+        for who in order:
+            for part, f in fns[who].items():
+                time.sleep(0.2)
+                t0 = time.perf_counter()
+                for _ in range(args.steps):
+                    f()
+                best[who, part].append((time.perf_counter() - t0) / args.steps * 1000)
+    out = {"machine": machine(), "batch": args.batch, "rounds": args.rounds,
+           "steps_per_round": args.steps,
+           "ms": {f"{who} / {part}": {"best": min(v), "median": statistics.median(v)}
+                  for (who, part), v in best.items()}}
+    md = [f"CPU: {out['machine'].get('cpu_model')} ({out['machine']['cores']} cores). DIM(L) "
+          f"step parts, batch {args.batch}, float32; best of {args.rounds} alternating rounds "
+          f"x {args.steps} calls (ms per call; the part's own cost in brackets).", "",
+          "| part (cumulative) | ours (TF) | PyTorch reference | ours / reference |",
+          "|---|---|---|---|"]
+    prev = {who: 0.0 for who in fns}
+    for part in PARTS:
+        cells = []
+        for who in fns:
+            ms = min(best[who, part])
+            cells.append(f"{ms:.1f} (+{ms - prev[who]:.1f})")
+            prev[who] = ms
+        ratio = min(best["ours (TF)", part]) / min(best["PyTorch reference", part])
+        md.append(f"| {part} | {cells[0]} | {cells[1]} | {ratio:.2f} |")
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "profile_step.json"), "w") as f:
+        json.dump(out, f, indent=2)
+    with open(os.path.join(args.out, "profile_step.md"), "w") as f:
+        f.write("\n".join(md) + "\n")
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
