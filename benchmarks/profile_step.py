@@ -23,6 +23,7 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)  # speed.py: the PyTorch reference and the machine record
 PARTS = ("trunk forward", "forward", "forward + backward", "step")
 
 
@@ -69,48 +70,14 @@ def ours(batch):
 
 def reference(batch):
     import torch
-    import torch.nn.functional as F
-    from torch import nn
 
-    torch.manual_seed(0)
+    from speed import torch_dim_reference
 
-    def block(cin, cout):
-        return nn.Sequential(nn.Conv2d(cin, cout, 4, 2, 1), nn.BatchNorm2d(cout), nn.ReLU())
-
-    local = nn.Sequential(block(3, 64), block(64, 128))
-    conv = block(128, 256)
-    fc = nn.Sequential(nn.Linear(4096, 1024), nn.BatchNorm1d(1024), nn.ReLU())
-    head = nn.Linear(1024, 64)
-
-    class MLP(nn.Module):
-        def __init__(self, d, u, conv_):
-            super().__init__()
-            lin = (lambda i, o: nn.Conv2d(i, o, 1)) if conv_ else nn.Linear
-            norm = nn.BatchNorm2d if conv_ else nn.BatchNorm1d
-            self.block = nn.Sequential(lin(d, u), norm(u), nn.ReLU(), lin(u, u))
-            self.short = lin(d, u)
-
-        def forward(self, x):
-            return self.block(x) + self.short(x)
-
-    g_enc, l_enc = MLP(64, 512, False), MLP(128, 512, True)
-    mods = [local, conv, fc, head, g_enc, l_enc]
-    params = [p for m in mods for p in m.parameters()]
-    opt = torch.optim.Adam(params, lr=1e-4, betas=(0.5, 0.999))
-    x = torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8)
-    eye = torch.eye(batch)[:, :, None]
-
-    def loss_fn():
-        m = local(x.float() / 127.5 - 1)
-        r = head(fc(conv(m).flatten(1)))
-        s = torch.einsum("au,bul->abl", g_enc(r), l_enc(m).flatten(2))
-        e_pos = (-F.softplus(-s) * eye).sum() / (eye.sum() * s.shape[2])
-        e_neg = (F.softplus(s) * (1 - eye)).sum() / ((1 - eye).sum() * s.shape[2])
-        return -(e_pos - e_neg)
+    trunk_fn, loss_fn, opt = torch_dim_reference(batch)
 
     def trunk():
         with torch.no_grad():
-            return float(local(x.float() / 127.5 - 1).sum())
+            return float(trunk_fn().sum())
 
     def forward():
         with torch.no_grad():
@@ -138,8 +105,6 @@ def main():
     p.add_argument("--out", default=os.path.join(HERE, "results"))
     args = p.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    sys.path.insert(0, os.path.dirname(HERE))
-    sys.path.insert(0, HERE)
     from speed import machine
 
     fns = {"ours (TF)": ours(args.batch), "PyTorch reference": reference(args.batch)}

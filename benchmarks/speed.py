@@ -148,8 +148,9 @@ def images_per_step(name, batch):
 
 
 # ------------------------------------------------------------------- PyTorch reference
-def torch_dim_step(batch=64, units=UNITS):
-    """The plain PyTorch DIM(L) training step (JSD critic, Adam): a function of no arguments."""
+def torch_dim_reference(batch=64, units=UNITS):
+    """The plain PyTorch DIM(L) model (JSD critic, Adam) in parts, for `torch_dim_step` and
+    `profile_step.py`: (trunk, loss, optimizer), the first two functions of no arguments."""
     import torch
     import torch.nn.functional as F
     from torch import nn
@@ -188,7 +189,10 @@ def torch_dim_step(batch=64, units=UNITS):
     x = torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8)
     eye = torch.eye(batch)[:, :, None]
 
-    def step():
+    def trunk():
+        return enc.local(x.float() / 127.5 - 1)
+
+    def loss():
         img = x.float() / 127.5 - 1
         m, r = enc(img)
         eg = g_enc(r)  # (B, U)
@@ -196,7 +200,17 @@ def torch_dim_step(batch=64, units=UNITS):
         s = torch.einsum("au,bul->abl", eg, el).float()
         e_pos = (-F.softplus(-s) * eye).sum() / (eye.sum() * s.shape[2])
         e_neg = (F.softplus(s) * (1 - eye)).sum() / ((1 - eye).sum() * s.shape[2])
-        loss = -(e_pos - e_neg)
+        return -(e_pos - e_neg)
+
+    return trunk, loss, opt
+
+
+def torch_dim_step(batch=64, units=UNITS):
+    """The plain PyTorch DIM(L) training step (JSD critic, Adam): a function of no arguments."""
+    _, loss_fn, opt = torch_dim_reference(batch, units)
+
+    def step():
+        loss = loss_fn()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
