@@ -4,6 +4,7 @@
 #   dev/mutation.sh mutmut        # estimators.py and layers/club.py (plain functions), mutmut 3
 #   dev/mutation.sh cosmic-ray M  # a Keras module on disk, M in: infobal trainer_tf
 #                                 #   trainer_base critics view_aggregator view_encoder club
+#                                 #   pair_critics
 #                                 #   (configs and the scope filter in dev/cosmic-ray/)
 #   dev/mutation.sh all           # everything, in that order
 #   SAMPLE=20 SEED=0 dev/mutation.sh cosmic-ray infobal   # a random sample of the scope
@@ -65,6 +66,6 @@ case "${1:-all}" in
     cosmic-ray) run_cosmic_ray "$2" ;;
     all)
         run_mutmut
-        for m in infobal trainer_tf trainer_base critics view_aggregator view_encoder club; do run_cosmic_ray "$m"; done ;;
+        for m in infobal trainer_tf trainer_base critics view_aggregator view_encoder club pair_critics; do run_cosmic_ray "$m"; done ;;
     *) echo "usage: $0 [mutmut | cosmic-ray MODULE | all]" >&2; exit 2 ;;
 esac

@@ -28,7 +28,7 @@ DATA_OPTIONS = ("augmented_pairs", "color_jitter", "grayscale")
 DEFAULTS = dict(variant="infobal", critic=None, infomin_critic=None, infomin_weight=None, num_views=None,
                 split=None, score_clip=None, augmented_pairs=None, color_jitter=None,
                 grayscale=None, mixed_precision=False, epochs=30, batch_size=64, lr=3e-4,
-                critic_units=512,
+                critic_units=512, infomin_units=None,
                 probe_every=5, probe_train=10000, seed=0, threads=0, limit=0,
                 data=None, out=None, skip_final_probe=False, verbose=2, init_from=None,
                 probe_layers=feature_registry.probe_layers(),
@@ -72,7 +72,7 @@ def pretrain_cifar10(**kwargs):
     (colour distortion of the augmentation) (overrides of the variant), mixed_precision
     (train under keras' "mixed_bfloat16" policy; evaluation and model.keras stay float32),
     epochs, batch_size,
-    lr (peak of a cosine decay), critic_units, probe_every, probe_train, seed, threads, limit, data
+    lr (peak of a cosine decay), critic_units, infomin_units, probe_every, probe_train, seed, threads, limit, data
     (CIFAR-10 folder/.tar.gz or None for $KERAS_INFOBAL_CIFAR10 / tfds), out (required),
     skip_final_probe, verbose, probe_layers (in-training probe), final_probe_layers,
     init_from (continue from trained weights: a shipped variant name, whose encoder and
@@ -106,7 +106,8 @@ def pretrain_cifar10(**kwargs):
     keras.utils.set_random_seed(args.seed)
     os.makedirs(args.out, exist_ok=True)
     config = dict(CONFIGS[args.variant])
-    for key in ("critic", "infomin_critic", "infomin_weight", "num_views", "split", "score_clip") + DATA_OPTIONS:
+    for key in ("critic", "infomin_critic", "infomin_weight", "num_views", "split", "score_clip",
+                "infomin_units") + DATA_OPTIONS:
         if getattr(args, key) is not None:
             config[key] = getattr(args, key)
     aug = dict(color_jitter=float(config.pop("color_jitter", 0.0)),

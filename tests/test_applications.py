@@ -292,6 +292,12 @@ def test_from_preset_continues_pretraining_with_the_shipped_critics(tmp_path, mo
     # Another InfoMin estimator: encoder, aggregator and InfoMax critics still come along.
     with pytest.warns(UserWarning, match="InfoMin critics"):
         club = InfoBal.from_preset("p", infomin_critic="club")
+    with pytest.warns(UserWarning, match="InfoMin critics"):
+        narrow = InfoBal.from_preset("p", infomin_units=8)  # another width: fresh critics
+    assert narrow.infomin_critics.units == 8
+    for a, b in zip(narrow.infomax_critics[0].get_weights(),
+                    source.infomax_critics[0].get_weights()):
+        np.testing.assert_array_equal(a, b)
     for a, b in zip(club.infomax_critics[0].get_weights(),
                     source.infomax_critics[0].get_weights()):
         np.testing.assert_array_equal(a, b)

@@ -83,6 +83,9 @@ def test_bad_backbones_say_what_is_expected():
     pooled = keras.Sequential([keras.layers.Conv2D(4, 3), keras.layers.GlobalAveragePooling2D()])
     with pytest.raises(ValueError, match=r"feature map \(B, h, w, C\)"):
         ViewEncoder(backbone=pooled).build((None, 16, 16, 3))
+    sequence = keras.Sequential([keras.layers.Conv2D(4, 3), keras.layers.Reshape((-1, 4))])
+    with pytest.raises(ValueError, match=r"feature map \(B, h, w, C\)"):
+        ViewEncoder(backbone=sequence).build((None, 16, 16, 3))  # rank 3 is no map either
 
 
 def test_a_registered_estimator_trains_in_the_model():

@@ -122,6 +122,53 @@ def test_view_encoder_rescales_0_255_to_minus_1_1():
     np.testing.assert_allclose(np.asarray(on(x.astype("float32"))), a, rtol=1e-5, atol=1e-5)
 
 
+def test_view_encoder_map_shape_rounds_odd_sides_up():
+    # Three stride-2 "same" convolutions: 30 -> 15 -> 8 -> 4 and 18 -> 9 -> 5 -> 3, by hand;
+    # the channels are the last of the three filters.
+    enc = ViewEncoder(num_views=1, filters=(4, 8, 16))
+    assert enc.map_shape((None, 30, 18, 3)) == (4, 3, 16)
+    out = enc.local_map(np.zeros((2, 30, 18, 3), "uint8"))
+    assert tuple(out.shape) == (2, 4, 3, 16)
+
+
+def test_view_encoder_refuses_images_too_small_on_either_side():
+    enc = ViewEncoder(num_views=1, filters=(4, 8))  # halves twice: at least 4x4
+    for shape in ((None, 3, 8, 3), (None, 8, 3, 3)):
+        with pytest.raises(ValueError, match="at least 4x4"):
+            enc.view_shape(shape)
+    assert enc.view_shape((None, 4, 4, 3)) == (1, 1, 8)
+
+
+def test_view_encoder_unknown_image_size():
+    # One view, or one trunk per view, needs no cut: the size may stay unknown.
+    unknown = (None, None, None, 3)
+    assert ViewEncoder(num_views=1, filters=(4, 8)).view_shape(unknown) == (None, None, 8)
+    assert ViewEncoder(num_views=2, split="separate",
+                       filters=(4, 8)).view_shape(unknown) == (None, None, 8)
+    with pytest.raises(ValueError, match="needs a known image size"):
+        ViewEncoder(num_views=2, split="rows", filters=(4, 8)).view_shape(unknown)
+
+
+def test_view_encoder_trunk_layer_names():
+    one = ViewEncoder(num_views=2, split="rows", filters=(4, 8))
+    one.build((None, 16, 16, 3))
+    assert [layer.name for layer in one.trunks[0]] == ["conv0", "bn0", "conv1", "bn1"]
+    two = ViewEncoder(num_views=2, split="separate", filters=(4, 8))
+    two.build((None, 16, 16, 3))
+    assert [[layer.name for layer in t] for t in two.trunks] == [
+        ["view0_conv0", "view0_bn0", "view0_conv1", "view0_bn1"],
+        ["view1_conv0", "view1_bn0", "view1_conv1", "view1_bn1"]]
+
+
+def test_view_encoder_local_map_of_separate_split_is_the_first_trunks():
+    x = np.random.default_rng(0).integers(0, 256, (2, 16, 16, 3)).astype("uint8")
+    enc = ViewEncoder(num_views=2, split="separate", filters=(4, 8))
+    views = np.asarray(enc(x, training=False))
+    fmap = np.asarray(enc.local_map(x, training=False))
+    np.testing.assert_allclose(fmap, views[:, 0], atol=1e-6)
+    assert not np.allclose(fmap, views[:, 1], atol=1e-3)
+
+
 # -------------------------------------------------------------------------- ViewAggregator
 @pytest.mark.parametrize("mode", ["concat", "mean", "attention"])
 def test_aggregator_shapes_and_features(mode):
@@ -173,6 +220,64 @@ def test_aggregator_errors():
         ViewAggregator(mode="sum")
     with pytest.raises(ValueError, match="output_mode"):
         ViewAggregator(output_mode="logits")
+
+
+def _bn(x, layer):
+    """Inference-mode BatchNormalization by numpy, from the layer's weights."""
+    gamma, beta, mean, var = (np.asarray(w) for w in layer.weights)
+    return gamma * (x - mean) / np.sqrt(var + layer.epsilon) + beta
+
+
+def _spread_bn_statistics(agg, rng):
+    for layer in (agg.conv_norm, agg.fc_norm):
+        for w, lo, hi in zip(layer.weights, (0.5, -0.5, -0.5, 0.5), (1.5, 0.5, 0.5, 2.0)):
+            w.assign(rng.uniform(lo, hi, w.shape).astype("float32"))
+
+
+@pytest.mark.parametrize("mode", ["concat", "mean", "attention"])
+def test_aggregator_features_match_numpy(mode):
+    """conv, fc and R of every mode, in inference mode, against numpy from the weights (only
+    the 4x4 stride-2 convolution itself is Keras' Conv2D)."""
+    rng = np.random.default_rng(3)
+    b, m, h, w, c = 3, 3, 4, 4, 16
+    views = rng.normal(size=(b, m, h, w, c)).astype("float32")
+    agg = ViewAggregator(mode=mode, fc_units=8, conv_filters=8, output_dim=5)
+    agg(views)
+    _spread_bn_statistics(agg, rng)
+    for layer in ([agg.view_score] if mode == "attention" else []):
+        layer.kernel.assign(3.0 * rng.normal(size=layer.kernel.shape).astype("float32"))
+    assert tuple(agg.conv.kernel.shape) == (4, 4, c, 8) and agg.conv.strides == (2, 2)
+    conv_map = np.asarray(agg.conv(views.reshape(b * m, h, w, c)))  # (B*M, 2, 2, 8)
+    conv = np.maximum(_bn(conv_map, agg.conv_norm), 0).reshape(b, m, -1)  # (B, M, 32)
+    w_fc, b_fc = (np.asarray(v) for v in agg.fc.weights)
+    if mode == "concat":
+        fc = np.maximum(_bn(conv.reshape(b, -1) @ w_fc + b_fc, agg.fc_norm), 0)
+    else:
+        hv = np.maximum(_bn(conv @ w_fc + b_fc, agg.fc_norm), 0)  # (B, M, 8), shared fc
+        if mode == "mean":
+            fc = hv.mean(axis=1)
+        else:
+            w_s, b_s = (np.asarray(v) for v in agg.view_score.weights)
+            score = (hv @ w_s + b_s)[..., 0]  # (B, M)
+            a = np.exp(score - score.max(1, keepdims=True))
+            a /= a.sum(1, keepdims=True)
+            assert a.max() - a.min() > 0.2  # the weights differ, so a wrong pooling shows
+            fc = (a[..., None] * hv).sum(axis=1)
+            np.testing.assert_allclose(np.asarray(agg.view_weights(views)), a, atol=1e-5)
+    w_h, b_h = (np.asarray(v) for v in agg.head.weights)
+    feats = agg.features(views, training=False)
+    np.testing.assert_allclose(np.asarray(feats["conv"]), conv.reshape(b, -1), rtol=1e-4,
+                               atol=1e-5)
+    np.testing.assert_allclose(np.asarray(feats["fc"]), fc, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(feats["R"]), fc @ w_h + b_h, rtol=1e-4, atol=1e-5)
+
+
+def test_aggregator_refuses_views_it_was_not_built_for():
+    agg = ViewAggregator(fc_units=8, conv_filters=8)
+    agg(np.zeros((2, 2, 4, 4, 16), "float32"))
+    for m, c in ((3, 16), (1, 16), (2, 8), (2, 32)):
+        with pytest.raises(ValueError, match="built for 2 views of 16 channels"):
+            agg(np.zeros((2, m, 4, 4, c), "float32"))
 
 
 # --------------------------------------------------------------------------------- critics

@@ -36,10 +36,10 @@ def images():
     return np.random.default_rng(0).integers(0, 256, size=(8, 16, 16, 3), dtype=np.uint8)
 
 
-def per_pair_critic(model, p, dim):
+def per_pair_critic(model, p, dim, units=TINY["critic_units"]):
     """Pair p's discriminator as the stand-alone per-pair critic layer (an implementation
     independent of the batched `PairCritics`), with pair p's weights."""
-    crit = get_infomin_critic(model.infomin_critic, units=model.critic_units,
+    crit = get_infomin_critic(model.infomin_critic, units=units,
                               score_clip=model.score_clip)
     crit.build([(None, dim), (None, dim)])
     for path, value in model.infomin_critics.pair_weights(p).items():
@@ -51,7 +51,7 @@ def per_pair_critic(model, p, dim):
     return crit
 
 
-def by_hand(model, views, pooling="mean"):
+def by_hand(model, views, pooling="mean", infomin_units=TINY["critic_units"]):
     """(J, InfoMax terms, InfoMin terms by pair) from numpy pooling and the critics' calls."""
     v = np.asarray(views)
     b, m, vh, vw, c = v.shape
@@ -60,8 +60,8 @@ def by_hand(model, views, pooling="mean"):
                                              training=False)) for i in range(m)]
     p = v.mean(axis=(2, 3)) if pooling == "mean" else v.reshape(b, m, -1)
     assert model.pairs == [(0, 1), (0, 2), (1, 2)]
-    infomin = {(i, j): float(per_pair_critic(model, k, p.shape[-1])([p[:, i], p[:, j]],
-                                                                    training=False))
+    infomin = {(i, j): float(per_pair_critic(model, k, p.shape[-1], infomin_units)(
+                   [p[:, i], p[:, j]], training=False))
                for k, (i, j) in enumerate(model.pairs)}
     j = sum(a * t for a, t in zip(ALPHA, infomax))
     j -= LAM * sum(BETA[i][k] * t for (i, k), t in infomin.items())
@@ -170,3 +170,28 @@ def test_encoder_loss_adds_the_regularization_losses(images):
     assert reg > 1e-3
     loss, j, _ = model._encoder_loss(views)
     assert float(loss) == pytest.approx(-float(j) + reg, rel=1e-5, abs=1e-6)
+
+
+def test_infomin_units_sets_only_the_discriminators_width(images):
+    """`infomin_units=8` gives 8-unit discriminators (the stand-alone 8-unit per-pair critic
+    reproduces every InfoMin term) and leaves the InfoMax critics at `critic_units`."""
+    assert TINY["critic_units"] == 16
+    model = make(infomin_units=8)
+    hidden = model.infomin_critics.pair_weights(0)["global_encoder/hidden/vars/0"]
+    assert hidden.shape[-1] == 8
+    assert all(c.global_encoder.hidden.units == 16 for c in model.infomax_critics)
+    spread(model.infomax_critics + [model.infomin_critics])
+    views = model.encoder(tf.constant(images), training=False)
+    j_ref, _, infomin_ref = by_hand(model, views, infomin_units=8)
+    _, terms = model._discriminator_objective(model._pool(views))
+    np.testing.assert_allclose([float(t) for t in terms], list(infomin_ref.values()),
+                               rtol=1e-5, atol=1e-5)
+    j, _ = model._objective(views, training=False)
+    assert float(j) == pytest.approx(j_ref, rel=1e-5, abs=1e-5)
+    # Saved in the config; None (the default) follows critic_units.
+    again = InfoBal.from_config(model.get_config())
+    assert again.infomin_units == 8 and again.infomin_critics.units == 8
+    assert make().infomin_units is None and make().infomin_critics.units == 16
+    for bad in (0, -4, 2.5, True, "8"):
+        with pytest.raises(ValueError, match="infomin_units"):
+            make(infomin_units=bad)

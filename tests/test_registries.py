@@ -120,6 +120,8 @@ def test_pretrain_script_offers_the_registered_estimator_and_split(registered, c
                                 "--infomin-critic", "mean_gap", "--split", "diagonal"])
     assert (args.critic, args.infomin_critic, args.split) == ("mean_gap", "mean_gap", "diagonal")
     assert pretrain.parse_args(["--out", "run", "--infomin-critic", "club"]).infomin_critic == "club"
+    assert pretrain.parse_args(["--out", "run", "--infomin-units", "64"]).infomin_units == 64
+    assert pretrain.parse_args(["--out", "run"]).infomin_units is None
     with pytest.raises(SystemExit):
         pretrain.parse_args(["--out", "run", "--split", "spiral"])
     assert "invalid choice: 'spiral'" in capsys.readouterr().err

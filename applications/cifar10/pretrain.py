@@ -54,6 +54,8 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (cosine decay)")
     p.add_argument("--critic-units", type=int, default=512)
+    p.add_argument("--infomin-units", type=int, default=None,
+                   help="width of the InfoMin discriminators (default: --critic-units)")
     p.add_argument("--probe-every", type=int, default=5)
     p.add_argument("--probe-train", type=int, default=10000,
                    help="training images for the in-training probe")

@@ -178,8 +178,8 @@ def infobal_from_preset(name, cls=None, **overrides):
         if not same_infomax:
             pairs = pairs[:2]
             fresh.append("InfoMax critics")
-        if (model.infomin_critic, model.critic_units) == (source.infomin_critic,
-                                                         source.critic_units):
+        width = lambda m: getattr(m.infomin_critics, "units", None)  # noqa: E731
+        if (model.infomin_critic, width(model)) == (source.infomin_critic, width(source)):
             # One batched layer each (all view pairs' critics; absent with one view).
             if model.infomin_critics is not None:
                 pairs.append((model.infomin_critics, source.infomin_critics))

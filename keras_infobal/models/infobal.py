@@ -117,6 +117,11 @@ class InfoBal(Trainer, keras.Model):
             `layers.PairCLUB`, weights stacked on a pair axis), which returns the (P,)
             estimates of all pairs in `model.pairs` order from one call.
         critic_units: width of the critics' encodings.
+        infomin_units: width of the InfoMin discriminators' encodings; defaults to
+            `critic_units`. The M(M-1)/2 discriminators cost about
+            `M(M-1)/2 * 2 * (2 D + units) * units` multiply-adds per image per pass (D: the
+            pooled view width): at M = 8 and 512 units they cost more than all of DIM's
+            critics, so e.g. `infomin_units=128` makes the InfoMin term cheap at many views.
         scorer: "dot" (encode-and-dot) or "concat" for the InfoMax critics.
         shared_critic: one InfoMax critic for all views instead of one per view.
         output_dim, fc_units, filters, conv_filters: sizes of R, the fc layer, the trunk's conv
@@ -163,6 +168,7 @@ class InfoBal(Trainer, keras.Model):
         critic="jsd",
         infomin_critic=None,
         critic_units=512,
+        infomin_units=None,
         scorer="dot",
         shared_critic=False,
         output_dim=64,
@@ -195,6 +201,13 @@ class InfoBal(Trainer, keras.Model):
                 f"`infomin_critic` must be one of {list(infomin_critic_names())} (a lower-bound "
                 f"critic trained adversarially, or the CLUB upper bound); got "
                 f"{infomin_critic!r}."
+            )
+        if infomin_units is not None and (isinstance(infomin_units, bool)
+                                          or not isinstance(infomin_units, int)
+                                          or infomin_units < 1):
+            raise ValueError(
+                "`infomin_units` must be None (the critics' `critic_units`) or a positive "
+                f"integer; got {infomin_units!r}."
             )
         if not np.isfinite(infomin_weight) or infomin_weight < 0:
             raise ValueError(
@@ -247,6 +260,7 @@ class InfoBal(Trainer, keras.Model):
         self.critic = critic
         self.infomin_critic = infomin_critic
         self.critic_units = critic_units
+        self.infomin_units = infomin_units
         self.scorer = scorer
         self.shared_critic = bool(shared_critic)
         self.output_dim = output_dim
@@ -278,7 +292,9 @@ class InfoBal(Trainer, keras.Model):
         # One layer holds the discriminators of all M(M-1)/2 pairs, their weights stacked on
         # a leading pair axis (layers/pair_critics.py); None with a single view.
         self.infomin_critics = get_pair_critics(
-            infomin_critic, self.pairs, units=critic_units, score_clip=score_clip,
+            infomin_critic, self.pairs,
+            units=critic_units if infomin_units is None else infomin_units,
+            score_clip=score_clip,
             name="infomin_critics") if self.pairs else None
         self._beta_pairs = np.array([self._beta[i, j] for i, j in self.pairs],
                                     dtype="float32")
@@ -702,6 +718,7 @@ class InfoBal(Trainer, keras.Model):
             "critic": self.critic,
             "infomin_critic": self.infomin_critic,
             "critic_units": self.critic_units,
+            "infomin_units": self.infomin_units,
             "scorer": self.scorer,
             "shared_critic": self.shared_critic,
             "output_dim": self.output_dim,
