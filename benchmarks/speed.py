@@ -2,6 +2,7 @@
 
     pip install -e ".[bench,jax,torch]"
     python benchmarks/speed.py            # ~15 min; writes benchmarks/results/speed.{json,md}
+    python benchmarks/speed.py --set views  # ~5 min; DIM vs InfoBal at M = 2, 4, 8 views
     python benchmarks/speed.py --rounds 2 --steps 2 --contenders dim_tf dim_torch_ref --no-memory
 
 What it measures, in one run on one machine:
@@ -52,9 +53,12 @@ DIM_PAIRS = dict(num_views=2, infomin_weight=0.0, critic="infonce", augmented_pa
                  score_clip=20.0)
 
 
-def _c(backend, kind, description, model=None, policy="float32", jit=None):
+def _c(backend, kind, description, model=None, policy="float32", jit=None, env=None,
+       group="main"):
+    """A contender; `env` runs it in its own worker process with these environment variables
+    (library settings read at import), `group` is the set (`--set`) it belongs to."""
     return dict(backend=backend, kind=kind, description=description, model=model,
-                policy=policy, jit=jit)
+                policy=policy, jit=jit, env=dict(env or {}), group=group)
 
 
 BF16 = "mixed_bfloat16"
@@ -82,6 +86,18 @@ CONTENDERS = {
                      INFOBAL),
     "matmul_tf": _c("tensorflow", "matmul", "matmul 1024^3, TF, float32"),
     "matmul_tf_bf16": _c("tensorflow", "matmul", "matmul 1024^3, TF, bfloat16", policy=BF16),
+    # TensorFlow settings tried for the DIM(L) step (each in its own worker process)
+    "dim_tf_interop1": _c("tensorflow", "step", "DIM(L), TF, float32, 1 inter-op thread",
+                          DIM, jit=False, env={"TF_NUM_INTEROP_THREADS": "1"}),
+    "dim_tf_eigen": _c("tensorflow", "step", "DIM(L), TF, float32, oneDNN off (Eigen)", DIM,
+                       jit=False, env={"TF_ENABLE_ONEDNN_OPTS": "0"}),
+    "dim_tf_fpmath_bf16": _c("tensorflow", "step",
+                             "DIM(L), TF, float32 weights, oneDNN bf16 math "
+                             "(ONEDNN_DEFAULT_FPMATH_MODE=BF16)", DIM, jit=False,
+                             env={"ONEDNN_DEFAULT_FPMATH_MODE": "BF16"}),
+    "infobal8_tf_u128": _c("tensorflow", "step",
+                           "InfoBal M=8 (grid), TF, float32, infomin_units=128",
+                           dict(INFOBAL8, infomin_units=128), jit=False),
     # JAX (jit is Keras' default there)
     "dim_jax": _c("jax", "step", "DIM(L), JAX, float32", DIM, jit=True),
     "dim_jax_bf16": _c("jax", "step", "DIM(L), JAX, mixed bfloat16", DIM, BF16, True),
@@ -104,12 +120,27 @@ CONTENDERS = {
     "matmul_torch_bf16": _c("torch", "matmul", "matmul 1024^3, PyTorch, bfloat16",
                             policy=BF16),
 }
+# The views set (`--set views`): DIM and InfoBal at M = 2, 4, 8 views (rows / grid), the
+# views study's cells, in mixed bfloat16 as that study trained; and M = 8 with narrow
+# (infomin_units=128) discriminators.
+for _m, _split in ((2, "rows"), (4, "rows"), (4, "grid"), (8, "rows"), (8, "grid")):
+    for _name, _lam in (("DIM", 0.0), ("InfoBal", 1.0)):
+        CONTENDERS[f"views_{_name.lower()}_m{_m}_{_split}"] = _c(
+            "tensorflow", "step", f"{_name} M={_m} {_split}, TF, mixed bfloat16",
+            dict(num_views=_m, split=_split, infomin_weight=_lam), BF16, False, group="views")
+for _split in ("rows", "grid"):
+    CONTENDERS[f"views_infobal_m8_{_split}_u128"] = _c(
+        "tensorflow", "step", f"InfoBal M=8 {_split}, TF, mixed bfloat16, infomin_units=128",
+        dict(num_views=8, split=_split, infomin_weight=1.0, infomin_units=128), BF16, False,
+        group="views")
+SETS = sorted({c["group"] for c in CONTENDERS.values()})
+
 MATMUL_FLOPS = 2 * 1024 ** 3
 MATMULS_PER_STEP = 8  # one "step" of a matmul contender; keeps its steps ~10-50 ms
 
 
 # ---------------------------------------------------------------------------- FLOP count
-def dim_step_flops(batch=64, units=UNITS, num_views=1, infomin=False):
+def dim_step_flops(batch=64, units=UNITS, num_views=1, infomin=False, infomin_units=None):
     """FLOPs of one training step of DIM(L) / InfoBal on 32x32 images (multiply-add = 2)."""
     conv = lambda hw, cin, cout, k=4: 2 * hw * hw * cin * cout * k * k  # noqa: E731
     enc = conv(16, 3, 64) + conv(8, 64, 128) + conv(4, 128, 256)
@@ -121,7 +152,9 @@ def dim_step_flops(batch=64, units=UNITS, num_views=1, infomin=False):
     fwd = enc + critic + score
     if infomin:
         pairs = num_views * (num_views - 1) // 2
-        fwd += pairs * (2 * mlp(128) + 2 * batch * units)
+        u = infomin_units or units
+        pair_mlp = 2 * (128 * u + u * u + 128 * u)
+        fwd += pairs * (2 * pair_mlp + 2 * batch * u)
     return 3 * fwd * batch
 
 
@@ -135,7 +168,8 @@ def contender_flops(name, batch):
         return None
     m = c["model"]
     images = batch * (2 if m.get("augmented_pairs") else 1)
-    return dim_step_flops(images, UNITS, m["num_views"], m["infomin_weight"] > 0)
+    return dim_step_flops(images, UNITS, m["num_views"], m["infomin_weight"] > 0,
+                          m.get("infomin_units"))
 
 
 def images_per_step(name, batch):
@@ -421,12 +455,14 @@ def quantization(times):
 
 
 def start_workers(names, args):
-    by_backend = {}
+    by_worker = {}  # one process per backend and environment
     for name in names:
-        by_backend.setdefault(CONTENDERS[name]["backend"], []).append(name)
+        c = CONTENDERS[name]
+        key = (c["backend"], tuple(sorted(c["env"].items())))
+        by_worker.setdefault(key, []).append(name)
     procs = {}
-    for backend, group in by_backend.items():
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND=backend)
+    for (backend, settings), group in by_worker.items():
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND=backend, **dict(settings))
         cmd = [sys.executable, os.path.abspath(__file__), "--worker", *group, "--batch",
                str(args.batch), "--warmup", str(args.warmup)]
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
@@ -490,6 +526,13 @@ RATIOS = {
     "ours / PyTorch reference, float32 (TF + XLA)": ("dim_tf_xla", "dim_torch_ref"),
     "ours / PyTorch reference, float32 (JAX)": ("dim_jax", "dim_torch_ref"),
     "ours / PyTorch reference, float32 (Keras on PyTorch)": ("dim_torch", "dim_torch_ref"),
+    "ours / PyTorch reference, float32 (TF, 1 inter-op thread)": ("dim_tf_interop1",
+                                                                  "dim_torch_ref"),
+    "ours / PyTorch reference, float32 (TF, oneDNN off)": ("dim_tf_eigen", "dim_torch_ref"),
+    "ours with oneDNN bf16 math / PyTorch reference, float32": ("dim_tf_fpmath_bf16",
+                                                                "dim_torch_ref"),
+    "ours with oneDNN bf16 math / PyTorch reference, autocast bfloat16": (
+        "dim_tf_fpmath_bf16", "dim_torch_ref_bf16"),
     "ours / PyTorch reference, bfloat16 (TF)": ("dim_tf_bf16", "dim_torch_ref_bf16"),
     "ours / PyTorch reference, bfloat16 (TF + XLA)": ("dim_tf_xla_bf16", "dim_torch_ref_bf16"),
     "ours / PyTorch reference, bfloat16 (JAX)": ("dim_jax_bf16", "dim_torch_ref_bf16"),
@@ -506,7 +549,15 @@ COST = {  # step time of InfoBal over the same backend's DIM step (targets: <= 1
     "InfoBal / DIM step time, M=2, JAX bfloat16": ("dim_jax_bf16", "infobal_jax_bf16"),
     "InfoBal / DIM step time, M=2, Keras on PyTorch float32": ("dim_torch", "infobal_torch"),
     "InfoBal / DIM step time, M=8, TF float32": ("dim8_tf", "infobal8_tf"),
+    "InfoBal / DIM step time, M=8, TF float32, infomin_units=128": ("dim8_tf",
+                                                                    "infobal8_tf_u128"),
 }
+for _m, _split in ((2, "rows"), (4, "rows"), (4, "grid"), (8, "rows"), (8, "grid")):
+    COST[f"InfoBal / DIM step time, M={_m} {_split}, TF bfloat16"] = (
+        f"views_dim_m{_m}_{_split}", f"views_infobal_m{_m}_{_split}")
+for _split in ("rows", "grid"):
+    COST[f"InfoBal / DIM step time, M=8 {_split}, TF bfloat16, infomin_units=128"] = (
+        f"views_dim_m8_{_split}", f"views_infobal_m8_{_split}_u128")
 
 
 def ratios(out):
@@ -516,7 +567,9 @@ def ratios(out):
              and "pairs" not in k}
     for policy, tag in (("float32", ""), (BF16, "_bf16")):
         ours = {k: v for k, v in steps.items()
-                if CONTENDERS[k]["policy"] == policy and CONTENDERS[k]["kind"] == "step"}
+                if CONTENDERS[k]["policy"] == policy and CONTENDERS[k]["kind"] == "step"
+                # bf16 math is not a float32 step
+                and "ONEDNN_DEFAULT_FPMATH_MODE" not in CONTENDERS[k]["env"]}
         if ours:
             res[f"fastest DIM(L) step, {policy}"] = max(ours, key=ours.get)
     return res
@@ -563,8 +616,11 @@ def markdown(out):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--contenders", nargs="+", default=list(CONTENDERS),
-                   choices=list(CONTENDERS))
+    p.add_argument("--set", choices=SETS, default="main",
+                   help="main: every backend and setting (results speed.*); views: DIM and "
+                        "InfoBal at M = 2, 4, 8 views (results views_speed.*)")
+    p.add_argument("--contenders", nargs="+", choices=list(CONTENDERS),
+                   help="only these (default: the --set's contenders)")
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--steps", type=int, default=8, help="timed steps per contender per round")
     p.add_argument("--warmup", type=int, default=4)
@@ -579,14 +635,18 @@ def main():
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         sys.path.insert(0, os.path.dirname(HERE))
         return worker(args.worker, args.batch, args.warmup)
+    if not args.contenders:
+        args.contenders = [n for n, c in CONTENDERS.items() if c["group"] == args.set]
+    stem = "speed" if args.set == "main" else f"{args.set}_speed"
     out = run(args)
-    if not args.no_memory:
+    out["set"] = args.set
+    if not args.no_memory and args.set == "main":
         out["memory"] = memory()
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "speed.json"), "w") as f:
+    with open(os.path.join(args.out, stem + ".json"), "w") as f:
         json.dump(out, f, indent=2)
     md = markdown(out)
-    with open(os.path.join(args.out, "speed.md"), "w") as f:
+    with open(os.path.join(args.out, stem + ".md"), "w") as f:
         f.write(md)
     print(md)
 
