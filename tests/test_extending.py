@@ -77,6 +77,17 @@ def test_backbone_encoder_round_trips_and_separate_trunks_have_their_own_weights
     np.testing.assert_allclose(loaded.predict(IMAGES, verbose=0), views, atol=1e-6)
 
 
+def test_backbone_encoder_build_builds_every_trunk():
+    one = _backbone()
+    one.build((None, 16, 16, 3))
+    per_trunk = len(one.weights)
+    assert per_trunk == 4  # two convolutions, kernel and bias each
+    enc = ViewEncoder(num_views=2, split="separate", backbone=_backbone())
+    enc.build((None, 16, 16, 3))
+    assert [t[0].built for t in enc.trunks] == [True, True]
+    assert len(enc.weights) == 2 * per_trunk
+
+
 def test_bad_backbones_say_what_is_expected():
     with pytest.raises(ValueError, match="Keras layer or model"):
         ViewEncoder(backbone=lambda x: x)

@@ -122,6 +122,52 @@ def test_view_encoder_rescales_0_255_to_minus_1_1():
     np.testing.assert_allclose(np.asarray(on(x.astype("float32"))), a, rtol=1e-5, atol=1e-5)
 
 
+def test_view_encoder_grid_shape_is_the_squarest_grid():
+    from keras_infobal.layers.view_encoder import grid_shape
+
+    expected = {1: (1, 1), 2: (1, 2), 3: (1, 3), 4: (2, 2), 6: (2, 3), 8: (2, 4), 9: (3, 3),
+                12: (3, 4), 16: (4, 4), 7: (1, 7)}
+    assert {m: grid_shape(m) for m in expected} == expected
+
+
+@pytest.mark.parametrize("split,m", [("rows", 2), ("rows", 4), ("rows", 8), ("columns", 2),
+                                     ("columns", 4), ("grid", 2), ("grid", 4), ("grid", 8),
+                                     ("grid", 16)])
+def test_view_encoder_every_view_is_its_part_of_the_map(split, m):
+    """Every view against numpy slices of the one-view map: rows top to bottom, columns left
+    to right, grid cells row-major."""
+    x = np.random.default_rng(1).integers(0, 256, (2, 32, 32, 3)).astype("uint8")
+    whole = ViewEncoder(num_views=1, filters=(4, 8))
+    fmap = np.asarray(whole.local_map(x))  # (2, 8, 8, 8)
+    enc = ViewEncoder(num_views=m, split=split, filters=(4, 8))
+    enc.build(x.shape)
+    enc.set_weights(whole.get_weights())
+    views = np.asarray(enc(x))
+    gr, gc = {"rows": (m, 1), "columns": (1, m)}.get(
+        split, {2: (1, 2), 4: (2, 2), 8: (2, 4), 16: (4, 4)}[m])
+    vh, vw = 8 // gr, 8 // gc
+    assert views.shape == (2, m, vh, vw, 8)
+    for k in range(m):
+        r, c = divmod(k, gc)
+        np.testing.assert_allclose(views[:, k], fmap[:, r * vh:(r + 1) * vh, c * vw:(c + 1) * vw],
+                                   atol=1e-6)
+
+
+def test_view_encoder_splits_that_do_not_divide_the_map_say_so():
+    for split, m, message in (("rows", 3, "does not divide the local map's height 8"),
+                              ("columns", 3, "does not divide the local map's width 8"),
+                              ("columns", 5, "use a divisor of 8 for split='columns'"),
+                              ("grid", 6, "makes a 2x3 grid, which does not divide"),
+                              ("grid", 3, "makes a 1x3 grid")):
+        with pytest.raises(ValueError, match=message):
+            ViewEncoder(num_views=m, split=split, filters=(4, 8)).build((None, 32, 32, 3))
+    # 4x8 maps (32x64 images): grid 8 divides (2x4), rows 8 does not.
+    assert ViewEncoder(num_views=8, split="grid", filters=(4, 8)).view_shape(
+        (None, 32, 64, 3)) == (4, 4, 8)
+    assert ViewEncoder(num_views=2, split="columns", filters=(4, 8)).view_shape(
+        (None, 32, 64, 3)) == (8, 8, 8)
+
+
 def test_view_encoder_map_shape_rounds_odd_sides_up():
     # Three stride-2 "same" convolutions: 30 -> 15 -> 8 -> 4 and 18 -> 9 -> 5 -> 3, by hand;
     # the channels are the last of the three filters.
@@ -133,8 +179,8 @@ def test_view_encoder_map_shape_rounds_odd_sides_up():
 
 def test_view_encoder_refuses_images_too_small_on_either_side():
     enc = ViewEncoder(num_views=1, filters=(4, 8))  # halves twice: at least 4x4
-    for shape in ((None, 3, 8, 3), (None, 8, 3, 3)):
-        with pytest.raises(ValueError, match="at least 4x4"):
+    for shape, size in (((None, 3, 8, 3), "3x8"), ((None, 8, 3, 3), "8x3")):
+        with pytest.raises(ValueError, match=f"Images of {size} are too small.*at least 4x4"):
             enc.view_shape(shape)
     assert enc.view_shape((None, 4, 4, 3)) == (1, 1, 8)
 
@@ -153,11 +199,14 @@ def test_view_encoder_trunk_layer_names():
     one = ViewEncoder(num_views=2, split="rows", filters=(4, 8))
     one.build((None, 16, 16, 3))
     assert [layer.name for layer in one.trunks[0]] == ["conv0", "bn0", "conv1", "bn1"]
+    # build() builds every layer: 2 x (kernel, bias) + 2 x (gamma, beta, mean, variance)
+    assert len(one.weights) == 12 and all(layer.built for layer in one.trunks[0])
     two = ViewEncoder(num_views=2, split="separate", filters=(4, 8))
     two.build((None, 16, 16, 3))
     assert [[layer.name for layer in t] for t in two.trunks] == [
         ["view0_conv0", "view0_bn0", "view0_conv1", "view0_bn1"],
         ["view1_conv0", "view1_bn0", "view1_conv1", "view1_bn1"]]
+    assert len(two.weights) == 24
 
 
 def test_view_encoder_local_map_of_separate_split_is_the_first_trunks():
