@@ -191,8 +191,9 @@ def test_view_encoder_unknown_image_size():
     assert ViewEncoder(num_views=1, filters=(4, 8)).view_shape(unknown) == (None, None, 8)
     assert ViewEncoder(num_views=2, split="separate",
                        filters=(4, 8)).view_shape(unknown) == (None, None, 8)
-    with pytest.raises(ValueError, match="needs a known image size"):
-        ViewEncoder(num_views=2, split="rows", filters=(4, 8)).view_shape(unknown)
+    for shape in (unknown, (None, 32, None, 3), (None, None, 32, 3)):
+        with pytest.raises(ValueError, match="needs a known image size"):
+            ViewEncoder(num_views=2, split="rows", filters=(4, 8)).view_shape(shape)
 
 
 def test_view_encoder_trunk_layer_names():
@@ -241,6 +242,10 @@ def test_attention_weights_are_a_distribution_over_views():
     np.testing.assert_allclose(w.sum(1), 1.0, atol=1e-5)
     with pytest.raises(ValueError, match="attention"):
         ViewAggregator(mode="mean").view_weights(views)
+    # A mode name read from a file is an equal string, not the same object.
+    built = ViewAggregator(mode="".join(["atten", "tion"]), fc_units=8, conv_filters=8)
+    built(views)
+    assert np.asarray(built.view_weights(views)).shape == (3, 4)
 
 
 def test_mean_mode_is_invariant_to_view_order():
@@ -321,12 +326,25 @@ def test_aggregator_features_match_numpy(mode):
     np.testing.assert_allclose(np.asarray(feats["R"]), fc @ w_h + b_h, rtol=1e-4, atol=1e-5)
 
 
+def test_aggregator_conv_feature_shapes_round_odd_sides_up():
+    # 4x4 stride-2 "same": 8 x 5 views -> 4 x 3 maps of conv_filters channels, by hand.
+    agg = ViewAggregator(fc_units=8, conv_filters=6)
+    shapes = agg.feature_shapes((3, 2, 8, 5, 16))
+    assert shapes == {"conv": (3, 2 * 4 * 3 * 6), "fc": (3, 8), "R": (3, 64)}
+    feats = agg.features(np.zeros((3, 2, 8, 5, 16), "float32"))
+    assert {k: tuple(v.shape) for k, v in feats.items()} == shapes
+
+
 def test_aggregator_refuses_views_it_was_not_built_for():
     agg = ViewAggregator(fc_units=8, conv_filters=8)
     agg(np.zeros((2, 2, 4, 4, 16), "float32"))
     for m, c in ((3, 16), (1, 16), (2, 8), (2, 32)):
         with pytest.raises(ValueError, match="built for 2 views of 16 channels"):
             agg(np.zeros((2, m, 4, 4, c), "float32"))
+    # Wide views (ints above CPython's small-int cache) are compared by value.
+    wide = ViewAggregator(fc_units=4, conv_filters=4)
+    wide(np.zeros((1, 2, 2, 2, 300), "float32"))
+    assert tuple(wide(np.zeros((1, 2, 2, 2, 300), "float32")).shape) == (1, 64)
 
 
 # --------------------------------------------------------------------------------- critics

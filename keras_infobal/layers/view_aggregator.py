@@ -98,6 +98,8 @@ class ViewAggregator(keras.layers.Layer):
 
     def _conv_and_view_vectors(self, views, training):
         shape = self._check_shape(views.shape)
+        if not self.built:  # features() / view_weights() before the first call
+            self.build(shape)
         _, m, h, w, c = shape
         if m != self.num_views or c != self.view_channels:
             raise ValueError(
