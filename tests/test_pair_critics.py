@@ -164,6 +164,12 @@ def test_pair_layers_refuse_bad_input():
     layer = PairCritics([(0, 3)], units=4)
     with pytest.raises(ValueError, match="views"):
         layer(np.zeros((4, 2, 5), "float32"))
+    for cls in (PairCritics, PairCLUB):
+        built = cls([(0, 1)], units=4)
+        built(np.zeros((4, 2, 5), "float32"))
+        for shape in ((4, 2, 6), (4, 2, 4), (4, 10)):  # wider, narrower, not (B, M, D)
+            with pytest.raises(ValueError, match=r"built for pooled views \(B, M, 5\)"):
+                built(np.zeros(shape, "float32"))
 
 
 @pytest.mark.backend
