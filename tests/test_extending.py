@@ -40,6 +40,15 @@ def test_a_registered_split_is_used_by_the_encoder(diagonal_split):
         ViewEncoder(split="spiral")
 
 
+def test_one_view_of_a_registered_split_is_the_whole_map(diagonal_split):
+    # M = 1 never cuts: the diagonal cut (which always makes 2 views) is not called.
+    enc = ViewEncoder(num_views=1, split="diagonal", filters=(4, 8))
+    views = keras.ops.convert_to_numpy(enc(IMAGES))
+    assert views.shape == (4, 1, 4, 4, 8)
+    np.testing.assert_allclose(views[:, 0], keras.ops.convert_to_numpy(enc.local_map(IMAGES)),
+                               atol=1e-6)
+
+
 def _backbone():
     return keras.Sequential([keras.layers.Conv2D(12, 3, strides=2, padding="same"),
                              keras.layers.ReLU(),
@@ -94,6 +103,11 @@ def test_bad_backbones_say_what_is_expected():
     pooled = keras.Sequential([keras.layers.Conv2D(4, 3), keras.layers.GlobalAveragePooling2D()])
     with pytest.raises(ValueError, match=r"feature map \(B, h, w, C\)"):
         ViewEncoder(backbone=pooled).build((None, 16, 16, 3))
+    volume = keras.Sequential([keras.layers.Conv2D(4, 3), keras.layers.Reshape((14, 14, 2, 2))])
+    with pytest.raises(ValueError, match=r"feature map \(B, h, w, C\)"):
+        ViewEncoder(backbone=volume).build((None, 16, 16, 3))  # rank 5 is no map either
+    with pytest.raises(ValueError, match="too small"):
+        ViewEncoder(num_views=1, backbone=_backbone()).view_shape((None, 0, 16, 3))
     sequence = keras.Sequential([keras.layers.Conv2D(4, 3), keras.layers.Reshape((-1, 4))])
     with pytest.raises(ValueError, match=r"feature map \(B, h, w, C\)"):
         ViewEncoder(backbone=sequence).build((None, 16, 16, 3))  # rank 3 is no map either

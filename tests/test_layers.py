@@ -202,6 +202,10 @@ def test_view_encoder_trunk_layer_names():
     assert [layer.name for layer in one.trunks[0]] == ["conv0", "bn0", "conv1", "bn1"]
     # build() builds every layer: 2 x (kernel, bias) + 2 x (gamma, beta, mean, variance)
     assert len(one.weights) == 12 and all(layer.built for layer in one.trunks[0])
+    # DIM's trunk: 4x4 kernels, stride 2
+    assert [tuple(layer.kernel.shape) for layer in one.trunks[0][::2]] == [(4, 4, 3, 4),
+                                                                           (4, 4, 4, 8)]
+    assert all(layer.strides == (2, 2) for layer in one.trunks[0][::2])
     two = ViewEncoder(num_views=2, split="separate", filters=(4, 8))
     two.build((None, 16, 16, 3))
     assert [[layer.name for layer in t] for t in two.trunks] == [
