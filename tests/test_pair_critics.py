@@ -170,6 +170,13 @@ def test_pair_layers_refuse_bad_input():
         for shape in ((4, 2, 6), (4, 2, 4), (4, 10)):  # wider, narrower, not (B, M, D)
             with pytest.raises(ValueError, match=r"built for pooled views \(B, M, 5\)"):
                 built(np.zeros(shape, "float32"))
+        # Nothing staged from an old file: an empty store is refused (Keras' own check).
+        with pytest.raises(ValueError, match="variables"):
+            built.load_own_variables({})
+        # An unknown number of views is checked when the views arrive, not at build.
+        lazy = cls([(0, 1)], units=4)
+        lazy.build((None, None, 5))
+        assert lazy.view_dim == 5
 
 
 @pytest.mark.backend

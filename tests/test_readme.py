@@ -87,3 +87,15 @@ def test_readme_test_commands_are_what_ci_runs():
 
     assert commands(block) == commands(ci)
     assert "python -m pytest -q -m slow" in commands(ci)
+
+
+@pytest.mark.parametrize("stem", ["speed", "views_speed", "xla_conv", "profile_step"])
+def test_readme_speed_tables_are_the_committed_results(stem):
+    """Every table row of a committed benchmark result appears verbatim in the README, so
+    the README's speed numbers are the ones its command wrote (regenerate both together)."""
+    text = open(os.path.join(ROOT, "README.md")).read()
+    path = os.path.join(ROOT, "benchmarks", "results", stem + ".md")
+    rows = [line for line in open(path).read().splitlines() if line.startswith("| ")]
+    assert rows
+    missing = [row for row in rows if row not in text]
+    assert not missing, f"README lacks these rows of {path}: {missing[:3]}"
