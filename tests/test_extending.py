@@ -86,6 +86,13 @@ def test_backbone_encoder_round_trips_and_separate_trunks_have_their_own_weights
     np.testing.assert_allclose(loaded.predict(IMAGES, verbose=0), views, atol=1e-6)
 
 
+def test_backbone_map_shape_of_non_square_images():
+    enc = ViewEncoder(num_views=2, split="columns", backbone=_backbone())
+    assert enc.map_shape((None, 16, 8, 3)) == (4, 2, 20)  # two stride-2 convolutions
+    assert enc.compute_output_shape((None, 16, 8, 3)) == (None, 2, 4, 1, 20)
+    assert tuple(enc(IMAGES[:, :, :8]).shape) == (4, 2, 4, 1, 20)
+
+
 def test_backbone_encoder_build_builds_every_trunk():
     one = _backbone()
     one.build((None, 16, 16, 3))
