@@ -9,7 +9,10 @@
 #   dev/mutation.sh all           # everything, in that order
 #   SAMPLE=20 SEED=0 dev/mutation.sh cosmic-ray infobal   # a random sample of the scope
 #
-# Results: `mutmut results` / `dev/cosmic-ray/M.report.txt`; summary in dev/MUTATION.md.
+# Results: `mutmut results` / `dev/cosmic-ray/M.report.txt` (every job) and
+# `M.survivors.txt` (the tally and each survivor); after adding tests,
+# `python dev/cosmic-ray/recheck.py dev/cosmic-ray/M.toml dev/cosmic-ray/M.sqlite --out
+# dev/cosmic-ray/M.recheck.txt` re-tests the survivors. Summary in dev/MUTATION.md.
 # Needs: pip install mutmut==3.8.1 cosmic-ray==8.7.0 (test-only tools, not package deps).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -61,6 +64,7 @@ run_cosmic_ray() {
         kill $server
         cr-report --show-pending "$db" > "$here/dev/cosmic-ray/$module.report.txt" || true
         cp "$db" "$here/dev/cosmic-ray/$module.sqlite"
+        python dev/cosmic-ray/survivors.py "$db" > "$here/dev/cosmic-ray/$module.survivors.txt"
     )
     tail -n 4 "dev/cosmic-ray/$module.report.txt"
 }
