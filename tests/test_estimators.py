@@ -308,3 +308,11 @@ def test_club_refuses_inputs_that_are_not_matrices(x_shape, y_shape):
     with pytest.raises(ValueError, match=r"CLUB takes \[x, y\] of shapes \(B, D_x\) and "
                                          r"\(B, D_y\)"):
         club.CLUB(units=3).build([x_shape, y_shape])
+
+
+def test_club_build_builds_both_heads():
+    layer = club.CLUB(units=3)
+    layer.build([(None, 4), (None, 2)])
+    # mu and log-variance heads: Dense(4 -> 3) then Dense(3 -> 2), kernel and bias each
+    assert sorted(tuple(w.shape) for w in layer.weights) == sorted(
+        [(4, 3), (3,), (3, 2), (2,)] * 2)
