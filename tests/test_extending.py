@@ -91,6 +91,9 @@ def test_backbone_map_shape_of_non_square_images():
     assert enc.map_shape((None, 16, 8, 3)) == (4, 2, 20)  # two stride-2 convolutions
     assert enc.compute_output_shape((None, 16, 8, 3)) == (None, 2, 4, 1, 20)
     assert tuple(enc(IMAGES[:, :, :8]).shape) == (4, 2, 4, 1, 20)
+    # Any backbone takes images down to 1x1 pixels (the trunk decides what it needs).
+    assert ViewEncoder(num_views=1, backbone=_backbone()).view_shape((None, 1, 1, 3)) == (
+        1, 1, 20)
 
 
 def test_backbone_encoder_build_builds_every_trunk():

@@ -183,6 +183,10 @@ def test_view_encoder_refuses_images_too_small_on_either_side():
         with pytest.raises(ValueError, match=f"Images of {size} are too small.*at least 4x4"):
             enc.view_shape(shape)
     assert enc.view_shape((None, 4, 4, 3)) == (1, 1, 8)
+    deeper = ViewEncoder(num_views=1, filters=(4, 8, 16))  # halves three times: 8x8
+    with pytest.raises(ValueError, match="Images of 7x16 are too small.*at least 8x8"):
+        deeper.view_shape((None, 7, 16, 3))
+    assert deeper.view_shape((None, 8, 8, 3)) == (1, 1, 16)
 
 
 def test_view_encoder_unknown_image_size():
