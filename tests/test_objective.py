@@ -51,13 +51,13 @@ def per_pair_critic(model, p, dim, units=TINY["critic_units"]):
     return crit
 
 
-def by_hand(model, views, pooling="mean", infomin_units=TINY["critic_units"]):
+def by_hand(model, views, pooling="mean", infomin_units=TINY["critic_units"], training=False):
     """(J, InfoMax terms, InfoMin terms by pair) from numpy pooling and the critics' calls."""
     v = np.asarray(views)
     b, m, vh, vw, c = v.shape
-    r = model.aggregator(views, training=False)
+    r = model.aggregator(views, training=training)
     infomax = [float(model.infomax_critics[i]([r, v[:, i].reshape(b, vh * vw, c)],
-                                             training=False)) for i in range(m)]
+                                             training=training)) for i in range(m)]
     p = v.mean(axis=(2, 3)) if pooling == "mean" else v.reshape(b, m, -1)
     assert model.pairs == [(0, 1), (0, 2), (1, 2)]
     infomin = {(i, j): float(per_pair_critic(model, k, p.shape[-1], infomin_units)(
@@ -195,3 +195,46 @@ def test_infomin_units_sets_only_the_discriminators_width(images):
     for bad in (0, -4, 2.5, True, "8"):
         with pytest.raises(ValueError, match="infomin_units"):
             make(infomin_units=bad)
+
+
+def _spread_moving_statistics(model, rng):
+    """Moving means/variances far from the batch's, so training and inference mode differ."""
+    for layer in model._flatten_layers():
+        if isinstance(layer, __import__("keras").layers.BatchNormalization):
+            layer.moving_mean.assign(rng.uniform(-1, 1, layer.moving_mean.shape))
+            layer.moving_variance.assign(rng.uniform(2, 4, layer.moving_variance.shape))
+
+
+def test_encoder_loss_scores_in_training_mode(images):
+    """The encoder step's J uses batch statistics (training=True) in the aggregator and the
+    InfoMax critics, as `fit` trains them; composed by hand in that mode."""
+    model = make()
+    spread(model.infomax_critics + [model.infomin_critics])
+    views = model.encoder(tf.constant(images), training=False)
+    _spread_moving_statistics(model, np.random.default_rng(2))
+    j_train, _, _ = by_hand(model, views, training=True)
+    j_eval, _, _ = by_hand(model, views, training=False)
+    assert abs(j_train - j_eval) > 1e-2  # the mode matters here
+    _, j, _ = model._encoder_loss(views)
+    assert float(j) == pytest.approx(j_train, rel=1e-5, abs=1e-5)
+
+
+def test_the_dim_baseline_never_evaluates_the_discriminators(images, monkeypatch):
+    model = make(infomin_weight=0.0)
+    views = model.encoder(tf.constant(images), training=False)
+    j_ref, infomax_ref, _ = by_hand(model, views)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("lambda = 0: the InfoMin critics must not run")
+
+    monkeypatch.setattr(type(model.infomin_critics), "call", refuse)
+    j, _ = model._objective(views, training=False)
+    assert float(j) == pytest.approx(sum(a * t for a, t in zip(ALPHA, infomax_ref)), rel=1e-5)
+
+
+def test_view_pooling_read_from_a_file_is_compared_by_value(images):
+    # A name from a JSON config is an equal string, not the same object as the literal.
+    model = make(view_pooling="".join(["me", "an"]))
+    views = model.encoder(tf.constant(images), training=False)
+    np.testing.assert_allclose(np.asarray(model._pool(views)),
+                               np.asarray(views).mean(axis=(2, 3)), rtol=1e-5, atol=1e-6)
