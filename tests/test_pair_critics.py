@@ -99,6 +99,11 @@ def test_batched_critics_match_the_per_pair_critics(estimator, score_clip):
     for a, b in zip(per_pair(), together()):
         np.testing.assert_allclose(ops.convert_to_numpy(b), ops.convert_to_numpy(a),
                                    rtol=1e-5, atol=1e-5)
+    if estimator.startswith("club"):  # q's log-likelihood alone, as the fit step reads it
+        np.testing.assert_allclose(
+            ops.convert_to_numpy(batched.log_likelihood(pooled)),
+            [float(c.log_likelihood([pooled[:, i], pooled[:, j]]))
+             for c, (i, j) in zip(critics, PAIRS)], rtol=1e-5, atol=1e-5)
     # Distinct weights per pair (like beta_ij) so a pair mixed up with another shows.
     coef = ops.convert_to_tensor(np.array([1.0, -2.0, 0.5, 3.0], "float32"))
     for k in (0, 1):  # the discriminator's objective, then the estimate the encoder sees
