@@ -170,6 +170,25 @@ def test_traced_call_with_one_unknown_batch_size():
     traced = tf.function(lambda a, b: critic([a, b]),
                          input_signature=[tf.TensorSpec((None, 3)), tf.TensorSpec((4, 2, 5))])
     assert float(traced(g, l)) == pytest.approx(eager, abs=1e-5)
+    # and the other way round: an unknown local batch
+    traced = tf.function(lambda a, b: critic([a, b]),
+                         input_signature=[tf.TensorSpec((4, 3)), tf.TensorSpec((None, 2, 5))])
+    assert float(traced(g, l)) == pytest.approx(eager, abs=1e-5)
+
+
+def test_local_inputs_of_another_rank_are_refused():
+    from keras_infobal.layers.critics import _flatten_locals
+
+    for shape in ((4,), (4, 2, 2, 2, 5)):
+        with pytest.raises(ValueError, match=r"rank 2 \(B, C\), 3 \(B, L, C\) or 4"):
+            _flatten_locals(np.zeros(shape, "float32"), "local")
+
+
+def test_synchronized_batch_norm_name_read_from_a_file():
+    # A name from a JSON config is an equal string, not the same object as the literal.
+    critic = JSDCritic(units=4, normalization="".join(["sync_", "batch"]))
+    critic.build([(None, 3), (None, 2, 5)])
+    assert critic.global_encoder.norm.synchronized and critic.local_encoder.norm.synchronized
 
 
 def test_wide_inputs_are_not_a_channel_mismatch():
