@@ -357,3 +357,40 @@ def test_per_pair_of_a_registered_estimator_applies_it_to_each_pair():
                                    rtol=1e-6)
     finally:
         del estimators.ESTIMATORS["diagonal_mean_test"]
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCES))
+def test_per_pair_keeps_the_scores_dtype(name):
+    s = _random_scores((2, 3, 3, 1), seed=3, scale=1.0)
+    for dtype in ("float16", "float64"):
+        got = estimators.per_pair(name)(s.astype(dtype))
+        assert got.dtype == tf.as_dtype(dtype)
+        np.testing.assert_allclose(np.asarray(got, "float64"),
+                                   np.asarray(estimators.per_pair(name)(s)), rtol=2e-2,
+                                   atol=2e-2)
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCES))
+def test_per_pair_of_a_built_in_takes_a_dynamic_number_of_pairs(name):
+    # The built-in estimators reduce over the pair axis (no Python loop over pairs), so the
+    # number of pairs may be unknown when traced.
+    s = _random_scores((3, 3, 3, 1), seed=4)
+    fn = tf.function(lambda x: estimators.per_pair(name)(x),
+                     input_signature=[tf.TensorSpec((None, 3, 3, 1))])
+    np.testing.assert_allclose(np.asarray(fn(s)),
+                               [REFERENCES[name](s[p]) for p in range(3)], rtol=1e-4, atol=1e-4)
+
+
+def test_register_estimator_errors_and_re_registration():
+    def mine(scores, offset=None):
+        return estimators.jsd(scores, offset=offset)
+
+    with pytest.raises(ValueError, match="must be a function of the score tensor; got 3"):
+        estimators.register_estimator("mine_test", 3)
+    estimators.register_estimator("mine_test", mine)
+    try:
+        assert estimators.register_estimator("Mine_Test", mine) is mine  # same: fine
+        with pytest.raises(ValueError, match="named 'mine_test' is already registered"):
+            estimators.register_estimator("mine_test", lambda scores, offset=None: scores)
+    finally:
+        del estimators.ESTIMATORS["mine_test"]
