@@ -178,6 +178,16 @@ def test_pair_layers_refuse_bad_input():
         # Nothing staged from an old file: an empty store is refused (Keras' own check).
         with pytest.raises(ValueError, match="variables"):
             built.load_own_variables({})
+        for shape in ((None, 5), (None, 2, 5, 1)):
+            with pytest.raises(ValueError, match=r"takes the pooled views \(B, M, D\)"):
+                cls([(0, 1)], units=4).build(shape)
+        # The largest view index must be below M, also with an unknown batch size.
+        for pairs in ([(0, 2)], [(1, 2)]):
+            with pytest.raises(ValueError, match="need more than the 2 views given"):
+                cls(pairs, units=4).build((None, 2, 5))
+        wide = cls([(0, 1)], units=4)  # D above CPython's small-int cache: compared by value
+        wide(np.zeros((4, 2, 300), "float32"))
+        assert tuple(wide(np.zeros((4, 2, 300), "float32")).shape) == (1,)
         # An unknown number of views is checked when the views arrive, not at build.
         lazy = cls([(0, 1)], units=4)
         lazy.build((None, None, 5))
