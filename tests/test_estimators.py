@@ -360,14 +360,15 @@ def test_per_pair_of_a_registered_estimator_applies_it_to_each_pair():
 
 
 @pytest.mark.parametrize("name", sorted(REFERENCES))
-def test_per_pair_keeps_the_scores_dtype(name):
-    s = _random_scores((2, 3, 3, 1), seed=3, scale=1.0)
+@pytest.mark.parametrize("shape,offset", [((2, 3, 3, 1), None), ((2, 2, 5, 1), 2)])
+def test_per_pair_keeps_the_scores_dtype(name, shape, offset):
+    s = _random_scores(shape, seed=3, scale=1.0)
     for dtype in ("float16", "float64"):
-        got = estimators.per_pair(name)(s.astype(dtype))
+        got = estimators.per_pair(name)(s.astype(dtype), offset=offset)
         assert got.dtype == tf.as_dtype(dtype)
         np.testing.assert_allclose(np.asarray(got, "float64"),
-                                   np.asarray(estimators.per_pair(name)(s)), rtol=2e-2,
-                                   atol=2e-2)
+                                   np.asarray(estimators.per_pair(name)(s, offset=offset)),
+                                   rtol=2e-2, atol=2e-2)
 
 
 @pytest.mark.parametrize("name", sorted(REFERENCES))

@@ -172,7 +172,7 @@ def test_pair_layers_refuse_bad_input():
     for cls in (PairCritics, PairCLUB):
         built = cls([(0, 1)], units=4)
         built(np.zeros((4, 2, 5), "float32"))
-        for shape in ((4, 2, 6), (4, 2, 4), (4, 10), (4, 2, 3, 5)):  # wider, narrower, rank
+        for shape in ((4, 2, 6), (4, 2, 4), (4, 10), (4, 5), (4, 2, 3, 5)):  # width, rank
             with pytest.raises(ValueError, match=r"built for pooled views \(B, M, 5\)"):
                 built(np.zeros(shape, "float32"))
         # Nothing staged from an old file: an empty store is refused (Keras' own check).
