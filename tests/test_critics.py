@@ -200,3 +200,47 @@ def test_wide_inputs_are_not_a_channel_mismatch():
     critic([g, l])
     g2 = np.array(g)  # a new array: its shape holds new int objects
     assert np.isfinite(float(critic([g2, np.array(l)])))
+
+
+def test_batch_mismatch_either_way_and_wide_batches():
+    g, l = _inputs(b=4)
+    with pytest.raises(ValueError, match=r"must share the batch size; got 3 and 4\."):
+        JSDCritic(units=6)([g[:3], l])  # fewer global rows than local
+    # Batches above CPython's small-int cache are compared by value.
+    g, l = _inputs(b=300, locs=1)
+    assert np.isfinite(float(JSDCritic(units=4)([g, l])))
+
+
+def test_global_inputs_of_another_rank_are_refused_when_built():
+    g, l = _inputs()
+    critic = JSDCritic(units=6)
+    critic([g, l])
+    for bad in (g[:, 0], g[:, :, None]):
+        with pytest.raises(ValueError, match=r"global input must have shape \(B, D\)"):
+            critic([bad, l])
+
+
+def test_option_names_read_from_a_file_are_compared_by_value():
+    # Names from a JSON config are equal strings, not the same objects as the literals.
+    g, l = _inputs()
+    layer = JSDCritic(units=4, normalization="".join(["lay", "er"]))
+    layer.build([g.shape, l.shape])
+    assert isinstance(layer.global_encoder.norm, keras.layers.LayerNormalization)
+    for scorer in ("dot", "concat"):
+        plain = JSDCritic(units=4, scorer=scorer, normalization="layer")
+        read = JSDCritic(units=4, scorer="".join(scorer), normalization="layer")
+        read.scorer = "".join([scorer[:1], scorer[1:]])  # a fresh, equal string
+        plain([g, l])
+        read([g, l])
+        read.set_weights(plain.get_weights())
+        np.testing.assert_allclose(np.asarray(read.scores([g, l])),
+                                   np.asarray(plain.scores([g, l])), rtol=1e-6)
+
+
+def test_only_the_concat_scorer_has_a_pair_score_layer():
+    g, l = _inputs()
+    dot, concat = JSDCritic(units=4), JSDCritic(units=4, scorer="concat")
+    dot.build([g.shape, l.shape])
+    concat.build([g.shape, l.shape])
+    assert not hasattr(dot, "pair_hidden")
+    assert len(concat.weights) == len(dot.weights) + 2  # the pair score's kernel and bias
