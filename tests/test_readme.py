@@ -89,7 +89,8 @@ def test_readme_test_commands_are_what_ci_runs():
     assert "python -m pytest -q -m slow" in commands(ci)
 
 
-@pytest.mark.parametrize("stem", ["speed", "views_speed", "xla_conv", "profile_step"])
+@pytest.mark.parametrize("stem", ["speed", "views_speed", "xla_conv", "profile_step",
+                                  "conv_layout"])
 def test_readme_speed_tables_are_the_committed_results(stem):
     """Every table row of a committed benchmark result appears verbatim in the README, so
     the README's speed numbers are the ones its command wrote (regenerate both together)."""
