@@ -11,7 +11,6 @@ cannot run on this CPU is recorded with its error.
 import json
 import os
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -20,7 +19,7 @@ sys.path.insert(0, HERE)
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from speed import machine  # noqa: E402
+from speed import best_of_rounds, machine  # noqa: E402
 
 
 def step_fn(fmt, kernels):
@@ -51,14 +50,8 @@ def main(rounds=6, calls=5):
             fns[fmt] = f
         except Exception as e:  # noqa: BLE001 - recorded as the result for that layout
             errors[fmt] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
-    best = {k: float("inf") for k in fns}
-    for _ in range(rounds):
-        for k, f in fns.items():
-            time.sleep(0.1)
-            t = time.perf_counter()
-            for _ in range(calls):
-                float(f(inputs[k]))
-            best[k] = min(best[k], (time.perf_counter() - t) / calls)
+    best = best_of_rounds({k: (lambda f=f, k=k: float(f(inputs[k]))) for k, f in fns.items()},
+                          rounds, calls)
     out = {"machine": machine(), "rounds": rounds, "calls_per_round": calls,
            "ms": {k: 1000 * v for k, v in best.items()}, "errors": errors}
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)

@@ -455,6 +455,21 @@ def machine():
     return info
 
 
+def best_of_rounds(fns, rounds, calls, pause=0.1):
+    """{name: seconds per call}: each of `fns` (name -> no-argument callable) timed for `calls`
+    calls per round, the contenders alternating, best of `rounds` rounds; the short pause
+    keeps one contender's spinning threads out of the next one's turn."""
+    best = {k: float("inf") for k in fns}
+    for _ in range(rounds):
+        for k, f in fns.items():
+            time.sleep(pause)
+            t = time.perf_counter()
+            for _ in range(calls):
+                f()
+            best[k] = min(best[k], (time.perf_counter() - t) / calls)
+    return best
+
+
 def quantization(times):
     """Whether every step lasted (within 3%) a whole multiple of the shortest one, with some
     steps at 2x or more: the signature of a host that hands out CPU in fixed slices."""

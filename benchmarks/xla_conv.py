@@ -12,7 +12,6 @@ alternating rounds (best round kept), for a batch of 64 images.
 import json
 import os
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -23,7 +22,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from speed import machine  # noqa: E402
+from speed import best_of_rounds, machine  # noqa: E402
 
 SHAPES = {"M=1 (8x8 map)": (64, 8, 8, 128), "M=2 rows (4x8 views)": (128, 4, 8, 128),
           "M=4 grid (4x4 views)": (256, 4, 4, 128)}
@@ -64,14 +63,7 @@ def main(rounds=5, calls=4):
     fns = contenders()
     for f in fns.values():
         f()
-    best = {k: float("inf") for k in fns}
-    for _ in range(rounds):
-        for k, f in fns.items():
-            time.sleep(0.1)
-            t = time.perf_counter()
-            for _ in range(calls):
-                f()
-            best[k] = min(best[k], (time.perf_counter() - t) / calls)
+    best = best_of_rounds(fns, rounds, calls)
     rows = [{"views": v, "backend": b, "ms": 1000 * best[(v, b)]} for v, b in fns]
     out = {"machine": machine(), "rounds": rounds, "calls_per_round": calls, "results": rows}
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
