@@ -178,8 +178,9 @@ def infobal_from_preset(name, cls=None, **overrides):
         if not same_infomax:
             pairs = pairs[:2]
             fresh.append("InfoMax critics")
-        width = lambda m: getattr(m.infomin_critics, "units", None)  # noqa: E731
-        if (model.infomin_critic, width(model)) == (source.infomin_critic, width(source)):
+        # The discriminators' width is infomin_units, or critic_units by default.
+        if (model.infomin_critic, getattr(model.infomin_critics, "units", None)) == (
+                source.infomin_critic, getattr(source.infomin_critics, "units", None)):
             # One batched layer each (all view pairs' critics; absent with one view).
             if model.infomin_critics is not None:
                 pairs.append((model.infomin_critics, source.infomin_critics))
