@@ -7,7 +7,7 @@
     # the table, the results file and the figure
     python benchmarks/lambda_study.py report
 
-Every cell is one `pretrain_cifar10` run of the dim_pairs recipe (InfoNCE InfoMax, augmented
+Every cell is one `pretraining.pretrain` run of the dim_pairs recipe (InfoNCE InfoMax, augmented
 pairs, colour, score clip 20, mixed bfloat16) with `infomin_weight=lambda` and the InfoMin
 term estimated either by the adversarial InfoNCE discriminator ("adversarial") or by the CLUB
 upper bound ("club"); lambda = 0 is DIM. After training, with the encoder frozen:
@@ -59,7 +59,7 @@ def monitor_view_mi(model, x_fit, x_val, epochs=3, seed=0):
 
     @tf.function(autograph=False)
     def pooled(x):
-        return model._pool(model.encoder(x, training=False))
+        return model._pool(model.backbone.encoder(x, training=False))
 
     def views(x):
         return np.concatenate([pooled(x[i:i + 500]).numpy() for i in range(0, len(x), 500)])
@@ -119,7 +119,7 @@ def evaluate(run_dir, x_train, y_train, x_test, y_test, seed):
 def run(args):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from keras_infobal import datasets
-    from keras_infobal.pretraining import pretrain_cifar10
+    from keras_infobal.pretraining import pretrain
 
     x_train, y_train, _ = datasets.load_cifar10("train", source=args.data)
     x_test, y_test, _ = datasets.load_cifar10("test", source=args.data)
@@ -130,12 +130,12 @@ def run(args):
             if os.path.exists(result_path):
                 continue
             run_dir = os.path.join(HERE, "runs", "lambda_study", name, f"seed{seed}")
-            cfg = dict(variant="dim_pairs" if lam == 0 else "infobal_pairs",
-                       infomin_weight=float(lam))
+            task = dict(infomin_weight=float(lam))
             if lam:
-                cfg["infomin_critic"] = ROUTES[args.route]
+                task["infomin_critic"] = ROUTES[args.route]
+            cfg = dict(recipe="dim_pairs" if lam == 0 else "infobal_pairs", task=task)
             t0 = time.time()
-            pretrain_cifar10(**cfg, epochs=args.epochs, limit=args.limit, seed=seed,
+            pretrain(**cfg, epochs=args.epochs, limit=args.limit, seed=seed,
                              data=args.data, out=run_dir, threads=args.threads,
                              batch_size=args.batch_size, mixed_precision=True,
                              probe_every=10 ** 6, verbose=0, skip_final_probe=True)

@@ -7,7 +7,7 @@
     python benchmarks/note_experiment.py --data ../shared/data/cifar10-jpeg.tar.gz \
         --epochs 4 --limit 20000 --seeds 0 --study recipe --mixed-precision
 
-Every cell is one `keras_infobal.pretraining.pretrain_cifar10` run under the same budget
+Every cell is one `keras_infobal.pretraining.pretrain` run under the same budget
 (epochs x images), scored with both probes (the note's 4-epoch linear layer, and the
 converged one) on the full CIFAR-10 test set. Writes
 benchmarks/results/{note_experiment,views_study,recipe_study}.{json,md} and, for the note
@@ -28,19 +28,19 @@ def cells(study):
     if study == "note":
         for critic in ("dv", "jsd"):
             for name, lam in (("DIM", 0.0), ("InfoBal", 1.0)):
-                yield f"{name} {critic.upper()}", dict(variant="infobal", critic=critic,
-                                                      infomin_weight=lam, num_views=2,
-                                                      split="rows")
+                yield f"{name} {critic.upper()}", dict(
+                    recipe="infobal", task=dict(critic=critic, infomin_weight=lam),
+                    backbone=dict(num_views=2, split="rows"))
     elif study == "recipe":
         # The note's comparison again, under the dim_pairs recipe (InfoNCE, augmented pairs).
-        yield "DIM pairs", dict(variant="dim_pairs")
-        yield "InfoBal pairs", dict(variant="infobal_pairs")
+        yield "DIM pairs", dict(recipe="dim_pairs")
+        yield "InfoBal pairs", dict(recipe="infobal_pairs")
     else:
         for m, split in ((2, "rows"), (4, "rows"), (4, "grid"), (8, "rows"), (8, "grid")):
             for name, lam in (("DIM", 0.0), ("InfoBal", 1.0)):
-                yield f"{name} M={m} {split}", dict(variant="infobal", critic="jsd",
-                                                   infomin_weight=lam, num_views=m,
-                                                   split=split)
+                yield f"{name} M={m} {split}", dict(
+                    recipe="infobal", task=dict(critic="jsd", infomin_weight=lam),
+                    backbone=dict(num_views=m, split=split))
 
 
 def summarize(values, scale=100.0):
@@ -66,7 +66,7 @@ def main():
     args = p.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from keras_infobal.evaluation import plot_mi_vs_accuracy
-    from keras_infobal.pretraining import pretrain_cifar10
+    from keras_infobal.pretraining import pretrain
 
     out = {"budget": {"epochs": args.epochs, "train_images": args.limit or 50000,
                       "batch_size": args.batch_size, "critic_units": args.critic_units,
@@ -79,10 +79,10 @@ def main():
             run_dir = os.path.join(HERE, "runs", args.study,
                                    name.replace(" ", "_").replace("=", ""), f"seed{seed}")
             t0 = time.time()
-            res = pretrain_cifar10(**cfg, epochs=args.epochs, limit=args.limit, seed=seed,
-                                   data=args.data, out=run_dir, threads=args.threads,
-                                   critic_units=args.critic_units,
-                                   batch_size=args.batch_size,
+            task = {**cfg.get("task", {}), "critic_units": args.critic_units}
+            res = pretrain(**{**cfg, "task": task}, epochs=args.epochs, limit=args.limit,
+                                   seed=seed, data=args.data, out=run_dir,
+                                   threads=args.threads, batch_size=args.batch_size,
                                    probe_every=1, probe_train=5000, verbose=0,
                                    mixed_precision=args.mixed_precision,
                                    final_probe_layers=("conv", "fc", "R"))

@@ -32,10 +32,11 @@ def ours(batch):
     import numpy as np
     import tensorflow as tf
 
-    from keras_infobal import InfoBal
+    from keras_infobal import InfoBal, InfoBalBackbone
 
     keras.utils.set_random_seed(0)
-    model = InfoBal(num_views=1, infomin_weight=0.0, critic_units=512)
+    model = InfoBal(InfoBalBackbone(num_views=1, image_shape=(32, 32, 3)), infomin_weight=0.0,
+                    critic_units=512)
     opt = keras.optimizers.Adam(1e-4, beta_1=0.5)
     model.compile(optimizer=opt)
     x = tf.constant(np.random.default_rng(0).integers(0, 256, (batch, 32, 32, 3)), tf.uint8)
@@ -44,23 +45,23 @@ def ours(batch):
 
     @tf.function
     def trunk():
-        return tf.reduce_sum(model.encoder(x, training=True))
+        return tf.reduce_sum(model.backbone.encoder(x, training=True))
 
     @tf.function
     def forward():
-        return model._encoder_loss(model.encoder(x, training=True))[0]
+        return model._encoder_loss(model.backbone.encoder(x, training=True))[0]
 
     @tf.function
     def backward():
         with tf.GradientTape() as tape:
-            loss = model._encoder_loss(model.encoder(x, training=True))[0]
+            loss = model._encoder_loss(model.backbone.encoder(x, training=True))[0]
         grads = tape.gradient(loss, variables)
         return tf.add_n([tf.reduce_sum(g) for g in grads])
 
     @tf.function
     def step():
         with tf.GradientTape() as tape:
-            loss = model._encoder_loss(model.encoder(x, training=True))[0]
+            loss = model._encoder_loss(model.backbone.encoder(x, training=True))[0]
         grads = tape.gradient(loss, variables)
         opt.apply(grads, variables)
         return loss

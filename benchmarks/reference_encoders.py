@@ -30,7 +30,7 @@ def main():
     import numpy as np
     import tensorflow as tf
 
-    from keras_infobal import InfoBal, datasets, features
+    from keras_infobal import InfoBal, InfoBalBackbone, datasets, features
     from keras_infobal.evaluation import train_classifier
 
     if args.threads:
@@ -51,13 +51,13 @@ def main():
                         for k in layers} for proto in ("note", "converged")}
 
     results = {"data": args.data or "tfds"}
-    random_model = InfoBal(num_views=2, split="rows", infomin_weight=0.0)
+    random_model = InfoBal(InfoBalBackbone(image_shape=(32, 32, 3)), infomin_weight=0.0)
     results["random_init"] = probe(random_model)
     print("random", results["random_init"], flush=True)
 
-    model = InfoBal(num_views=2, split="rows", infomin_weight=0.0)
+    model = InfoBal(InfoBalBackbone(image_shape=(32, 32, 3)), infomin_weight=0.0)
     inputs = keras.Input((32, 32, 3))
-    logits = keras.layers.Dense(10)(model.aggregator(model.encoder(inputs)))
+    logits = keras.layers.Dense(10)(model.backbone(inputs))
     clf = keras.Model(inputs, logits)
     steps = (len(x_tr) // 64) * args.epochs
     clf.compile(optimizer=keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(

@@ -53,6 +53,17 @@ DIM8 = dict(num_views=8, split="grid", infomin_weight=0.0)
 INFOBAL8 = dict(num_views=8, split="grid", infomin_weight=1.0)
 DIM_PAIRS = dict(num_views=2, infomin_weight=0.0, critic="infonce", augmented_pairs=True,
                  score_clip=20.0)
+BACKBONE_KEYS = ("num_views", "split")  # the rest of a contender's "model" is the task's
+
+
+def build_model(model):
+    """The 32x32 InfoBal of a contender's `model` dict."""
+    from keras_infobal import InfoBal, InfoBalBackbone
+
+    backbone = InfoBalBackbone(**{k: v for k, v in model.items() if k in BACKBONE_KEYS},
+                               image_shape=(32, 32, 3))
+    return InfoBal(backbone, critic_units=UNITS,
+                   **{k: v for k, v in model.items() if k not in BACKBONE_KEYS})
 
 
 def _c(backend, kind, description, model=None, policy="float32", jit=None, env=None,
@@ -292,12 +303,10 @@ def _keras_step(spec, batch):
     import keras
     import numpy as np
 
-    from keras_infobal import InfoBal
-
     keras.utils.set_random_seed(0)
     keras.mixed_precision.set_global_policy(spec["policy"])
     try:
-        model = InfoBal(critic_units=UNITS, **spec["model"])
+        model = build_model(spec["model"])
     finally:
         keras.mixed_precision.set_global_policy("float32")
     rng = np.random.default_rng(0)
@@ -378,7 +387,7 @@ MEMORY_CODE = r"""
 import json, os, sys
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
 import numpy as np, keras
-from keras_infobal import InfoBal
+from keras_infobal import InfoBal, InfoBalBackbone
 what, n = sys.argv[1], int(sys.argv[2])
 
 def status(key):
@@ -390,7 +399,8 @@ def reset_peak():
         f.write("5")  # resets VmHWM (the peak RSS) to the current RSS
 
 x = np.random.default_rng(0).integers(0, 256, (max(n, 256), 32, 32, 3)).astype("uint8")
-m = InfoBal(num_views=1, infomin_weight=0.0, critic_units=512)
+m = InfoBal(InfoBalBackbone(num_views=1, image_shape=(32, 32, 3)), infomin_weight=0.0,
+            critic_units=512)
 if what == "train":
     m.compile(optimizer="adam")
     batch = x[:n]

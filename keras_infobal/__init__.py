@@ -2,12 +2,19 @@
 
 ```python
 import keras_infobal as kib
-model = kib.InfoBal(num_views=2, split="rows", infomin_weight=1.0)
+backbone = kib.InfoBalBackbone(num_views=2, split="rows")
+model = kib.InfoBal(backbone, critic="jsd", infomin_weight=1.0)
 ```
 """
 
-from keras_infobal import datasets, estimators, features, knn
-from keras_infobal.layers import (
+# Before anything imports Keras: TensorFlow's LLVM would crash Triton on the torch backend.
+from keras_infobal import backend_guard
+
+backend_guard.protect_triton()
+backend_guard.require_keras()
+
+from keras_infobal import datasets, estimators, features, knn  # noqa: E402
+from keras_infobal.layers import (  # noqa: E402
     CLUB,
     DVCritic,
     InfoNCECritic,
@@ -17,9 +24,7 @@ from keras_infobal.layers import (
     ViewAggregator,
     ViewEncoder,
 )
-from keras_infobal.callbacks import AtomicModelCheckpoint, NonFiniteGuard, atomic_save
-from keras_infobal.models import InfoBal, load_infobal
-
-InfoBalModel = InfoBal
+from keras_infobal.callbacks import AtomicModelCheckpoint, NonFiniteGuard, atomic_save  # noqa: E402
+from keras_infobal.models import InfoBal, InfoBalBackbone, load_infobal  # noqa: E402
 
 __version__ = "0.1.0"

@@ -1,8 +1,8 @@
 """The `keras-infobal` command line: pretrain, evaluate, extract, plot.
 
-    keras-infobal pretrain --config run.json --out runs/infobal
+    keras-infobal pretrain --recipe dim_pairs --set task.infomin_weight=0.03 --out runs/x
     keras-infobal evaluate --model cifar10:infobal --data ../shared/data/cifar10-jpeg.tar.gz
-    keras-infobal extract --model cifar10:dim --images pics/ --layer fc --out feats.npy
+    keras-infobal extract --model runs/x/preset --images pics/ --layer fc --out feats.npy
     keras-infobal plot runs/dim/log.csv runs/infobal/log.csv --out fig.png
 
 The `keras-infobal` entry point (`keras_infobal_cli`) loads this file without importing the
@@ -39,10 +39,9 @@ def _recipe_names():
 
 
 def _preset_names():
-    """Shipped presets, from their JSON files (the same files `presets.list_presets` reads)."""
-    suffix = ".preset.json"
-    files = glob.glob(os.path.join(HERE, "applications", "weights", "*" + suffix))
-    return ", ".join(sorted(os.path.basename(f)[: -len(suffix)] for f in files))
+    """Built-in presets, from their folders (the ones `presets.list_presets` reads)."""
+    folders = glob.glob(os.path.join(HERE, "presets", "*", "metadata.json"))
+    return ", ".join(sorted(os.path.basename(os.path.dirname(f)) for f in folders))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -58,20 +57,30 @@ def build_parser():
                    help="show TensorFlow's C++ and absl log lines (hidden by default)")
     sub = p.add_subparsers(dest="command", parser_class=_Parser, required=True)
 
-    pre = sub.add_parser("pretrain", help="pretrain an encoder on CIFAR-10 from a JSON config")
-    pre.add_argument("--config", help="JSON file of pretraining options (see "
-                     "keras_infobal.pretraining.DEFAULTS); command-line flags override it")
-    pre.add_argument("--out", help="run folder (weights, log.csv, results.json, figure)")
+    pre = sub.add_parser("pretrain", help="pretrain an encoder on CIFAR-10")
+    pre.add_argument("--recipe", choices=_recipe_names(),
+                     help="the recipe whose backbone, task and augmentation the run starts from")
+    pre.add_argument("--config", help="JSON file of pretraining options (the schema of "
+                     "keras_infobal.pretraining: backbone, task, augmentation and the "
+                     "training options); flags override it")
+    pre.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override one option; VALUE is JSON (or a plain string), KEY may "
+                          "name a section's key, e.g. task.infomin_weight=0.03 or "
+                          "backbone.num_views=4; repeatable")
+    pre.add_argument("--out", help="run folder (model.keras, preset/, log.csv, results.json)")
     pre.add_argument("--data", help="CIFAR-10 folder or .tar.gz (else $KERAS_INFOBAL_CIFAR10, "
                      "else tfds)")
-    pre.add_argument("--variant", choices=_recipe_names())
     pre.add_argument("--epochs", type=int)
     pre.add_argument("--limit", type=int, help="use only N training images")
+    pre.add_argument("--init-from", help="continue from a preset (name or folder) or a "
+                     ".keras InfoBal model")
+    pre.add_argument("--mixed-precision", action="store_true", default=None,
+                     help="train under mixed_bfloat16 (fast with AVX512_BF16; slow on AVX2)")
 
     ev = sub.add_parser("evaluate", help="linear-probe and kNN table of a model's features")
     ev.add_argument("--model", required=True,
-                    help="a .keras InfoBal model, or cifar10 (the default preset) / "
-                         f"cifar10:PRESET, PRESET one of {_preset_names()}")
+                    help="a preset (cifar10 for the default one, cifar10:NAME or NAME, NAME one "
+                         f"of {_preset_names()}), a preset folder, or a .keras InfoBal model")
     ev.add_argument("--data", help="CIFAR-10 folder or .tar.gz")
     ev.add_argument("--protocol", choices=["note", "converged"], default="converged")
     features = _feature_registry()
@@ -84,8 +93,8 @@ def build_parser():
 
     ex = sub.add_parser("extract", help="features of images (a folder or .npy) to a .npy file")
     ex.add_argument("--model", required=True,
-                    help="a .keras InfoBal model, or cifar10 / cifar10:PRESET, PRESET one of "
-                         f"{_preset_names()}")
+                    help="a preset (cifar10, cifar10:NAME or NAME, NAME one of "
+                         f"{_preset_names()}), a preset folder, or a .keras InfoBal model")
     ex.add_argument("--images", required=True, help="a folder of images or a .npy (N,H,W,3)")
     ex.add_argument("--layer", choices=features.names(), default="conv")
     ex.add_argument("--out", required=True)
@@ -99,31 +108,44 @@ def build_parser():
 
 
 def _load_model(spec):
-    """An object with `extract_features(images, layers)`: a .keras model or a shipped one."""
+    """An object with `extract_features(images, layers)`: the backbone of a preset (cifar10,
+    cifar10:NAME, NAME or a preset folder) or a .keras InfoBal model."""
     import keras
 
     import keras_infobal  # noqa: F401  (registers the classes for load_model)
+    from keras_infobal.models import InfoBalBackbone, presets
 
-    if spec.startswith("cifar10"):
-        variant = spec.split(":", 1)[1] if ":" in spec else None  # None: the default preset
-        from keras_infobal.applications import InfoBalCIFAR
-
-        class Shipped:
-            def extract_features(self, images, layers=("conv",), batch_size=256):
-                out = {}
-                for k in layers:
-                    m = InfoBalCIFAR(include_top=False, feature_layer=k, variant=variant)
-                    out[k] = m.predict(images, batch_size=batch_size, verbose=1).reshape(
-                        len(images), -1)
-                return out
-
-        return Shipped()
+    if spec == "cifar10" or spec.startswith("cifar10:"):
+        name = spec.split(":", 1)[1] if ":" in spec else presets.default_preset()
+        return InfoBalBackbone.from_preset(name)
+    if spec in presets.list_presets() or os.path.isdir(spec):
+        return InfoBalBackbone.from_preset(spec)
     if not os.path.exists(spec):
-        raise ValueError(f"--model `{spec}` does not exist; give a .keras file or cifar10:VARIANT.")
+        raise ValueError(f"--model `{spec}` does not exist; give a .keras file, a preset folder "
+                         f"or a preset name ({_preset_names()}).")
     model = keras.models.load_model(spec)
     if not hasattr(model, "extract_features"):
         raise ValueError(f"`{spec}` is a {type(model).__name__}, not an InfoBal model.")
     return model
+
+
+def _set_option(options, item):
+    """Applies one `--set KEY=VALUE` to `options` (KEY: an option, or section.key)."""
+    if "=" not in item:
+        raise ValueError(f"--set takes KEY=VALUE; got {item!r}.")
+    key, text = item.split("=", 1)
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = text
+    if "." in key:
+        section, sub = key.split(".", 1)
+        if section not in ("backbone", "task", "augmentation"):
+            raise ValueError(f"--set {key}: the sections are backbone, task and augmentation.")
+        options.setdefault(section, {})
+        options[section] = {**(options[section] or {}), sub: value}
+    else:
+        options[key] = value
 
 
 def _read_images(path):
@@ -149,11 +171,8 @@ def _read_images(path):
 
 
 def _extract(model, images, layers, batch_size=256):
-    from keras_infobal.models import InfoBal
-
-    if isinstance(model, InfoBal):
-        return model.extract_features(images, layers=layers, batch_size=batch_size, verbose=1)
-    return model.extract_features(images, layers=layers, batch_size=batch_size)
+    return model.extract_features(images, layers=layers, batch_size=batch_size,
+                                  verbose=1 if sys.stdout.isatty() else 0)
 
 
 def _markdown(table):
@@ -168,7 +187,7 @@ def run(args):
     import numpy as np
 
     if args.command == "pretrain":
-        from keras_infobal.pretraining import DEFAULTS, pretrain_cifar10
+        from keras_infobal.pretraining import pretrain
 
         options = {}
         if args.config:
@@ -176,19 +195,18 @@ def run(args):
                 options = json.load(f)
             if not isinstance(options, dict):
                 raise ValueError(f"`{args.config}` must hold a JSON object of options.")
-        for key in ("out", "data", "variant", "epochs", "limit"):
+        for key in ("out", "data", "recipe", "epochs", "limit", "init_from", "mixed_precision"):
             if getattr(args, key) is not None:
                 options[key] = getattr(args, key)
+        for item in args.set:
+            _set_option(options, item)
         if not options.get("out"):
             raise ValueError("pretrain needs --out (or \"out\" in the config).")
-        options.setdefault("verbose", 1)  # a progress bar
-        unknown = set(options) - set(DEFAULTS)
-        if unknown:
-            raise ValueError(f"Unknown config keys {sorted(unknown)}; known: {sorted(DEFAULTS)}.")
-        results = pretrain_cifar10(**options)
+        options.setdefault("verbose", 1 if sys.stdout.isatty() else 2)
+        results = pretrain(**options)
         from keras_infobal.evaluation import plot_mi_vs_accuracy
 
-        plot_mi_vs_accuracy({options.get("variant", "infobal"):
+        plot_mi_vs_accuracy({options.get("recipe", "infobal"):
                              os.path.join(options["out"], "log.csv")},
                             os.path.join(options["out"], "figure.png"))
         if results:

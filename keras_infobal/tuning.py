@@ -19,7 +19,7 @@ from keras_infobal import features as feature_registry
 from keras_infobal.evaluation import linear_probe
 from keras_infobal.layers.critics import critic_names, infomin_critic_names
 from keras_infobal.layers.view_encoder import SPLIT_REGISTRY
-from keras_infobal.models.infobal import InfoBal
+from keras_infobal.models import InfoBal, InfoBalBackbone
 
 OBJECTIVE = "val_probe_accuracy"
 
@@ -72,18 +72,20 @@ class InfoBalHyperModel(kt.HyperModel):
         train, validation: `(images, labels)` for the probe.
         epochs, batch_size: pretraining budget per trial.
         probe_layer: the feature layer scored (one of `keras_infobal.features.names()`).
-        model_kwargs: fixed InfoBal arguments (e.g. small sizes for a quick search).
+        backbone_kwargs: fixed InfoBalBackbone arguments (e.g. small sizes for a quick
+            search); `model_kwargs`: fixed InfoBal (objective) arguments.
         critics, infomin_critics, splits: the names searched (default: every registered one).
     """
 
     def __init__(self, train, validation, epochs=5, batch_size=64, probe_layer="conv",
-                 learning_rate=3e-4, model_kwargs=None, critics=None, infomin_critics=None,
-                 splits=None, **kwargs):
+                 learning_rate=3e-4, backbone_kwargs=None, model_kwargs=None, critics=None,
+                 infomin_critics=None, splits=None, **kwargs):
         super().__init__(**kwargs)
         feature_registry.check_layers((probe_layer,), "probe_layer")
         self.train, self.validation = train, validation
         self.epochs, self.batch_size = epochs, batch_size
         self.probe_layer, self.learning_rate = probe_layer, learning_rate
+        self.backbone_kwargs = dict(backbone_kwargs or {})
         self.model_kwargs = dict(model_kwargs or {})
         self.critics, self.infomin_critics, self.splits = critics, infomin_critics, splits
         self.search_space()  # checks the names given
@@ -106,9 +108,9 @@ class InfoBalHyperModel(kt.HyperModel):
         if split == "grid" and num_views == 2:
             split = "rows"  # a 2-view grid is the rows split
         alpha, beta = PRESETS[hp.Choice("weights_preset", sorted(PRESETS))](num_views)
+        backbone = dict(num_views=num_views, split=split)
+        backbone.update(self.backbone_kwargs)
         kwargs = dict(
-            num_views=num_views,
-            split=split,
             critic=_choice(hp, "critic", space["critic"], "jsd"),
             infomin_critic=_choice(hp, "infomin_critic", space["infomin_critic"], "jsd"),
             critic_units=hp.Choice("critic_units", [128, 256, 512]),
@@ -117,11 +119,11 @@ class InfoBalHyperModel(kt.HyperModel):
             correlation_weights=beta.tolist(),
         )
         kwargs.update(self.model_kwargs)
-        model = InfoBal(**kwargs)
-        model.compile(
-            optimizer=keras.optimizers.Adam(self.learning_rate, beta_1=0.5),
-            discriminator_optimizer=keras.optimizers.Adam(self.learning_rate, beta_1=0.5),
-        )
+        model = InfoBal(InfoBalBackbone(**backbone), **kwargs)
+        adam = lambda: keras.optimizers.Adam(self.learning_rate, beta_1=0.5)  # noqa: E731
+        # At lambda = 0 a discriminator optimizer would only train the monitor.
+        model.compile(optimizer=adam(),
+                      discriminator_optimizer=adam() if model.infomin_weight > 0 else None)
         return model
 
     def fit(self, hp, model, x, *args, callbacks=None, **kwargs):

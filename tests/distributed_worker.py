@@ -23,8 +23,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from helpers import TINY  # noqa: E402
-from keras_infobal import InfoBal  # noqa: E402
+import keras_infobal  # noqa: E402,F401  (registers the classes for load_model)
+from helpers import tiny  # noqa: E402
 
 B = 8  # per-replica batch
 
@@ -33,13 +33,15 @@ def images():
     return np.random.default_rng(0).integers(0, 256, (2 * B, 16, 16, 3)).astype("uint8")
 
 
-def make(strategy, **kwargs):
+def make(strategy, cross_replica_negatives=False, synchronized_batch_norm=False, **kwargs):
     with strategy.scope():
         keras.utils.set_random_seed(5)
-        model = InfoBal(**TINY, **kwargs)
+        model = tiny(**kwargs)
         # Plain SGD: a wrong gradient scale shows up in the weights (Adam would hide it).
         model.compile(optimizer=keras.optimizers.SGD(0.5),
-                      discriminator_optimizer=keras.optimizers.SGD(0.5))
+                      discriminator_optimizer=keras.optimizers.SGD(0.5),
+                      cross_replica_negatives=cross_replica_negatives,
+                      synchronized_batch_norm=synchronized_batch_norm)
     return model
 
 

@@ -14,7 +14,52 @@ CIFAR_TAR = os.path.join(os.path.dirname(ROOT), "shared", "data", "cifar10-jpeg.
 
 # A small configuration: the same architecture, narrow, so tests run in seconds.
 TINY = dict(filters=(8, 16), conv_filters=16, fc_units=32, output_dim=8, critic_units=16,
-            input_shape=(16, 16, 3))
+            image_shape=(16, 16, 3))
+BACKBONE_KEYS = ("num_views", "split", "filters", "trunk", "aggregator", "conv_filters",
+                 "fc_units", "output_dim", "image_shape")
+
+
+def tiny(cls=None, **kwargs):
+    """A small InfoBal (or subclass `cls`): TINY updated by `kwargs`, the backbone's keys
+    going to its InfoBalBackbone and the rest to the task."""
+    from keras_infobal import InfoBal, InfoBalBackbone
+
+    config = {**TINY, **kwargs}
+    backbone = InfoBalBackbone(**{k: config.pop(k) for k in BACKBONE_KEYS if k in config})
+    return (cls or InfoBal)(backbone, **config)
+
+
+def tiny_backbone(**kwargs):
+    """The backbone of `tiny(**kwargs)`."""
+    from keras_infobal import InfoBalBackbone
+
+    config = {**TINY, **kwargs}
+    return InfoBalBackbone(**{k: config[k] for k in BACKBONE_KEYS if k in config})
+
+
+def bf16_matmul_unavailable():
+    """Why bfloat16 matmuls cannot run in this process, or None.
+
+    TensorFlow 2.21 routes bfloat16 matmuls to oneDNN's AVX512_BF16 kernels whenever the CPU
+    has AVX512_BF16, even when `ONEDNN_MAX_CPU_ISA` caps oneDNN below it; oneDNN then has no
+    kernel and the process dies with SIGSEGV (a plain `tf.matmul` of two bfloat16 tensors
+    does it). A real AVX2-only CPU takes TensorFlow's own bfloat16 path and runs these tests;
+    only the emulated AVX2 run (`ONEDNN_MAX_CPU_ISA=AVX2` on an AVX-512 host) cannot.
+    """
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    if not cap or cap.startswith("AVX512") or cap in ("ALL", "DEFAULT"):
+        return None
+    if os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
+        return None
+    try:
+        with open("/proc/cpuinfo") as f:
+            has_bf16 = "avx512_bf16" in f.read()
+    except OSError:
+        has_bf16 = False
+    if not has_bf16:
+        return None
+    return (f"ONEDNN_MAX_CPU_ISA={cap} on an AVX512_BF16 CPU: TensorFlow's bfloat16 matmul "
+            "crashes in oneDNN there (tests/helpers.bf16_matmul_unavailable)")
 
 
 def optimizers(lr=1e-3):

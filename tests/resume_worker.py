@@ -14,8 +14,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from helpers import TINY, optimizers  # noqa: E402
-from keras_infobal import InfoBal  # noqa: E402
+import keras_infobal  # noqa: E402,F401  (registers the classes for load_model)
+from helpers import optimizers, tiny  # noqa: E402
 
 
 def main():
@@ -24,7 +24,7 @@ def main():
     tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(3)
     x = np.random.default_rng(0).integers(0, 256, (64, 16, 16, 3)).astype("uint8")
-    model = InfoBal(**TINY, infomin_weight=1.0)
+    model = tiny(infomin_weight=1.0)
     model.compile(**optimizers())
 
     class Marker(keras.callbacks.Callback):

@@ -1,5 +1,4 @@
 import os
-import shutil
 
 import keras
 import numpy as np
@@ -7,8 +6,9 @@ import pytest
 
 from helpers import CIFAR_TAR
 from keras_infobal.applications import InfoBalCIFAR, decode_predictions
-from keras_infobal.applications import presets
+from keras_infobal import InfoBal, InfoBalBackbone
 from keras_infobal.applications import infobal_cifar
+from keras_infobal.models import presets
 
 IMAGES = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype("uint8")
 
@@ -32,9 +32,9 @@ def test_local_map_is_the_encoders_map():
     np.testing.assert_allclose(model.predict(IMAGES, verbose=0),
                                np.asarray(enc.local_map(IMAGES)), atol=1e-5)
     # Flattened under the top: the linear head of "dim", the first layer of an mlp head.
-    top = InfoBalCIFAR(weights=None, feature_layer="local", variant="dim")
+    top = InfoBalCIFAR(weights=None, feature_layer="local", preset="dim")
     assert top.get_layer("predictions").kernel.shape == (8 * 8 * 128, 10)
-    top = InfoBalCIFAR(weights=None, feature_layer="local", variant="dim_pairs_long")
+    top = InfoBalCIFAR(weights=None, feature_layer="local", preset="dim_pairs_long")
     assert top.get_layer("head_dense").kernel.shape == (8 * 8 * 128, 200)
 
 
@@ -62,8 +62,8 @@ def test_bad_arguments():
         InfoBalCIFAR(weights="/no/such/file.weights.h5")
     with pytest.raises(ValueError, match="`weights` argument should be either"):
         InfoBalCIFAR(weights=3)
-    with pytest.raises(ValueError, match="variant"):
-        InfoBalCIFAR(weights=None, variant="simclr")
+    with pytest.raises(ValueError, match="No preset 'simclr'"):
+        InfoBalCIFAR(weights=None, preset="simclr")
     with pytest.raises(ValueError, match="feature_layer"):
         InfoBalCIFAR(weights=None, feature_layer="logits")
     with pytest.raises(ValueError, match="pooling"):
@@ -117,95 +117,104 @@ def test_bad_weights_files(tmp_path):
     assert os.path.getsize(truncated) == 2000 and text.read_text() == "not weights"
 
 
-def _fake_preset(name, weights_file, digest, feature_layer="conv", val=0.5, test=0.1,
-                 pretraining=None):
-    return {"name": name, "description": "test", "backbone": dict(presets.DEFAULT_BACKBONE),
-            "pretraining_config": {"critic": "jsd", "critic_units": 16, "infomin_weight": 0.0},
-            "weights": {"file": weights_file, "sha256": digest},
-            "pretraining_weights": pretraining, "feature_layer": feature_layer,
-            "validation_accuracy": val, "test_accuracy": test, "command": "none"}
+def _write_preset(folder, backbone, feature_layer="conv", head="linear", val=0.5, test=0.1,
+                  task=None, seed=0):
+    """A preset folder as export_weights.py writes it: backbone (or the whole task, critics
+    included), a classifier head of random weights on `feature_layer`, metadata."""
+    keras.utils.set_random_seed(seed)
+    if task is not None:
+        task.save_to_preset(folder)
+    else:
+        backbone.save_to_preset(folder)
+    shape = backbone.aggregator.feature_shapes(
+        backbone.encoder.compute_output_shape((None,) + backbone.image_shape))
+    dim = (int(np.prod(backbone.encoder.compute_output_shape((1,) + backbone.image_shape)[1:]))
+           if feature_layer == "local" else shape[feature_layer][1])
+    _, layers = infobal_cifar._top(keras.Input((dim,)), 10, "softmax", head)
+    presets.save_layers(os.path.join(folder, presets.CLASSIFIER_FILE),
+                        [layer for layer in layers if layer.weights])
+    presets.write_metadata(folder, name=os.path.basename(folder), validation_accuracy=val,
+                           test_accuracy=test, command="none",
+                           classifier={"feature_layer": feature_layer, "head": head,
+                                       "classes": 10})
+    return {layer.name: layer for layer in layers}
 
 
 @pytest.fixture
-def fake_shipped(tmp_path, monkeypatch):
-    """A preset pointing at a freshly saved weights file in a temp weights folder."""
-    full = infobal_cifar.canonical_model("conv")
-    wdir = tmp_path / "weights"
-    wdir.mkdir()
-    path = str(wdir / "dim_cifar10.weights.h5")
-    full.save_weights(path)
-    model = InfoBalCIFAR(weights=None, variant="dim")
-    for layer in model.layers:
-        if layer.weights:
-            layer.set_weights(full.get_layer(layer.name).get_weights())
-    monkeypatch.setattr(presets, "WEIGHTS_DIR", str(wdir))
-    presets.write_preset(_fake_preset("dim", "dim_cifar10.weights.h5", presets.sha256(path)))
-    return model, path
+def builtin_dir(tmp_path, monkeypatch):
+    """An empty built-in preset folder, so tests write their own presets."""
+    folder = tmp_path / "presets"
+    folder.mkdir()
+    monkeypatch.setattr(presets, "BUILTIN_DIR", str(folder))
+    return folder
 
 
-def test_default_is_the_best_preset_on_validation(tmp_path, monkeypatch):
-    monkeypatch.setattr(presets, "WEIGHTS_DIR", str(tmp_path))
+@pytest.fixture
+def fake_dim(builtin_dir):
+    backbone = InfoBalBackbone(image_shape=(32, 32, 3), name="backbone")
+    head = _write_preset(str(builtin_dir / "dim"), backbone)
+    return backbone, head
+
+
+def test_default_is_the_best_preset_on_validation(builtin_dir):
+    backbone = InfoBalBackbone(filters=(8, 16), conv_filters=8, fc_units=16, output_dim=4,
+                               image_shape=(32, 32, 3))
     # Validation decides, never the test accuracy.
-    presets.write_preset(_fake_preset("a", "a.weights.h5", "0", val=0.6, test=0.9))
-    presets.write_preset(_fake_preset("b", "b.weights.h5", "0", val=0.7, test=0.2))
-    presets.write_preset(_fake_preset("c", "c.weights.h5", "0", val=0.65, test=0.95))
+    for name, val, test in (("a", 0.6, 0.9), ("b", 0.7, 0.2), ("c", 0.65, 0.95)):
+        _write_preset(str(builtin_dir / name), backbone, val=val, test=test)
+    (builtin_dir / "not_a_preset").mkdir()
     assert presets.list_presets() == ["a", "b", "c"]
     assert presets.default_preset() == "b"
-    with pytest.raises(ValueError, match=r"available: \['a', 'b', 'c'\]"):
-        presets.get_preset("z")
-    broken = dict(_fake_preset("d", "d.weights.h5", "0"))
-    del broken["command"]
-    with pytest.raises(ValueError, match="command"):
-        presets.write_preset(broken)
+    with pytest.raises(ValueError, match=r"No preset 'z'.*\['a', 'b', 'c'\]"):
+        presets.preset_folder("z")
+    with pytest.raises(ValueError, match="no metadata.json"):
+        presets.preset_folder(str(builtin_dir / "not_a_preset"))
 
 
-def test_preset_architecture_is_data(fake_shipped, tmp_path):
+def test_preset_architecture_is_data(builtin_dir):
     """A preset with another split and M builds that architecture without new code."""
-    wdir = presets.WEIGHTS_DIR
-    backbone = dict(presets.DEFAULT_BACKBONE, num_views=4, split="grid", fc_units=64,
-                    conv_filters=32, filters=[8, 16])
-    full = infobal_cifar.canonical_model("fc", backbone=backbone)
-    path = os.path.join(wdir, "grid4.weights.h5")
-    full.save_weights(path)
-    preset = _fake_preset("grid4", "grid4.weights.h5", presets.sha256(path), "fc")
-    preset["backbone"] = backbone
-    presets.write_preset(preset)
-    model = InfoBalCIFAR(variant="grid4")
+    backbone = InfoBalBackbone(num_views=4, split="grid", filters=(8, 16), conv_filters=32,
+                               fc_units=64, image_shape=(32, 32, 3))
+    head = _write_preset(str(builtin_dir / "grid4"), backbone, feature_layer="fc")
+    model = InfoBalCIFAR(preset="grid4")
     enc = model.get_layer("view_encoder")
     assert (enc.num_views, enc.split) == (4, "grid")
+    fc = backbone.extract_features(IMAGES, layers=("fc",))["fc"]
+    w, b = head["predictions"].get_weights()
+    logits = fc @ w + b
+    expected = np.exp(logits - logits.max(-1, keepdims=True))
     np.testing.assert_allclose(model.predict(IMAGES, verbose=0),
-                               full.predict(IMAGES, verbose=0)[0], atol=1e-6)
+                               expected / expected.sum(-1, keepdims=True), atol=1e-5)
 
 
-def test_shipped_weights_are_hash_checked(fake_shipped):
-    model, path = fake_shipped
-    loaded = InfoBalCIFAR(variant="dim")
-    np.testing.assert_allclose(loaded.predict(IMAGES, verbose=0), model.predict(IMAGES, verbose=0),
-                               atol=1e-6)
-    # Feature models reuse the shipped encoder (no head).
-    feats = InfoBalCIFAR(variant="dim", include_top=False, feature_layer="fc")
-    np.testing.assert_allclose(
-        feats.get_layer("view_encoder").get_weights()[0],
-        model.get_layer("view_encoder").get_weights()[0])
+def test_preset_files_are_hash_checked(fake_dim, builtin_dir):
+    backbone, _ = fake_dim
+    loaded = InfoBalCIFAR(preset="dim", include_top=False, feature_layer="fc")
+    np.testing.assert_allclose(loaded.predict(IMAGES, verbose=0),
+                               backbone.extract_features(IMAGES, layers=("fc",))["fc"],
+                               atol=1e-5)
     with pytest.raises(ValueError, match="reads the 'conv' features"):
-        InfoBalCIFAR(variant="dim", feature_layer="fc")
+        InfoBalCIFAR(preset="dim", feature_layer="fc")
+    path = str(builtin_dir / "dim" / presets.WEIGHTS_FILE)
     with open(path, "r+b") as f:  # flip one byte
         f.seek(os.path.getsize(path) // 2)
         b = f.read(1)
         f.seek(-1, 1)
         f.write(bytes([b[0] ^ 0xFF]))
     with pytest.raises(ValueError, match="does not match its recorded sha256"):
-        InfoBalCIFAR(variant="dim")
+        InfoBalCIFAR(preset="dim")
+    with pytest.raises(ValueError, match="does not match its recorded sha256"):
+        InfoBalBackbone.from_preset("dim")
     os.remove(path)
-    with pytest.raises(FileNotFoundError, match="reinstall"):
-        InfoBalCIFAR(variant="dim")
-    with pytest.raises(ValueError, match="No shipped CIFAR-10 preset"):
-        InfoBalCIFAR(variant="infobal")
+    with pytest.raises(ValueError, match="is missing"):
+        InfoBalCIFAR(preset="dim")
+    with pytest.raises(ValueError, match="No preset 'infobal'"):
+        InfoBalCIFAR(preset="infobal")
 
 
-def test_fine_tune_workflow(fake_shipped):
+def test_fine_tune_workflow(fake_dim):
     keras.utils.set_random_seed(0)
-    encoder = InfoBalCIFAR(variant="dim", include_top=False, feature_layer="fc")
+    encoder = InfoBalCIFAR(preset="dim", include_top=False, feature_layer="fc")
     encoder.trainable = False
     inputs = keras.Input((32, 32, 3))
     outputs = keras.layers.Dense(3, activation="softmax")(encoder(inputs))
@@ -227,119 +236,119 @@ def test_fine_tune_workflow(fake_shipped):
 SHIPPED = presets.list_presets()
 
 
-@pytest.mark.parametrize("variant", SHIPPED or ["none"])
-def test_real_shipped_weights(variant):
+@pytest.mark.parametrize("name", SHIPPED or ["none"])
+def test_real_shipped_presets(name):
     if not SHIPPED:
-        pytest.skip("no shipped weights registered")
-    path = presets.checked_path(variant)  # checks the hash
-    assert os.path.getsize(path) < 15 * 2**20
-    model = InfoBalCIFAR(variant=variant)
+        pytest.skip("no built-in presets")
+    folder = presets.checked_folder(name)  # checks every file's hash
+    assert sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder)) < 20 * 2**20
+    metadata = presets.load_metadata(name)
+    for key in ("validation_accuracy", "test_accuracy", "command", "versions", "classifier"):
+        assert key in metadata, key
+    model = InfoBalCIFAR(preset=name)
     assert model.output_shape == (None, 10)
 
 
 @pytest.mark.data
-@pytest.mark.parametrize("variant", SHIPPED or ["none"])
-def test_shipped_classifier_on_500_real_test_images(variant):
+@pytest.mark.parametrize("name", SHIPPED or ["none"])
+def test_shipped_classifier_on_500_real_test_images(name):
     if not SHIPPED:
-        pytest.skip("no shipped weights registered")
+        pytest.skip("no built-in presets")
     if not os.path.exists(CIFAR_TAR):
         pytest.skip(f"{CIFAR_TAR} is absent: the real CIFAR-10 copy lives in ../shared/data")
     from keras_infobal.datasets import load_cifar10
 
     x, y, _ = load_cifar10("test", source=CIFAR_TAR)
     idx = np.random.default_rng(0).permutation(len(x))[:500]
-    probs = InfoBalCIFAR(variant=variant).predict(x[idx], batch_size=250, verbose=0)
+    probs = InfoBalCIFAR(preset=name).predict(x[idx], batch_size=250, verbose=0)
     acc = float(np.mean(probs.argmax(-1) == y[idx]))
     # Chance is 0.10. The floor is the accuracy recorded on the full test set (README table)
     # less 5 points: a 500-image sample has a standard error of ~2.2 points.
-    floor = presets.get_preset(variant)["test_accuracy"] - 0.05
+    floor = presets.load_metadata(name)["test_accuracy"] - 0.05
     assert floor > 0.45
     assert acc > floor, (acc, floor)
 
 
-def test_from_preset_continues_pretraining_with_the_shipped_critics(tmp_path, monkeypatch):
+def test_from_preset_continues_pretraining_with_the_shipped_critics(builtin_dir):
     import warnings
 
-    from keras_infobal import InfoBal
-
-    monkeypatch.setattr(presets, "WEIGHTS_DIR", str(tmp_path))
-    cfg = {"critic": "jsd", "critic_units": 16, "infomin_weight": 0.5,
-           "input_shape": [32, 32, 3]}
     keras.utils.set_random_seed(1)
-    source = InfoBal(**cfg)
-    full_path = str(tmp_path / "p_pretraining.weights.h5")
-    source.save_weights(full_path)
-    head = infobal_cifar.canonical_model("conv")
-    head_path = str(tmp_path / "p.weights.h5")
-    head.save_weights(head_path)
-    preset = _fake_preset("p", "p.weights.h5", presets.sha256(head_path),
-                          pretraining={"file": "p_pretraining.weights.h5",
-                                       "sha256": presets.sha256(full_path)})
-    preset["pretraining_config"] = cfg
-    presets.write_preset(preset)
-
+    backbone = InfoBalBackbone(filters=(8, 16), conv_filters=8, fc_units=16, output_dim=4,
+                               image_shape=(32, 32, 3))
+    source = InfoBal(backbone, critic="jsd", critic_units=16, infomin_weight=0.5)
+    _write_preset(str(builtin_dir / "p"), backbone, task=source)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # everything is shipped: no warning
         model = InfoBal.from_preset("p")
+    assert model.objective_config() == source.objective_config()
+    assert model.backbone.get_config() == backbone.get_config()
     for a, b in zip(model.get_weights(), source.get_weights()):
         np.testing.assert_array_equal(a, b)
     model.compile(optimizer=keras.optimizers.Adam(1e-3),
                   discriminator_optimizer=keras.optimizers.Adam(1e-3))
-    before = [w.copy() for w in model.encoder.get_weights()]
+    before = [w.copy() for w in model.backbone.get_weights()]
     model.fit(IMAGES, batch_size=4, epochs=1, verbose=0)
-    assert any(not np.array_equal(a, b) for a, b in zip(before, model.encoder.get_weights()))
+    assert any(not np.array_equal(a, b) for a, b in zip(before, model.backbone.get_weights()))
 
-    # Another InfoMin estimator: encoder, aggregator and InfoMax critics still come along.
+    # Another InfoMin estimator: the backbone and InfoMax critics still come along.
     with pytest.warns(UserWarning, match="InfoMin critics"):
         club = InfoBal.from_preset("p", infomin_critic="club")
     with pytest.warns(UserWarning, match="InfoMin critics"):
         narrow = InfoBal.from_preset("p", infomin_units=8)  # another width: fresh critics
     assert narrow.infomin_critics.units == 8
-    for a, b in zip(narrow.infomax_critics[0].get_weights(),
-                    source.infomax_critics[0].get_weights()):
-        np.testing.assert_array_equal(a, b)
-    for a, b in zip(club.infomax_critics[0].get_weights(),
-                    source.infomax_critics[0].get_weights()):
-        np.testing.assert_array_equal(a, b)
-    with pytest.raises(ValueError, match="architecture"):
+    with pytest.warns(UserWarning, match="InfoMax critics"):
+        wide = InfoBal.from_preset("p", critic_units=32)
+    assert wide.infomax_critics[0].units == 32
+    for m in (narrow, club):
+        for a, b in zip(m.infomax_critics[0].get_weights(),
+                        source.infomax_critics[0].get_weights()):
+            np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="architecture is the preset's backbone"):
         InfoBal.from_preset("p", num_views=4)
-    with open(full_path, "ab") as f:
+    with open(builtin_dir / "p" / presets.CRITICS_FILE, "ab") as f:
         f.write(b"x")
     with pytest.raises(ValueError, match="sha256"):
         InfoBal.from_preset("p")
 
 
-def test_mlp_head_preset_is_dims_evaluation_classifier(fake_shipped):
+def test_backbone_only_preset_starts_critics_fresh(fake_dim):
+    with pytest.warns(UserWarning, match="ships its backbone only"):
+        model = InfoBal.from_preset("dim", critic_units=16, infomin_weight=0.0)
+    backbone, _ = fake_dim
+    for a, b in zip(model.backbone.get_weights(), backbone.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_mlp_head_preset_is_dims_evaluation_classifier(builtin_dir):
     """A preset with head "mlp" builds DIM's classifier (dense 200, BN, dropout, ReLU, dense)
     on its feature layer; checked against the same computation in numpy."""
     rng = np.random.default_rng(1)
-    full = infobal_cifar.canonical_model("fc", head="mlp")
-    bn = full.get_layer("head_bn")
+    backbone = InfoBalBackbone(image_shape=(32, 32, 3))
+    folder = str(builtin_dir / "mlp")
+    head = _write_preset(folder, backbone, feature_layer="fc", head="mlp")
+    bn = head["head_bn"]
     # Non-trivial BatchNorm statistics, so an inference-mode mistake shows.
     bn.set_weights([rng.uniform(0.5, 2, 200), rng.normal(0, 1, 200), rng.normal(0, 1, 200),
                     rng.uniform(0.5, 2, 200)])
-    path = os.path.join(presets.WEIGHTS_DIR, "mlp.weights.h5")
-    full.save_weights(path)
-    preset = _fake_preset("mlp", "mlp.weights.h5", presets.sha256(path), "fc")
-    preset["head"] = "mlp"
-    presets.write_preset(preset)
-    model = InfoBalCIFAR(variant="mlp")
+    presets.save_layers(os.path.join(folder, presets.CLASSIFIER_FILE),
+                        [layer for layer in head.values() if layer.weights])
+    presets.write_metadata(folder)
+    model = InfoBalCIFAR(preset="mlp")
     assert [layer.name for layer in model.layers[-5:]] == [
         "head_dense", "head_bn", "head_dropout", "head_relu", "predictions"]
-    feats = InfoBalCIFAR(variant="mlp", include_top=False, feature_layer="fc")
-    f = np.asarray(feats.predict(IMAGES, verbose=0), "float64")
-    w1, b1 = full.get_layer("head_dense").get_weights()
+    f = np.asarray(backbone.extract_features(IMAGES, layers=("fc",))["fc"], "float64")
+    w1, b1 = head["head_dense"].get_weights()
     gamma, beta, mu, var = bn.get_weights()
-    w2, b2 = full.get_layer("predictions").get_weights()
+    w2, b2 = head["predictions"].get_weights()
     h = np.maximum((f @ w1 + b1 - mu) / np.sqrt(var + 1e-3) * gamma + beta, 0)
     logits = h @ w2 + b2
     expected = np.exp(logits - logits.max(-1, keepdims=True))
     expected /= expected.sum(-1, keepdims=True)
     np.testing.assert_allclose(model.predict(IMAGES, verbose=0), expected, atol=1e-4)
-    preset["head"] = "svm"
-    presets.write_preset(dict(preset, name="bad"))
+    presets.write_metadata(folder, classifier={"feature_layer": "fc", "head": "svm",
+                                               "classes": 10})
     with pytest.raises(ValueError, match=r"`head` must be one of \('linear', 'mlp'\)"):
-        InfoBalCIFAR(variant="bad")
+        InfoBalCIFAR(preset="mlp")
 
 
 def test_fold_standardization_matches_standardize_then_dense():

@@ -16,8 +16,7 @@ import keras
 import numpy as np
 import pytest
 
-from helpers import ROOT, TINY, optimizers
-from keras_infobal import InfoBal
+from helpers import ROOT, optimizers, tiny
 
 WORKER = os.path.join(ROOT, "tests", "backend_worker.py")
 BACKENDS = ("tensorflow", "jax", "torch")
@@ -109,21 +108,30 @@ def test_jax_data_parallel_on_two_devices_matches_one_device(tmp_path):
 @pytest.mark.backend
 def test_tensorflow_only_options_name_the_backend_and_the_alternative():
     backend = keras.backend.backend()
+    model = tiny()
     if backend == "tensorflow":
-        InfoBal(**TINY, cross_replica_negatives=True, synchronized_batch_norm=True)
+        model.compile(**optimizers(), cross_replica_negatives=True,
+                      synchronized_batch_norm=True)
+        # Every BatchNormalization of the model (backbone and InfoMax critics) syncs.
+        norms = [layer for layer in model._flatten_layers()
+                 if isinstance(layer, keras.layers.BatchNormalization)]
+        assert len(norms) >= 6 and all(layer.synchronized for layer in norms)
+        assert model.get_compile_config()["synchronized_batch_norm"] is True
+        model.compile(**optimizers())
+        assert not any(layer.synchronized for layer in norms)
         return
     with pytest.raises(ValueError, match=rf"cross_replica_negatives=True needs the TensorFlow "
                                          rf"backend.*{backend} backend.*DataParallel"):
-        InfoBal(**TINY, cross_replica_negatives=True)
+        model.compile(**optimizers(), cross_replica_negatives=True)
     with pytest.raises(ValueError, match=rf"synchronized_batch_norm=True.*{backend} backend"):
-        InfoBal(**TINY, synchronized_batch_norm=True)
+        model.compile(**optimizers(), synchronized_batch_norm=True)
 
 
 @pytest.mark.backend
 def test_club_sampled_trains_and_its_seed_state_advances(images):
     # The sampled CLUB's partner permutation comes from a SeedGenerator: a non-trainable
     # variable that the (JAX: stateless) steps must carry from one batch to the next.
-    model = InfoBal(**TINY, infomin_weight=1.0, infomin_critic="club_sampled",
+    model = tiny(infomin_weight=1.0, infomin_critic="club_sampled",
                     discriminator_steps=2)
     model.compile(**optimizers())
     seed = model.infomin_critics.seed_generator.state
@@ -147,7 +155,7 @@ def test_features_from_arrays_and_tf_data_and_a_probe_on_this_backend(images):
 
     from keras_infobal.evaluation import linear_probe
 
-    model = InfoBal(**TINY, infomin_weight=0.0)
+    model = tiny(infomin_weight=0.0)
     from_arrays = model.extract_features(images, layers=("conv", "R"), batch_size=4)
     ds = tf.data.Dataset.from_tensor_slices((images, np.zeros(len(images)))).batch(3)
     from_ds = model.extract_features(ds, layers=("conv", "R"))

@@ -6,13 +6,12 @@ import keras
 import numpy as np
 import pytest
 
-from helpers import TINY, optimizers
-from keras_infobal import InfoBal
+from helpers import optimizers, tiny
 from keras_infobal.callbacks import AtomicModelCheckpoint, atomic_save
 
 
 def _model(**kwargs):
-    model = InfoBal(**{**TINY, "infomin_weight": 1.0, **kwargs})
+    model = tiny(**{"infomin_weight": 1.0, **kwargs})
     model.compile(**optimizers())
     return model
 

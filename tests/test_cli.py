@@ -25,15 +25,25 @@ def cache(tmp_path, monkeypatch):
 def test_pretrain_evaluate_extract_plot(tiny_cifar, tmp_path, capsys):
     out = str(tmp_path / "run")
     config = tmp_path / "run.json"
-    config.write_text(json.dumps({"variant": "infobal", "epochs": 1, "batch_size": 8,
-                                  "critic_units": 8, "probe_every": 1, "probe_train": 30,
-                                  "probe_layers": ["conv"], "final_probe_layers": ["conv"]}))
-    assert cli.main(["pretrain", "--config", str(config), "--out", out,
-                     "--data", tiny_cifar]) == 0
-    for name in ("log.csv", "model.keras", "results.json", "figure.png", "config.json"):
+    config.write_text(json.dumps({"recipe": "infobal", "epochs": 1, "batch_size": 8,
+                                  "task": {"critic_units": 8}, "probe_every": 1,
+                                  "probe_train": 30, "probe_layers": ["conv"],
+                                  "final_probe_layers": ["conv"]}))
+    assert cli.main(["pretrain", "--config", str(config), "--out", out, "--set",
+                     "task.infomin_weight=0.5", "--data", tiny_cifar]) == 0
+    for name in ("log.csv", "model.keras", "results.json", "figure.png", "config.json",
+                 "preset/config.json", "preset/task.json", "preset/metadata.json"):
         assert os.path.exists(os.path.join(out, name)), name
     results = json.load(open(os.path.join(out, "results.json")))
     assert set(results["probe"]) == {"note", "converged"}
+    # --set reached the task, over the config file's section.
+    assert results["task"]["infomin_weight"] == 0.5 and results["task"]["critic_units"] == 8
+    from keras_infobal import InfoBal
+
+    continued = InfoBal.from_preset(os.path.join(out, "preset"))
+    assert continued.infomin_weight == 0.5 and continued.critic_units == 8
+    assert cli.main(["evaluate", "--model", os.path.join(out, "preset"), "--data",
+                     tiny_cifar, "--layers", "fc", "--knn", "0"]) == 0
 
     table = str(tmp_path / "table.json")
     assert cli.main(["evaluate", "--model", os.path.join(out, "model.keras"), "--data",
@@ -60,25 +70,25 @@ def test_pretrain_evaluate_extract_plot(tiny_cifar, tmp_path, capsys):
     assert open(png, "rb").read(4) == b"\x89PNG"
 
 
+@pytest.mark.bf16
 def test_pretrain_with_the_augmented_pairs_recipe(tiny_cifar, tmp_path):
     import keras
 
     out = str(tmp_path / "pairs")
     config = tmp_path / "pairs.json"
     config.write_text(json.dumps({
-        "variant": "dim", "critic": "infonce", "augmented_pairs": True, "color_jitter": 0.5,
-        "grayscale": 0.2, "score_clip": 20.0, "mixed_precision": True, "epochs": 1,
-        "batch_size": 8, "critic_units": 8, "probe_every": 1, "probe_train": 30,
+        "recipe": "dim_pairs", "task": {"critic_units": 8}, "mixed_precision": True,
+        "epochs": 1, "batch_size": 8, "probe_every": 1, "probe_train": 30,
         "probe_layers": ["conv"], "final_probe_layers": ["conv"]}))
     assert cli.main(["pretrain", "--config", str(config), "--out", out,
                      "--data", tiny_cifar]) == 0
     assert keras.mixed_precision.global_policy().name == "float32"  # restored
     saved = json.load(open(os.path.join(out, "config.json")))
     assert saved["augmentation"] == {"color_jitter": 0.5, "grayscale": 0.2}
-    assert saved["model"]["augmented_pairs"] and saved["model"]["score_clip"] == 20.0
+    assert saved["task"]["augmented_pairs"] and saved["task"]["score_clip"] == 20.0
     model = keras.models.load_model(os.path.join(out, "model.keras"))
     assert model.augmented_pairs and model.score_clip == 20.0
-    assert model.encoder.compute_dtype == "float32"  # saved as a float32 model
+    assert model.backbone.encoder.compute_dtype == "float32"  # saved as a float32 model
     # The probe accuracy is a fraction of the 40 test images (0 <= alone could never fail).
     accuracy = json.load(open(os.path.join(out, "results.json")))["probe"]["note"]["conv"]
     assert 0.0 <= accuracy <= 1.0
@@ -112,7 +122,13 @@ def test_bad_inputs_give_usage_not_traceback(tmp_path, capsys):
     bad = tmp_path / "c.json"
     bad.write_text(json.dumps({"epochz": 3, "out": str(tmp_path / "r")}))
     assert cli.main(["pretrain", "--config", str(bad)]) == 2
-    assert "Unknown config keys ['epochz']" in capsys.readouterr().err
+    assert "Unknown pretraining options ['epochz']" in capsys.readouterr().err
+    assert cli.main(["pretrain", "--out", str(tmp_path / "r"), "--set", "num_views=4"]) == 2
+    assert "Unknown pretraining options ['num_views']" in capsys.readouterr().err
+    assert cli.main(["pretrain", "--out", str(tmp_path / "r"), "--set", "model.x=4"]) == 2
+    assert "sections are backbone, task and augmentation" in capsys.readouterr().err
+    assert cli.main(["pretrain", "--out", str(tmp_path / "r"), "--set", "epochs"]) == 2
+    assert "KEY=VALUE" in capsys.readouterr().err
 
 
 def _run_cli(*argv):
@@ -130,8 +146,8 @@ def _run_cli(*argv):
 
 
 def test_help_lists_every_preset_and_recipe_without_importing_tensorflow():
-    from keras_infobal.applications import presets
-    from keras_infobal.pretraining import CONFIGS
+    from keras_infobal.models import presets
+    from keras_infobal.pretraining import RECIPES
 
     proc = _run_cli("evaluate", "--help")
     assert proc.returncode == 0, proc.stderr
@@ -140,7 +156,7 @@ def test_help_lists_every_preset_and_recipe_without_importing_tensorflow():
     for name in presets.list_presets():
         assert name in help_text
     proc = _run_cli("pretrain", "--help")
-    for name in CONFIGS:
+    for name in RECIPES:
         assert name in proc.stdout
     bad = _run_cli("evaluate")  # a usage error: still no TensorFlow
     assert bad.returncode == 2 and "IMPORTED False False" in bad.stdout
@@ -154,7 +170,7 @@ def test_commands_are_quiet_unless_verbose(tmp_path):
             str(tmp_path / "f.npy"))
     proc = _run_cli(*argv)
     assert proc.returncode == 2
-    assert "no-such-preset" in proc.stderr and "available:" in proc.stderr
+    assert "No preset 'no-such-preset'" in proc.stderr and "dim_pairs" in proc.stderr
     assert "IMPORTED True True" in proc.stdout
     noisy = ("cuda", "I0000", "oneDNN", "absl::InitializeLog")
     assert not any(word in proc.stderr for word in noisy), proc.stderr

@@ -6,13 +6,12 @@ import keras
 import numpy as np
 import pytest
 
-from keras_infobal import CLUB, InfoBal
+from keras_infobal import CLUB
 from keras_infobal.layers.club import club_estimate, gaussian_log_likelihood
 from keras_infobal.layers.critics import InfoNCECritic, JSDCritic
 from keras_infobal.layers.pair_critics import PairCLUB
 
-TINY = dict(filters=(8, 16), conv_filters=16, fc_units=32, output_dim=8, critic_units=16,
-            input_shape=(16, 16, 3))
+from helpers import TINY, tiny
 
 
 def _np_log_q(mu, logvar, y):
@@ -175,7 +174,7 @@ def test_club_fits_q_to_the_conditional_quickly():
 def _model(**kw):
     cfg = dict(TINY, critic="infonce", infomin_critic="club", infomin_weight=0.5)
     cfg.update(kw)
-    model = InfoBal(**cfg)
+    model = tiny(**cfg)
     model.compile(optimizer=keras.optimizers.Adam(1e-2),
                   discriminator_optimizer=keras.optimizers.Adam(1e-2))
     return model
@@ -206,7 +205,7 @@ def test_model_builds_club_in_the_discriminator_slot(estimator):
 
 def test_q_step_changes_only_q_and_maximizes_likelihood():
     model = _model()
-    views = model.encoder(_images(), training=False)
+    views = model.backbone.encoder(_images(), training=False)
     pooled = model._pool(views)
     ll_before = float(model.infomin_critics.log_likelihood(pooled)[0])
     enc_before = _values(model.encoder_variables)
@@ -224,7 +223,7 @@ def test_encoder_step_changes_only_the_encoder_and_subtracts_the_bound():
     x = _images()
     q_before = _values(model.discriminator_variables)
     enc_before = _values(model.encoder_variables)
-    views = model.encoder(x, training=True)
+    views = model.backbone.encoder(x, training=True)
     j, infomax = model._objective(views, training=True)
     pooled = model._pool(views)
     club = float(model.infomin_critics(pooled)[0])  # pair (V1, V2)
@@ -268,4 +267,4 @@ def test_save_and_reload_keeps_q_and_its_optimizer(tmp_path):
 
 def test_bad_infomin_critic_names_the_choices():
     with pytest.raises(ValueError, match="club"):
-        InfoBal(**dict(TINY, infomin_critic="clubb"))
+        tiny(**dict(infomin_critic="clubb"))

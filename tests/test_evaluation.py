@@ -4,8 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from helpers import TINY
-from keras_infobal import InfoBal
+from helpers import tiny
 from keras_infobal.evaluation import (
     LinearProbe,
     linear_probe,
@@ -57,7 +56,7 @@ def class_images(n, seed=0):
 
 
 def test_linear_probe_and_callback(tmp_path):
-    model = InfoBal(**TINY, infomin_weight=0.0)
+    model = tiny(infomin_weight=0.0)
     model.compile(optimizer="adam")
     train, test = class_images(200), class_images(100, seed=1)
     acc = linear_probe(model, train, test, classes=2)
@@ -82,7 +81,7 @@ def test_linear_probe_and_callback(tmp_path):
 def test_mi_terms_and_probe_reach_tensorboard(tmp_path):
     import tensorflow as tf
 
-    model = InfoBal(**TINY, infomin_weight=1.0)
+    model = tiny(infomin_weight=1.0)
     model.compile(optimizer="adam", discriminator_optimizer="adam")
     train, test = class_images(60), class_images(40, seed=1)
     logdir = str(tmp_path / "tb")
@@ -99,6 +98,7 @@ def test_mi_terms_and_probe_reach_tensorboard(tmp_path):
         assert tag in tags, (tag, sorted(tags))
 
 
+@pytest.mark.bf16
 def test_probe_classifier_is_float32_under_a_mixed_policy():
     import keras
 

@@ -4,6 +4,8 @@ import keras
 import numpy as np
 import pytest
 
+from helpers import tiny
+
 from keras_infobal import ViewEncoder
 from keras_infobal.layers import view_encoder as ve
 
@@ -136,8 +138,7 @@ def test_a_registered_estimator_trains_in_the_model():
 
     estimators.register_estimator("mean_gap", mean_gap)
     try:
-        model = InfoBal(critic="mean_gap", infomin_weight=0.0, filters=(8, 16), conv_filters=16,
-                        fc_units=32, output_dim=8, critic_units=16, input_shape=(16, 16, 3))
+        model = tiny(critic="mean_gap", infomin_weight=0.0)
         critic = model.infomax_critics[0]
         assert critic.estimator == "mean_gap"
         scores = np.array([[3.0, 1.0, 0.0], [0.0, 2.0, 2.0], [1.0, 1.0, 4.0]])
@@ -154,30 +155,31 @@ def test_a_registered_estimator_trains_in_the_model():
         InfoBal(critic="mean_gap")
 
 
-def test_infobal_takes_encoder_and_aggregator_instances(tmp_path):
-    """A composable model: a backbone encoder and an aggregator instance train, save, load."""
-    from keras_infobal import InfoBal, ViewAggregator
+def test_a_backbone_around_any_keras_trunk_trains_saves_and_loads(tmp_path):
+    """A composable model: any Keras feature-map network as the trunk of the backbone."""
+    from keras_infobal import InfoBal, InfoBalBackbone
 
     keras.utils.set_random_seed(0)
-    encoder = ViewEncoder(num_views=4, split="grid", backbone=_backbone(), name="my_encoder")
-    aggregator = ViewAggregator(mode="attention", output_dim=8, fc_units=16, conv_filters=8)
-    model = InfoBal(encoder=encoder, aggregator=aggregator, critic="infonce",
-                    infomin_weight=0.5, critic_units=8, input_shape=(16, 16, 3))
-    assert model.encoder is encoder and model.aggregator is aggregator
-    assert (model.num_views, model.split, model.output_dim) == (4, "grid", 8)
-    assert model.infomin_critics.num_pairs == 6  # one per pair of the encoder's 4 views
+    backbone = InfoBalBackbone(num_views=4, split="grid", trunk=_backbone(),
+                               aggregator="attention", output_dim=8, fc_units=16,
+                               conv_filters=8, image_shape=(16, 16, 3))
+    model = InfoBal(backbone, critic="infonce", infomin_weight=0.5, critic_units=8)
+    trunk = backbone.encoder.backbone
+    assert (model.num_views, backbone.split, backbone.output_dim) == (4, "grid", 8)
+    assert model.infomin_critics.num_pairs == 6  # one per pair of the backbone's 4 views
     model.compile(optimizer=keras.optimizers.Adam(1e-3),
                   discriminator_optimizer=keras.optimizers.Adam(1e-3))
-    before = [w.copy() for w in encoder.backbone.get_weights()]
+    before = [w.copy() for w in trunk.get_weights()]
     model.fit(IMAGES, batch_size=4, epochs=1, verbose=0)
-    assert any(not np.allclose(a, b) for a, b in zip(before, encoder.backbone.get_weights()))
+    assert any(not np.allclose(a, b) for a, b in zip(before, trunk.get_weights()))
     path = str(tmp_path / "composed.keras")
     model.save(path)
     loaded = keras.models.load_model(path)
-    assert loaded.encoder.backbone is not None and loaded.aggregator.mode == "attention"
+    assert loaded.backbone.encoder.backbone is not None
+    assert loaded.backbone.aggregator.mode == "attention"
     np.testing.assert_allclose(loaded.predict(IMAGES, verbose=0),
                                model.predict(IMAGES, verbose=0), atol=1e-5)
-    with pytest.raises(ValueError, match="ViewEncoder"):
-        InfoBal(encoder=_backbone())
-    with pytest.raises(ValueError, match="mode name"):
-        InfoBal(aggregator=3)
+    with pytest.raises(ValueError, match="Keras layer or model"):
+        InfoBalBackbone(trunk=lambda x: x)
+    with pytest.raises(ValueError, match="`aggregator` must be one of"):
+        InfoBalBackbone(aggregator=3)

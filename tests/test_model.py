@@ -5,15 +5,15 @@ import pytest
 import tensorflow as tf
 from keras import ops
 
-from helpers import optimizers
-from keras_infobal import InfoBal
+from helpers import optimizers, tiny
+from keras_infobal import InfoBal, InfoBalBackbone
 
 # The core model tests: CI runs them under TensorFlow, JAX and PyTorch (`pytest -m backend`).
 pytestmark = pytest.mark.backend
 
 
 def make(tiny_config, **kwargs):
-    return InfoBal(**{**tiny_config, **kwargs})
+    return tiny(**{**tiny_config, **kwargs})
 
 
 def snapshot(variables):
@@ -27,7 +27,7 @@ def changed(before, variables):
 def test_one_step_fit_dim_and_infobal(tiny_config, images):
     for lam in (0.0, 1.0):
         model = make(tiny_config, infomin_weight=lam)
-        model.compile(**optimizers())
+        model.compile(**optimizers()) if lam else model.compile(optimizer="adam")
         hist = model.fit(images, batch_size=4, epochs=1, verbose=0)
         logs = {k: v[-1] for k, v in hist.history.items()}
         assert {"loss", "objective", "mi_R_V1", "mi_R_V2"} <= set(logs)
@@ -57,12 +57,12 @@ def test_evaluate_changes_no_variable(tiny_config, images):
 def test_each_update_changes_exactly_its_own_variables(tiny_config, images):
     model = make(tiny_config, infomin_weight=1.0)
     model.compile(**optimizers())
-    enc_vars = model.encoder.variables + model.aggregator.variables + [
+    enc_vars = model.backbone.encoder.variables + model.backbone.aggregator.variables + [
         v for c in model.infomax_critics for v in c.variables]
     disc_vars = list(model.infomin_critics.variables)  # all pairs' critics, stacked
     x = ops.convert_to_tensor(images)
 
-    views = model.encoder(x, training=False)
+    views = model.backbone.encoder(x, training=False)
     enc_before, disc_before = snapshot(enc_vars), snapshot(disc_vars)
     model.discriminator_step(views)
     assert not any(changed(enc_before, enc_vars)), "the discriminator step moved the encoder"
@@ -88,9 +88,10 @@ def test_dim_baseline_skips_the_discriminator(tiny_config, images):
     assert not model.discriminator_active
 
 
-def test_track_view_mi_trains_the_discriminator_as_a_monitor(tiny_config, images):
-    model = make(tiny_config, infomin_weight=0.0, track_view_mi=True)
+def test_a_discriminator_optimizer_at_lambda_0_trains_the_monitor(tiny_config, images):
+    model = make(tiny_config, infomin_weight=0.0)
     model.compile(**optimizers())
+    assert model.discriminator_active
     disc_before = snapshot(model.discriminator_variables)
     hist = model.fit(images, batch_size=4, epochs=1, verbose=0)
     assert "mi_V1_V2" in hist.history
@@ -153,9 +154,13 @@ def test_weights_validation():
     with pytest.raises(ValueError, match="discriminator_steps"):
         InfoBal(discriminator_steps=0)
     with pytest.raises(ValueError, match="does not divide"):
-        InfoBal(num_views=3)
-    with pytest.raises(ValueError, match="input_shape"):
-        InfoBal(input_shape=(32, 32))
+        InfoBal(InfoBalBackbone(num_views=3, image_shape=(32, 32, 3)))
+    with pytest.raises(ValueError, match="image_shape"):
+        InfoBalBackbone(image_shape=(32, 32))
+    with pytest.raises(ValueError, match="InfoBalBackbone"):
+        InfoBal(backbone=keras.Sequential([]))
+    with pytest.raises(ValueError, match="critic_units"):
+        InfoBal(critic_units=0)
 
 
 def test_fit_errors(tiny_config, images):
@@ -182,25 +187,48 @@ def test_fit_errors(tiny_config, images):
         model.compile(optimizer=opt, discriminator_optimizer=opt)
 
 
-def test_unbuilt_model_says_how_to_build(tiny_config, images):
-    config = dict(tiny_config, input_shape=None, infomin_weight=0.0)
-    model = InfoBal(**config)
-    model.compile(optimizer="adam")
-    with pytest.raises(ValueError, match="model.build"):
-        model.fit(images, batch_size=4, epochs=1, verbose=0)
-    model.build((None, 16, 16, 3))
-    model.compile(optimizer="adam")
-    model.fit(images, batch_size=4, epochs=1, verbose=0)
+@pytest.mark.parametrize("size", [16, 24])
+def test_an_unbuilt_model_takes_its_image_size_from_the_data(tiny_config, size):
+    """Arrays and tf.data alike; the size is then fixed, and another one is refused by name
+    before any inner layer runs."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (8, size, size, 3), dtype="uint8")
+    for data in (images, tf.data.Dataset.from_tensor_slices(images).batch(4)):
+        model = make(tiny_config, image_shape=None, infomin_weight=1.0)
+        assert not model.built
+        model.compile(**optimizers())
+        fit_kwargs = {"batch_size": 4} if data is images else {}
+        model.fit(data, epochs=1, verbose=0, **fit_kwargs)
+        assert model.image_shape == (size, size, 3)
+        assert model.backbone.get_config()["image_shape"] == [size, size, 3]
+        other = size + 8
+        wrong = np.zeros((4, other, other, 3), "uint8")
+        message = f"built for {size}x{size} images; got {other}x{other}"
+        for call in (lambda: model.predict(wrong, verbose=0),
+                     lambda: model.fit(wrong, batch_size=4, verbose=0),
+                     lambda: model.evaluate(wrong, batch_size=4, verbose=0),
+                     lambda: model.extract_features(wrong),
+                     lambda: model(wrong),
+                     lambda: model.backbone.predict(wrong, verbose=0)):
+            with pytest.raises(ValueError, match=message):
+                call()
 
 
 @pytest.mark.parametrize("kwargs", [
-    dict(num_views=4, split="grid", aggregator="attention", critic="dv", shared_critic=True),
+    dict(num_views=4, split="grid", aggregator="attention", critic="shared dv"),
     dict(num_views=2, split="columns", aggregator="mean", critic="infonce",
          infomin_critic="nwj", view_pooling="flatten", discriminator_steps=2),
-    dict(num_views=2, split="separate", critic="jsd", scorer="concat"),
+    dict(num_views=2, split="separate", critic="concat jsd"),
     dict(num_views=1, critic="jsd"),
 ])
 def test_configurations_train_and_roundtrip(tiny_config, images, tmp_path, kwargs):
+    from keras_infobal import DVCritic, JSDCritic
+
+    kwargs = dict(kwargs)
+    if kwargs["critic"] == "shared dv":  # one critic instance for every view
+        kwargs["critic"] = DVCritic(units=16)
+    elif kwargs["critic"] == "concat jsd":  # one critic per view, another scorer
+        kwargs["critic"] = [JSDCritic(units=16, scorer="concat", name=f"c{i}") for i in (1, 2)]
     model = make(tiny_config, **kwargs)
     model.compile(**optimizers())
     hist = model.fit(images, batch_size=4, epochs=1, verbose=0)
@@ -228,8 +256,8 @@ def test_augmented_pairs_score_each_R_against_the_other_augmentation(tiny_config
             v.assign(v * 4.0)
     logs = model.evaluate(tf.data.Dataset.from_tensors((x1, x2)), verbose=0,
                           return_dict=True)
-    views = model.encoder(np.concatenate([x1, x2]), training=False)
-    r = model.aggregator(views, training=False)
+    views = model.backbone.encoder(np.concatenate([x1, x2]), training=False)
+    r = model.backbone.aggregator(views, training=False)
     for i, critic in enumerate(model.infomax_critics):
         cross = (critic([r[:4], _locals(views[4:], i)], training=False)
                  + critic([r[4:], _locals(views[:4], i)], training=False)) / 2
@@ -261,11 +289,11 @@ def test_augmented_pairs_fit_predict_roundtrip_and_errors(tiny_config, images, t
     model.compile(**optimizers())
     ds = datasets.make_dataset(images, batch_size=4, pairs=True, color_jitter=0.5,
                                grayscale=0.2, drop_remainder=True, seed=0)
-    before = snapshot(model.encoder.variables)
+    before = snapshot(model.backbone.encoder.variables)
     hist = model.fit(ds, epochs=1, verbose=0)
     assert all(np.isfinite(v[-1]) for v in hist.history.values())
     assert "mi_V1_V2" in hist.history
-    assert all(changed(before, model.encoder.trainable_variables))
+    assert all(changed(before, model.backbone.encoder.trainable_variables))
     # Prediction and features take single images.
     assert model.predict(images, verbose=0).shape == (8, tiny_config["output_dim"])
     path = str(tmp_path / "pairs.keras")
@@ -290,18 +318,19 @@ def test_augmented_pairs_fit_predict_roundtrip_and_errors(tiny_config, images, t
                   verbose=0)
 
 
+@pytest.mark.bf16
 def test_mixed_bfloat16_policy_trains_with_float32_estimates(tiny_config, images):
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
         model = make(tiny_config, infomin_weight=1.0, critic="infonce")
         model.compile(**optimizers())
-        assert model.encoder.compute_dtype == "bfloat16"
+        assert model.backbone.encoder.compute_dtype == "bfloat16"
         assert all(v.dtype == "float32" for v in model.trainable_variables)
         hist = model.fit(images, batch_size=4, epochs=2, verbose=0)
         assert all(np.isfinite(v[-1]) for v in hist.history.values())
         x = ops.convert_to_tensor(images)
-        views = model.encoder(x, training=False)
-        r = model.aggregator(views, training=False)
+        views = model.backbone.encoder(x, training=False)
+        r = model.backbone.aggregator(views, training=False)
         critic = model.infomax_critics[0]
         mi = critic([r, _locals(views, 0)], training=False)
         assert keras.backend.standardize_dtype(mi.dtype) == "float32"
@@ -310,8 +339,8 @@ def test_mixed_bfloat16_policy_trains_with_float32_estimates(tiny_config, images
     # The same weights in float32 give nearly the same estimate (bfloat16 activations).
     full = make(tiny_config, infomin_weight=1.0, critic="infonce")
     full.set_weights(model.get_weights())
-    views32 = full.encoder(x, training=False)
-    mi32 = full.infomax_critics[0]([full.aggregator(views32, training=False),
+    views32 = full.backbone.encoder(x, training=False)
+    mi32 = full.infomax_critics[0]([full.backbone.aggregator(views32, training=False),
                                     _locals(views32, 0)], training=False)
     assert float(mi) == pytest.approx(float(mi32), abs=0.05)
 
@@ -328,7 +357,7 @@ def test_train_on_batch_takes_a_pair_as_x_and_y(tiny_config, images):
             model.fit(tf.data.Dataset.from_tensors((x1, x2)), epochs=1, verbose=0)
         else:
             model.train_on_batch(x1, x2)
-        weights.append([np.asarray(v) for v in model.encoder.trainable_variables])
+        weights.append([np.asarray(v) for v in model.backbone.encoder.trainable_variables])
     for a, b in zip(*weights):
         np.testing.assert_allclose(a, b, atol=1e-5)
     keras.utils.set_random_seed(0)
@@ -336,4 +365,4 @@ def test_train_on_batch_takes_a_pair_as_x_and_y(tiny_config, images):
     swapped.compile(optimizer=keras.optimizers.SGD(0.1))
     swapped.train_on_batch(x1, x1)  # another pair: another step
     assert any(not np.allclose(a, np.asarray(b), atol=1e-5)
-               for a, b in zip(weights[0], swapped.encoder.trainable_variables))
+               for a, b in zip(weights[0], swapped.backbone.encoder.trainable_variables))

@@ -5,12 +5,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import TINY, optimizers, ref_critic_scores
-from keras_infobal import InfoBal
+from helpers import optimizers, ref_critic_scores, tiny
 
 
 def make(**kwargs):
-    return InfoBal(**{**TINY, **kwargs})
+    return tiny(**{**kwargs})
 
 
 def snapshot(variables):
@@ -45,7 +44,7 @@ def test_discriminator_steps_raise_the_discriminator_objective(images, critic):
     # Plain small-step gradient ascent: every step must raise the objective.
     model.compile(optimizer=keras.optimizers.SGD(1e-3),
                   discriminator_optimizer=keras.optimizers.SGD(1e-2))
-    views = model.encoder(tf.constant(images), training=False)
+    views = model.backbone.encoder(tf.constant(images), training=False)
     values = [infomin_objective(model, views)]
     for _ in range(4):
         model.discriminator_step(views)
@@ -70,7 +69,7 @@ def test_encoder_steps_lower_the_infomin_term(images, critic):
     disc_before = snapshot(model.discriminator_variables)
 
     def infomin_now():
-        return infomin_objective(model, model.encoder(x, training=True))
+        return infomin_objective(model, model.backbone.encoder(x, training=True))
 
     values = [infomin_now()]
     for _ in range(4):
@@ -88,10 +87,10 @@ def test_train_step_moves_both_terms_the_right_way(images):
     up = make(infomin_weight=1.0, critic="jsd")
     up.compile(optimizer=keras.optimizers.Adam(0.0),
                discriminator_optimizer=keras.optimizers.Adam(1e-2))
-    views = up.encoder(x, training=False)
+    views = up.backbone.encoder(x, training=False)
     before = infomin_objective(up, views)
     up.fit(images, batch_size=8, epochs=5, verbose=0, shuffle=False)
-    assert infomin_objective(up, up.encoder(x, training=False)) > before + 0.05
+    assert infomin_objective(up, up.backbone.encoder(x, training=False)) > before + 0.05
 
     keras.utils.set_random_seed(0)
     down = make(infomin_weight=1.0, critic="jsd", view_weights=[0.0, 0.0])
@@ -99,9 +98,9 @@ def test_train_step_moves_both_terms_the_right_way(images):
                  discriminator_optimizer=keras.optimizers.Adam(0.0))
     for v in down.infomin_critics.trainable_variables:
         v.assign(v * 3.0)
-    before = infomin_objective(down, down.encoder(x, training=True))
+    before = infomin_objective(down, down.backbone.encoder(x, training=True))
     down.fit(images, batch_size=8, epochs=5, verbose=0, shuffle=False)
-    assert infomin_objective(down, down.encoder(x, training=True)) < before - 0.05
+    assert infomin_objective(down, down.backbone.encoder(x, training=True)) < before - 0.05
 
 
 def test_encoder_step_encodes_in_training_mode(images):
@@ -112,9 +111,9 @@ def test_encoder_step_encodes_in_training_mode(images):
     model.compile(optimizer=keras.optimizers.SGD(0.0),
                   discriminator_optimizer=keras.optimizers.SGD(0.0))
     x = tf.constant(images)
-    moving = model.encoder.non_trainable_variables
+    moving = model.backbone.encoder.non_trainable_variables
     assert moving  # BatchNormalization's moving means and variances
-    j_ref, _ = model._objective(model.encoder(x, training=True), training=True)
+    j_ref, _ = model._objective(model.backbone.encoder(x, training=True), training=True)
     after_ref = snapshot(moving)
     loss, j, _ = model.encoder_step(x)
     assert float(j) == pytest.approx(float(j_ref), rel=1e-5, abs=1e-5)
@@ -160,10 +159,10 @@ def test_discriminator_iterations_are_k_per_step(images, k):
     assert int(model.discriminator_optimizer.iterations) == 4 * k
 
 
-def test_track_view_mi_leaves_the_encoder_updates_unchanged(images):
+def test_the_lambda_0_monitor_leaves_the_encoder_updates_unchanged(images):
     keras.utils.set_random_seed(0)
     plain = make(infomin_weight=0.0)
-    tracked = make(infomin_weight=0.0, track_view_mi=True)
+    tracked = make(infomin_weight=0.0)
     tracked.set_weights(plain.get_weights())
     plain.compile(optimizer=keras.optimizers.Adam(1e-2))
     tracked.compile(**optimizers(1e-2))
@@ -184,18 +183,25 @@ def _spread(critics, factor):
             v.assign(v * factor)
 
 
+def _critics(scorer, clip):
+    from keras_infobal import JSDCritic
+
+    return [JSDCritic(units=16, scorer=scorer, score_clip=clip, name=f"infomax_critic_{i}")
+            for i in (1, 2)]
+
+
 @pytest.mark.parametrize("scorer", ["dot", "concat"])
 @pytest.mark.parametrize("infomin_critic", ["jsd", "infonce"])
 def test_score_clip_bounds_every_critic_the_model_builds(images, scorer, infomin_critic):
     clip = 0.5
-    model = make(infomin_weight=1.0, scorer=scorer, infomin_critic=infomin_critic,
-                 score_clip=clip)
+    model = make(infomin_weight=1.0, critic=_critics(scorer, clip),
+                 infomin_critic=infomin_critic, score_clip=clip)
     # The InfoMax critics, and the one layer holding the InfoMin critics of all pairs.
     critics = model.infomax_critics + [model.infomin_critics]
     assert len(critics) == 3 and model.infomin_critics.num_pairs == 1
     _spread(critics, 3.0)  # raw scores then exceed the clip by far
-    views = model.encoder(tf.constant(images), training=False)
-    r = model.aggregator(views, training=False)
+    views = model.backbone.encoder(tf.constant(images), training=False)
+    r = model.backbone.aggregator(views, training=False)
     p = pooled(model, views)
     v = np.asarray(views)
     inputs = [[np.asarray(r), v[:, i].reshape(8, -1, v.shape[-1])] for i in range(2)]
@@ -217,12 +223,12 @@ def test_score_clip_bounds_every_critic_the_model_builds(images, scorer, infomin
 
 @pytest.mark.parametrize("scorer", ["dot", "concat"])
 def test_infomax_critic_scores_match_numpy_reference(images, scorer):
-    model = make(infomin_weight=0.0, scorer=scorer, score_clip=3.0)
+    model = make(infomin_weight=0.0, critic=_critics(scorer, 3.0), score_clip=3.0)
     critic = model.infomax_critics[0]
     critic_ref = type(critic)(units=critic.units, scorer=scorer, normalization="layer",
                               score_clip=3.0)
-    views = np.asarray(model.encoder(tf.constant(images), training=False))
-    g = np.asarray(model.aggregator(views, training=False))
+    views = np.asarray(model.backbone.encoder(tf.constant(images), training=False))
+    g = np.asarray(model.backbone.aggregator(views, training=False))
     l = views[:, 0].reshape(8, -1, views.shape[-1])
     critic_ref([g, l])
     rng = np.random.default_rng(0)
@@ -273,7 +279,7 @@ def test_zero_correlation_weight_leaves_that_discriminator_untrained(images):
 def test_view_pooling_feeds_the_discriminators(images, pooling):
     model = make(infomin_weight=1.0, view_pooling=pooling)
     model.compile(**optimizers())
-    views = model.encoder(tf.constant(images), training=False)
+    views = model.backbone.encoder(tf.constant(images), training=False)
     v = np.asarray(views)
     width = v.shape[-1] if pooling == "mean" else v.shape[2] * v.shape[3] * v.shape[4]
     assert model.infomin_critics.view_dim == width

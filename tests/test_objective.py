@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import TINY
+from helpers import TINY, tiny
 from keras_infobal import InfoBal
 from keras_infobal.layers.critics import get_infomin_critic
 
@@ -22,7 +22,7 @@ LAM = 0.7
 def make(**kwargs):
     base = dict(num_views=3, split="separate", infomin_weight=LAM, view_weights=ALPHA,
                 correlation_weights=BETA)
-    return InfoBal(**{**TINY, **base, **kwargs})
+    return tiny(**{**base, **kwargs})
 
 
 def spread(critics, factor=3.0):
@@ -55,7 +55,7 @@ def by_hand(model, views, pooling="mean", infomin_units=TINY["critic_units"], tr
     """(J, InfoMax terms, InfoMin terms by pair) from numpy pooling and the critics' calls."""
     v = np.asarray(views)
     b, m, vh, vw, c = v.shape
-    r = model.aggregator(views, training=training)
+    r = model.backbone.aggregator(views, training=training)
     infomax = [float(model.infomax_critics[i]([r, v[:, i].reshape(b, vh * vw, c)],
                                              training=training)) for i in range(m)]
     p = v.mean(axis=(2, 3)) if pooling == "mean" else v.reshape(b, m, -1)
@@ -72,7 +72,7 @@ def by_hand(model, views, pooling="mean", infomin_units=TINY["critic_units"], tr
 def test_objective_weighs_every_term_by_hand(images, pooling):
     model = make(view_pooling=pooling)
     spread(model.infomax_critics + [model.infomin_critics])  # terms of clearly different sizes
-    views = model.encoder(tf.constant(images), training=False)
+    views = model.backbone.encoder(tf.constant(images), training=False)
     j_ref, infomax_ref, infomin_ref = by_hand(model, views, pooling)
     assert len(set(np.round(infomax_ref, 4))) == 3 and len(set(np.round(
         list(infomin_ref.values()), 4))) == 3  # distinct, so a swapped index shows
@@ -97,12 +97,14 @@ def test_objective_weighs_every_term_by_hand(images, pooling):
     np.testing.assert_allclose(np.asarray(pooled), expected, rtol=1e-5, atol=1e-6)
 
 
-def test_shared_critic_scores_every_view_with_critic_zero(images):
-    model = make(shared_critic=True, infomin_weight=0.0)
+def test_one_critic_instance_is_shared_by_every_view(images):
+    from keras_infobal import JSDCritic
+
+    model = make(critic=JSDCritic(units=16), infomin_weight=0.0)
     assert len(model.infomax_critics) == 1
-    views = model.encoder(tf.constant(images), training=False)
+    views = model.backbone.encoder(tf.constant(images), training=False)
     v = np.asarray(views)
-    r = model.aggregator(views, training=False)
+    r = model.backbone.aggregator(views, training=False)
     crit = model.infomax_critics[0]
     ref = [float(crit([r, v[:, i].reshape(8, -1, v.shape[-1])], training=False))
            for i in range(3)]
@@ -113,13 +115,13 @@ def test_shared_critic_scores_every_view_with_critic_zero(images):
 
 
 def test_augmented_pairs_score_each_half_against_the_other(images):
-    model = InfoBal(**{**TINY, "augmented_pairs": True, "infomin_weight": 0.0,
+    model = tiny(**{"augmented_pairs": True, "infomin_weight": 0.0,
                        "view_weights": [1.0, 3.0]})
     spread(model.infomax_critics)
     x = tf.constant(images)  # halves: images 0-3 and 4-7 stand in for two augmentations
-    views = model.encoder(x, training=False)
+    views = model.backbone.encoder(x, training=False)
     v = np.asarray(views)
-    r = np.asarray(model.aggregator(views, training=False))
+    r = np.asarray(model.backbone.aggregator(views, training=False))
     b, m, vh, vw, c = v.shape
 
     def term(i, r_rows, v_rows):
@@ -135,8 +137,8 @@ def test_augmented_pairs_score_each_half_against_the_other(images):
 
 def test_variable_sets_and_when_the_discriminators_train():
     model = make()
-    enc = {id(v) for v in model.encoder.trainable_variables
-           + model.aggregator.trainable_variables}
+    enc = {id(v) for v in model.backbone.encoder.trainable_variables
+           + model.backbone.aggregator.trainable_variables}
     for c in model.infomax_critics:
         enc |= {id(v) for v in c.trainable_variables}
     disc = set()
@@ -146,15 +148,18 @@ def test_variable_sets_and_when_the_discriminators_train():
     assert len(model.encoder_variables) == len(enc)
     assert {id(v) for v in model.discriminator_variables} == disc
     assert len(model.discriminator_variables) == len(disc)
-    # lambda > 0 trains them unless track_view_mi=False; lambda = 0 only with track_view_mi.
-    cases = [(0.7, None, True), (0.0, None, False), (0.0, True, True), (0.7, False, False),
-             (0.0, False, False)]
-    for lam, track, active in cases:
-        m = InfoBal(**{**TINY, "infomin_weight": lam, "track_view_mi": track,
-                       "input_shape": None})
-        assert m.discriminator_active is active, (lam, track)
-    single = InfoBal(**{**TINY, "num_views": 1, "split": "rows", "infomin_weight": 1.0,
-                        "track_view_mi": True, "input_shape": None})
+    # lambda > 0 trains them; lambda = 0 only when compiled with a discriminator optimizer
+    # (the monitor of I(V_i; V_j)).
+    import keras
+
+    for lam, monitor, active in [(0.7, False, True), (0.0, False, False), (0.0, True, True)]:
+        m = tiny(**{"infomin_weight": lam, "image_shape": None})
+        m.compile(optimizer="adam",
+                  discriminator_optimizer=keras.optimizers.Adam() if monitor else None)
+        assert m.discriminator_active is active, (lam, monitor)
+    single = tiny(**{"num_views": 1, "split": "rows", "infomin_weight": 1.0,
+                     "image_shape": None})
+    single.compile(optimizer="adam", discriminator_optimizer=keras.optimizers.Adam())
     assert not single.pairs and single.discriminator_active is False
 
 
@@ -162,9 +167,9 @@ def test_encoder_loss_adds_the_regularization_losses(images):
     import keras
 
     model = make(infomin_weight=0.0)
-    views = model.encoder(tf.constant(images), training=False)
-    model.aggregator(views)  # built
-    kernel = model.aggregator.trainable_variables[0]
+    views = model.backbone.encoder(tf.constant(images), training=False)
+    model.backbone.aggregator(views)  # built
+    kernel = model.backbone.aggregator.trainable_variables[0]
     kernel.regularizer = keras.regularizers.L2(0.05)
     reg = 0.05 * float(np.sum(np.asarray(kernel) ** 2))  # by numpy
     assert reg > 1e-3
@@ -181,7 +186,7 @@ def test_infomin_units_sets_only_the_discriminators_width(images):
     assert hidden.shape[-1] == 8
     assert all(c.global_encoder.hidden.units == 16 for c in model.infomax_critics)
     spread(model.infomax_critics + [model.infomin_critics])
-    views = model.encoder(tf.constant(images), training=False)
+    views = model.backbone.encoder(tf.constant(images), training=False)
     j_ref, _, infomin_ref = by_hand(model, views, infomin_units=8)
     _, terms = model._discriminator_objective(model._pool(views))
     np.testing.assert_allclose([float(t) for t in terms], list(infomin_ref.values()),
@@ -210,7 +215,7 @@ def test_encoder_loss_scores_in_training_mode(images):
     InfoMax critics, as `fit` trains them; composed by hand in that mode."""
     model = make()
     spread(model.infomax_critics + [model.infomin_critics])
-    views = model.encoder(tf.constant(images), training=False)
+    views = model.backbone.encoder(tf.constant(images), training=False)
     _spread_moving_statistics(model, np.random.default_rng(2))
     j_train, _, _ = by_hand(model, views, training=True)
     j_eval, _, _ = by_hand(model, views, training=False)
@@ -221,7 +226,7 @@ def test_encoder_loss_scores_in_training_mode(images):
 
 def test_the_dim_baseline_never_evaluates_the_discriminators(images, monkeypatch):
     model = make(infomin_weight=0.0)
-    views = model.encoder(tf.constant(images), training=False)
+    views = model.backbone.encoder(tf.constant(images), training=False)
     j_ref, infomax_ref, _ = by_hand(model, views)
 
     def refuse(*args, **kwargs):
@@ -235,6 +240,6 @@ def test_the_dim_baseline_never_evaluates_the_discriminators(images, monkeypatch
 def test_view_pooling_read_from_a_file_is_compared_by_value(images):
     # A name from a JSON config is an equal string, not the same object as the literal.
     model = make(view_pooling="".join(["me", "an"]))
-    views = model.encoder(tf.constant(images), training=False)
+    views = model.backbone.encoder(tf.constant(images), training=False)
     np.testing.assert_allclose(np.asarray(model._pool(views)),
                                np.asarray(views).mean(axis=(2, 3)), rtol=1e-5, atol=1e-6)

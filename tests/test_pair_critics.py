@@ -1,5 +1,5 @@
-"""The batched InfoMin critics (layers/pair_critics.py) against the per-pair layers they
-replace, and the loading of files saved with the per-pair layout."""
+"""The batched InfoMin critics (layers/pair_critics.py) against the per-pair layers whose
+computation they batch."""
 
 import os
 import tempfile
@@ -12,13 +12,12 @@ import pytest
 from keras import ops
 
 from harness import run_mixed_precision_test, run_serialization_test
-from helpers import TINY, optimizers
-from keras_infobal import InfoBal, load_infobal
+from helpers import optimizers, tiny
+from keras_infobal import load_infobal
 from keras_infobal.layers import PairCLUB, PairCritics
 from keras_infobal.layers.club import club_estimate
 from keras_infobal.layers.critics import get_infomin_critic, get_pair_critics
 
-DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 PAIRS = [(0, 1), (0, 2), (1, 2), (2, 0)]
 ESTIMATORS = ["jsd", "dv", "infonce", "nwj", "club", "club_sampled"]
 
@@ -196,12 +195,12 @@ def test_pair_layers_refuse_bad_input():
 
 @pytest.mark.backend
 def test_model_saves_and_loads_the_batched_layout(images):
-    model = InfoBal(**TINY, num_views=4, infomin_critic="dv", score_clip=4.0)
+    model = tiny(num_views=4, infomin_critic="dv", score_clip=4.0)
     assert isinstance(model.infomin_critics, PairCritics)
     assert model.infomin_critics.num_pairs == 6
     model.compile(**optimizers())
     model.fit(images, batch_size=len(images), epochs=1, verbose=0)  # optimizer state to keep
-    pooled = model._pool(model.encoder(images, training=False))
+    pooled = model._pool(model.backbone.encoder(images, training=False))
     before = ops.convert_to_numpy(model._infomin_terms(pooled, training=False))
     with tempfile.TemporaryDirectory() as tmp:
         model.save(os.path.join(tmp, "m.keras"))
@@ -217,113 +216,19 @@ def test_model_saves_and_loads_the_batched_layout(images):
             assert len(saved) == len(read)
             for a, b in zip(saved, read):
                 np.testing.assert_array_equal(ops.convert_to_numpy(a), ops.convert_to_numpy(b))
-        again = InfoBal(**TINY, num_views=4, infomin_critic="dv", score_clip=4.0)
+        again = tiny(num_views=4, infomin_critic="dv", score_clip=4.0)
         again.load_weights(os.path.join(tmp, "m.weights.h5"))
     assert loaded.get_config() == model.get_config()
     for m in (loaded, again):
-        pooled = m._pool(m.encoder(images, training=False))
+        pooled = m._pool(m.backbone.encoder(images, training=False))
         np.testing.assert_allclose(ops.convert_to_numpy(m._infomin_terms(pooled, False)),
                                    before, rtol=1e-6)
-
-
-# ------------------------------------------------------------- files of the per-pair layout
-LEGACY = {
-    "legacy_jsd_m4": dict(num_views=4, critic="jsd", infomin_weight=1.0),
-    "legacy_club_sampled_m2": dict(num_views=2, infomin_critic="club_sampled",
-                                   infomin_weight=1.0),
-}
-
-
-def _terms(model, images):
-    pooled = model._pool(model.encoder(images, training=False))
-    fits, terms = model._infomin_fit_terms(pooled, training=False)
-    return ops.convert_to_numpy(fits), ops.convert_to_numpy(terms)
-
-
-@pytest.mark.backend
-@pytest.mark.parametrize("name", sorted(LEGACY))
-def test_per_pair_weights_files_load_into_the_batched_layer(name):
-    """Files written by the per-pair code (tests/data/make_legacy_fixtures.py) give the
-    estimates that code computed."""
-    expected = np.load(os.path.join(DATA, "legacy_expected.npz"))
-    model = InfoBal(**TINY, **LEGACY[name])
-    model.load_weights(os.path.join(DATA, name + ".weights.h5"))
-    fits, terms = _terms(model, expected["images"])
-    np.testing.assert_allclose(fits, expected[name + "/fits"], rtol=1e-5, atol=1e-6)
-    if "sampled" not in name:  # random partners
-        np.testing.assert_allclose(terms, expected[name + "/terms"], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(ops.convert_to_numpy(model(expected["images"])),
-                               expected[name + "/R"], rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize("name", ["legacy_club_m4", "legacy_infonce_m2"])
-def test_per_pair_keras_files_load_and_resume_with_their_optimizer_state(name):
-    """A `.keras` file of the per-pair layout, saved after one step: its weights and both
-    optimizers' moments are migrated, so the next step is the step the old code took."""
-    expected = np.load(os.path.join(DATA, "legacy_expected.npz"))
-    images = expected["images"]
-    with warnings.catch_warnings():
-        warnings.filterwarnings("error", message=".*[Ss]kipping variable loading.*")
-        warnings.filterwarnings("error", message=".*could not be migrated.*")
-        model = load_infobal(os.path.join(DATA, name + ".keras"))
-    fits, terms = _terms(model, images)
-    np.testing.assert_allclose(fits, expected[name + "/fits"], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(terms, expected[name + "/terms"], rtol=1e-5, atol=1e-6)
-    model.fit(images, batch_size=6, epochs=1, verbose=0, shuffle=False)
-    fits, terms = _terms(model, images)
-    np.testing.assert_allclose(fits, expected[name + "/after_step/fits"], rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(terms, expected[name + "/after_step/terms"], rtol=1e-4,
-                               atol=1e-5)
-    # R after the step: Adam's m / sqrt(v) magnifies the float differences of the batched
-    # sums (measured: 5e-5); a step from a fresh optimizer state lands 1e-2 away.
-    np.testing.assert_allclose(ops.convert_to_numpy(model(images)),
-                               expected[name + "/after_step/R"], atol=1e-3)
-
-
-def test_per_pair_file_of_another_critic_or_size_is_refused_clearly():
-    path = os.path.join(DATA, "legacy_jsd_m4.weights.h5")
-    club = InfoBal(**TINY, num_views=4, infomin_critic="club")
-    with pytest.raises(ValueError, match="infomin_critic it was saved with"):
-        club.load_weights(path)
-    fewer = InfoBal(**TINY, num_views=2, split="rows")
-    with pytest.raises(ValueError, match="holds 6 per-pair InfoMin critics; this model has 1"):
-        fewer.load_weights(path)
-    more = InfoBal(**TINY, num_views=8, split="grid", infomin_critic="infonce")
-    with pytest.raises(ValueError, match="holds 1 per-pair InfoMin critics; this model has 28"):
-        more.load_weights(os.path.join(DATA, "legacy_infonce_m2.keras"))
-
-
-def test_shipped_pretraining_weights_load_into_the_batched_layer_and_train():
-    """`from_preset` of a preset that ships its pretraining weights (saved per pair)."""
-    from keras_infobal.applications import presets
-
-    name = next(n for n in presets.list_presets()
-                if presets.get_preset(n).get("pretraining_weights"))
-    model = InfoBal.from_preset(name, infomin_weight=1.0)
-    path = presets.checked_path(name, "pretraining_weights")
-    with h5py.File(path) as f:
-        group = f["infomin_critics"]
-        (key,) = [k for k in group if k != "vars"]  # M=2: one pair
-        for w_name, w_path, _, _ in model.infomin_critics._WEIGHTS:
-            np.testing.assert_array_equal(
-                ops.convert_to_numpy(getattr(model.infomin_critics, w_name))[0],
-                np.asarray(group[f"{key}/{w_path}"]).astype("float32"))
-    model.compile(**optimizers(1e-4))
-    import tensorflow as tf
-
-    x = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype("uint8")
-    data = tf.data.Dataset.from_tensors((x, x[::-1]) if model.augmented_pairs else x)
-    before = [w.copy() for w in model.infomin_critics.get_weights()]
-    logs = model.fit(data, epochs=1, verbose=0).history
-    assert np.isfinite(logs["loss"][-1]) and np.isfinite(logs["mi_V1_V2"][-1])
-    assert any(not np.array_equal(a, b)
-               for a, b in zip(before, model.infomin_critics.get_weights()))
 
 
 # ------------------------------------------------------------------- XLA, mixed precision
 def _sgd_step(infomin_critic, jit_compile, images):
     keras.utils.set_random_seed(0)
-    model = InfoBal(**TINY, num_views=4, infomin_weight=1.0, infomin_critic=infomin_critic,
+    model = tiny(num_views=4, infomin_weight=1.0, infomin_critic=infomin_critic,
                     score_clip=5.0)
     # SGD, not Adam: Adam's first step is lr * sign(g), which turns float noise in a
     # near-zero gradient into a full step.
@@ -350,6 +255,7 @@ def test_infobal_step_under_xla_matches_the_plain_step(images, infomin_critic):
         np.testing.assert_allclose(xla_logs[key], plain_logs[key], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.bf16
 def test_infobal_step_under_xla_and_mixed_bfloat16(images):
     if keras.backend.backend() != "tensorflow":
         pytest.skip("jit_compile=True is XLA on TensorFlow")

@@ -1,5 +1,6 @@
-"""The README's user script runs as written."""
+"""The README's (and docs') examples run as written; their tables are the committed results."""
 
+import math
 import os
 import re
 import subprocess
@@ -10,37 +11,59 @@ import pytest
 from helpers import ROOT
 
 
+def block(path, marker, lang="python"):
+    text = open(os.path.join(ROOT, path)).read()
+    start = text.index(marker)
+    return re.search(rf"```{lang}\n(.*?)```", text[start:], re.S).group(1)
+
+
 def readme_example():
-    text = open(os.path.join(ROOT, "README.md")).read()
-    marker = text.index("<!-- readme-example")
-    return re.search(r"```python\n(.*?)```", text[marker:], re.S).group(1)
+    return block("README.md", "<!-- readme-example")
 
 
-def test_readme_user_script_runs(tmp_path, monkeypatch):
+@pytest.mark.parametrize("size", [32, 64, 96])
+def test_readme_example_trains_at_any_image_size(size, tmp_path, monkeypatch):
+    import keras
+
+    code = readme_example()
+    assert "(256, 64, 64, 3)" in code
+    code = code.replace("(256, 64, 64, 3)", f"(256, {size}, {size}, 3)")
     monkeypatch.chdir(tmp_path)
     namespace = {}
-    exec(compile(readme_example(), "README.md", "exec"), namespace)
-    assert namespace["r"].shape == (8, 64)
-    assert namespace["feats"]["conv"].shape == (8, 4096)
+    exec(compile(code, "README.md", "exec"), namespace)
+    model, backbone = namespace["model"], namespace["backbone"]
+    assert model.image_shape == (size, size, 3)
+    # DIM's trunk halves the image twice (an h x h map); the rows split makes 2 views of
+    # (h/2) x h; the aggregator's stride-2 conv (256 filters) halves each view again.
+    h = size // 4
+    conv = 2 * math.ceil(h / 2 / 2) * math.ceil(h / 2) * 256
+    assert namespace["feats"]["conv"].shape == (8, conv)
+    assert namespace["feats"]["R"].shape == (8, 64)
     assert "mi_V1_V2" in namespace["history"].history
-    assert os.path.exists(tmp_path / "infobal.keras")
-    # the reloaded model continued: its optimizers counted the steps before and after saving
-    assert int(namespace["model"].optimizer.iterations) == 3 * 4
-    assert int(namespace["model"].discriminator_optimizer.iterations) == 3 * 4
+    loaded = keras.models.load_model(tmp_path / "infobal.keras")
+    np.testing.assert_allclose(loaded.predict(namespace["images"][:4], verbose=0),
+                               model.predict(namespace["images"][:4], verbose=0), atol=1e-5)
+    from keras_infobal import InfoBalBackbone
+
+    again = InfoBalBackbone.from_preset(str(tmp_path / "my_encoder"))
+    np.testing.assert_allclose(again.predict(namespace["images"][:4], verbose=0),
+                               backbone.predict(namespace["images"][:4], verbose=0), atol=1e-5)
+    other = size + 16
+    with pytest.raises(ValueError, match=f"built for {size}x{size} images; got {other}x{other}"):
+        model.predict(np.zeros((2, other, other, 3), "uint8"), verbose=0)
 
 
+@pytest.mark.bf16
 def test_readme_recipe_runs(tmp_path, monkeypatch):
     import keras
 
     monkeypatch.chdir(tmp_path)
-    text = open(os.path.join(ROOT, "README.md")).read()
-    marker = text.index("<!-- readme-recipe")
-    code = re.search(r"```python\n(.*?)```", text[marker:], re.S).group(1)
+    code = block("docs/extending.md", "<!-- readme-recipe")
     namespace = {}
     try:
         exec(compile(code, "README.md", "exec"), namespace)
         model = namespace["model"]
-        assert model.augmented_pairs and model.encoder.compute_dtype == "bfloat16"
+        assert model.augmented_pairs and model.backbone.encoder.compute_dtype == "bfloat16"
     finally:
         keras.mixed_precision.set_global_policy("float32")
     history = namespace["history"].history
@@ -50,10 +73,8 @@ def test_readme_recipe_runs(tmp_path, monkeypatch):
 
 
 def readme_cli():
-    text = open(os.path.join(ROOT, "README.md")).read()
-    marker = text.index("<!-- readme-cli")
-    block = re.search(r"```bash\n(.*?)```", text[marker:], re.S).group(1)
-    return [line for line in block.splitlines() if line and not line.startswith("#")]
+    commands = block("docs/cli.md", "<!-- readme-cli", "bash")
+    return [line for line in commands.splitlines() if line and not line.startswith("#")]
 
 
 @pytest.mark.slow
@@ -78,25 +99,45 @@ def test_readme_cli_commands_run_as_written(tmp_path):
 def test_readme_test_commands_are_what_ci_runs():
     # The README's quick-start block lists exactly the test commands of .ci/run, in order,
     # the slow tests included.
-    text = open(os.path.join(ROOT, "README.md")).read()
-    block = re.search(r"## Quick start\s*```bash\n(.*?)```", text, re.S).group(1)
+    commands_block = block("README.md", "Then run every test", "bash")
     ci = open(os.path.join(ROOT, ".ci", "run")).read()
 
     def commands(lines):
         return [line.strip() for line in lines.splitlines() if "pytest" in line]
 
-    assert commands(block) == commands(ci)
+    assert commands(commands_block) == commands(ci)
     assert "python -m pytest -q -m slow" in commands(ci)
 
 
 @pytest.mark.parametrize("stem", ["speed", "views_speed", "xla_conv", "profile_step",
                                   "conv_layout"])
-def test_readme_speed_tables_are_the_committed_results(stem):
-    """Every table row of a committed benchmark result appears verbatim in the README, so
-    the README's speed numbers are the ones its command wrote (regenerate both together)."""
-    text = open(os.path.join(ROOT, "README.md")).read()
+def test_benchmark_tables_are_the_committed_results(stem):
+    """Every table row of a committed benchmark result appears verbatim in docs/benchmarks.md,
+    so its speed numbers are the ones its command wrote (regenerate both together)."""
+    text = open(os.path.join(ROOT, "docs", "benchmarks.md")).read()
     path = os.path.join(ROOT, "benchmarks", "results", stem + ".md")
     rows = [line for line in open(path).read().splitlines() if line.startswith("| ")]
     assert rows
     missing = [row for row in rows if row not in text]
-    assert not missing, f"README lacks these rows of {path}: {missing[:3]}"
+    assert not missing, f"docs/benchmarks.md lacks these rows of {path}: {missing[:3]}"
+
+
+def test_readme_preset_table_is_the_committed_results():
+    """The README's preset table is the one collect_results.py wrote, and it lists every
+    built-in preset with the accuracies its metadata records."""
+    from keras_infobal.models import presets
+
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    results = open(os.path.join(ROOT, "applications", "cifar10", "results.md")).read()
+    rows = [line for line in readme.splitlines() if line.startswith("| `")]
+    assert len(rows) == len(presets.list_presets())
+    for row in rows:
+        assert row in results, row
+    for name in presets.list_presets():
+        meta = presets.load_metadata(name)
+        row = next(r for r in rows if r.startswith(f"| `{name}`"))
+        assert f"| {100 * meta['validation_accuracy']:.2f} | {100 * meta['test_accuracy']:.2f} |" in row
+
+
+def test_readme_is_short():
+    assert len(open(os.path.join(ROOT, "README.md")).read().splitlines()) < 200

@@ -10,7 +10,7 @@ import keras_tuner as kt
 import numpy as np
 import pytest
 
-from helpers import ROOT, TINY
+from helpers import BACKBONE_KEYS, ROOT, TINY, tiny
 from keras_infobal import InfoBal, cli, estimators, features
 from keras_infobal.evaluation import linear_probe
 from keras_infobal.layers import view_encoder as ve
@@ -58,7 +58,7 @@ def half_r():
     class HalfR(InfoBal):
         def features(self, images, training=False):
             feats = super().features(images, training=training)
-            feats["half_R"] = feats["R"][:, : self.output_dim // 2]
+            feats["half_R"] = feats["R"][:, : self.backbone.output_dim // 2]
             return feats
 
     yield HalfR
@@ -75,8 +75,8 @@ def _load_script(relpath):
 
 def _tuner_space(**kwargs):
     """{name: values} of the space the tuner declares when it builds a model."""
-    fixed = {k: v for k, v in TINY.items() if k != "critic_units"}
-    hypermodel = InfoBalHyperModel((IMAGES, LABELS), (IMAGES, LABELS), model_kwargs=fixed,
+    fixed = {k: v for k, v in TINY.items() if k in BACKBONE_KEYS}
+    hypermodel = InfoBalHyperModel((IMAGES, LABELS), (IMAGES, LABELS), backbone_kwargs=fixed,
                                    **kwargs)
     hp = kt.HyperParameters()
     hypermodel.build(hp)
@@ -97,7 +97,8 @@ def test_registered_estimator_and_split_are_searched_by_the_tuner(registered):
     hp.Fixed("split", "diagonal")
     hp.Fixed("num_views", 2)
     model = hypermodel.build(hp)
-    assert model.split == "diagonal" and model.infomax_critics[0].estimator == "mean_gap"
+    assert model.backbone.split == "diagonal"
+    assert model.infomax_critics[0].estimator == "mean_gap"
 
 
 def test_tuner_space_can_be_restricted_to_registered_names(registered):
@@ -114,33 +115,33 @@ def test_unregistered_names_are_not_searched():
     assert "mean_gap" not in space["critic"] and "diagonal" not in space["split"]
 
 
-def test_pretrain_script_offers_the_registered_estimator_and_split(registered, capsys):
-    pretrain = _load_script("applications/cifar10/pretrain.py")
-    args = pretrain.parse_args(["--out", "run", "--critic", "mean_gap",
-                                "--infomin-critic", "mean_gap", "--split", "diagonal"])
-    assert (args.critic, args.infomin_critic, args.split) == ("mean_gap", "mean_gap", "diagonal")
-    assert pretrain.parse_args(["--out", "run", "--infomin-critic", "club"]).infomin_critic == "club"
-    assert pretrain.parse_args(["--out", "run", "--infomin-units", "64"]).infomin_units == 64
-    assert pretrain.parse_args(["--out", "run"]).infomin_units is None
-    with pytest.raises(SystemExit):
-        pretrain.parse_args(["--out", "run", "--split", "spiral"])
-    assert "invalid choice: 'spiral'" in capsys.readouterr().err
+def test_pretraining_runs_take_the_registered_estimator_and_split(registered):
+    from keras_infobal.pretraining import _build_task, resolve
+
+    small = {k: v for k, v in TINY.items() if k not in ("critic_units", "image_shape")}
+    run = resolve(recipe="dim", backbone={**small, "split": "diagonal"},
+                  task={"critic": "mean_gap", "critic_units": 8})
+    model = _build_task(run, (16, 16, 3))
+    assert model.backbone.split == "diagonal" and model.critic == "mean_gap"
+    assert model.infomax_critics[0].estimator == "mean_gap"
+    with pytest.raises(ValueError, match="split"):
+        _build_task(resolve(recipe="dim", backbone={"split": "spiral"}), (16, 16, 3))
 
 
 # ----------------------------------------------------------------------- feature layers
 
 def test_every_feature_layer_is_computed_by_the_model():
     """The registry and what the model and the aggregator compute agree."""
-    model = InfoBal(**TINY)
+    model = tiny()
     feats = model.features(IMAGES[:2])
     assert set(feats) == set(features.names())
-    views = model.encoder(IMAGES[:2])
-    assert set(model.aggregator.features(views)) == set(features.produced_by("ViewAggregator"))
+    views = model.backbone.encoder(IMAGES[:2])
+    assert set(model.backbone.aggregator.features(views)) == set(features.produced_by("ViewAggregator"))
     assert features.probe_layers() == ("conv", "fc", "R")
 
 
 def test_a_registered_feature_layer_is_extracted_and_probed(half_r):
-    model = half_r(**TINY)
+    model = tiny(cls=half_r)
     assert set(model.extract_features(IMAGES)) == {"conv", "fc", "R", "half_R"}  # the default
     feats = model.extract_features(IMAGES, layers=("half_R", "R"))
     assert feats["half_R"].shape == (8, TINY["output_dim"] // 2)
@@ -150,11 +151,11 @@ def test_a_registered_feature_layer_is_extracted_and_probed(half_r):
     assert set(acc) == {"half_R"}
     # A registered layer the model does not compute: a clear error, not a KeyError.
     with pytest.raises(ValueError, match=r"does not compute them"):
-        InfoBal(**TINY).extract_features(IMAGES, layers=("half_R",))
+        tiny().extract_features(IMAGES, layers=("half_R",))
 
 
 def test_unknown_feature_layers_are_rejected_listing_the_registered_ones(half_r):
-    model = InfoBal(**TINY)
+    model = tiny()
     with pytest.raises(ValueError, match=r"Unknown feature layers \['logits'\].*half_R.*"
                                          r"register_feature_layer"):
         model.extract_features(IMAGES, layers=("conv", "logits"))
@@ -170,7 +171,7 @@ def test_unknown_feature_layers_are_rejected_listing_the_registered_ones(half_r)
 
 
 def test_an_unregistered_feature_layer_is_rejected(half_r):
-    model = half_r(**TINY)
+    model = tiny(cls=half_r)
     del features.LAYERS["half_R"]
     try:
         with pytest.raises(ValueError, match="Unknown feature layers"):
@@ -210,7 +211,7 @@ def test_the_cli_reads_the_registry_file_without_the_package(monkeypatch):
 
 def test_collect_results_labels_must_match_the_shipped_presets():
     collect = _load_script("applications/cifar10/collect_results.py")
-    from keras_infobal.applications import presets
+    from keras_infobal.models import presets
 
     collect.check_variants(collect.VARIANTS, presets.list_presets())  # the shipped ones
     with pytest.raises(ValueError, match="give every shipped preset a row label"):

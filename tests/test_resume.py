@@ -8,14 +8,13 @@ import time
 
 import numpy as np
 
-from helpers import ROOT, TINY
-from keras_infobal import InfoBal
+from helpers import ROOT, tiny
 
 WORKER = os.path.join(ROOT, "tests", "resume_worker.py")
 
 
 def load(path):
-    model = InfoBal(**TINY, infomin_weight=1.0)
+    model = tiny(infomin_weight=1.0)
     import keras
 
     model.compile(optimizer=keras.optimizers.Adam(), discriminator_optimizer=keras.optimizers.Adam())
@@ -74,7 +73,7 @@ def test_a_half_written_backup_falls_back_to_the_previous_good_one(tmp_path):
     backup = str(tmp_path / "backup")
 
     def fit(epochs):
-        model = InfoBal(**TINY, infomin_weight=1.0)
+        model = tiny(infomin_weight=1.0)
         model.compile(**optimizers())
         seen = []
         model.fit(x, batch_size=8, epochs=epochs, verbose=0, shuffle=False, callbacks=[

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import ROOT, TINY, optimizers
+from helpers import ROOT, optimizers, tiny
 from keras_infobal import (
     InfoBal,
     JSDCritic,
@@ -33,14 +33,13 @@ def test_same_seed_gives_identical_weights():
     code = """
         import keras, numpy as np, tensorflow as tf, sys
         sys.path.insert(0, "tests")
-        from helpers import TINY, optimizers
-        from keras_infobal import InfoBal
+        from helpers import optimizers, tiny
         tf.config.experimental.enable_op_determinism()
         out = []
         for _ in range(2):
             keras.utils.set_random_seed(7)
             x = np.random.default_rng(0).integers(0, 256, (32, 16, 16, 3)).astype("uint8")
-            m = InfoBal(**TINY, infomin_weight=1.0)
+            m = tiny(infomin_weight=1.0)
             m.compile(**optimizers())
             m.fit(x, batch_size=8, epochs=2, verbose=0)
             out.append([np.array(v) for v in m.variables])
@@ -54,7 +53,7 @@ def test_same_seed_gives_identical_weights():
 @pytest.mark.backend
 def test_nonfinite_guard_names_terms_and_keeps_checkpoint(tmp_path):
     x = np.random.default_rng(0).integers(0, 256, (16, 16, 16, 3)).astype("float32")
-    model = InfoBal(**TINY, infomin_weight=1.0)
+    model = tiny(infomin_weight=1.0)
     model.compile(**optimizers())
     backup = str(tmp_path / "backup")
     model.fit(x, batch_size=8, epochs=1, verbose=0, callbacks=[
@@ -73,14 +72,14 @@ def test_nonfinite_guard_names_terms_and_keeps_checkpoint(tmp_path):
 
 @pytest.mark.backend
 def test_bad_dtypes_and_shapes_are_value_errors(tmp_path):
-    model = InfoBal(**TINY, infomin_weight=0.0)
+    model = tiny(infomin_weight=0.0)
     model.compile(optimizer="adam")
     with pytest.raises(ValueError, match="dtype bool"):
         model.fit(np.zeros((4, 16, 16, 3), bool), batch_size=2, verbose=0)
     with pytest.raises(ValueError, match=r"\(B, H, W, 3\)"):
         model.fit(np.zeros((4, 10), "float32"), batch_size=2, verbose=0)
     with pytest.raises(ValueError, match="too small"):
-        InfoBal(**{**TINY, "input_shape": (2, 2, 3)})
+        tiny(**{"image_shape": (2, 2, 3)})
 
 
 @pytest.mark.backend
@@ -95,7 +94,7 @@ def test_load_infobal_refuses_other_classes_and_unsafe_files(tmp_path):
     lam.save(lam_path)
     with pytest.raises(ValueError, match="safe_mode"):
         load_infobal(lam_path)
-    good = InfoBal(**TINY)
+    good = tiny()
     good_path = str(tmp_path / "good.keras")
     good.save(good_path)
     assert isinstance(load_infobal(good_path), InfoBal)
@@ -109,7 +108,7 @@ def test_load_infobal_refuses_other_classes_and_unsafe_files(tmp_path):
 
 
 def test_atomic_save_keeps_the_old_file_when_saving_fails(tmp_path, monkeypatch):
-    model = InfoBal(**TINY)
+    model = tiny()
     path = str(tmp_path / "m.keras")
     atomic_save(model, path)
     before = open(path, "rb").read()

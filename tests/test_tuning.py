@@ -2,15 +2,16 @@ import keras_tuner as kt
 import numpy as np
 import pytest
 
-from helpers import TINY
+from helpers import BACKBONE_KEYS, TINY
 from keras_infobal.tuning import OBJECTIVE, InfoBalHyperModel
 from test_evaluation import class_images
+
+FIXED = {k: v for k, v in TINY.items() if k in BACKBONE_KEYS}
 
 
 def test_two_trial_search_maximizes_probe_accuracy(tmp_path):
     train, val = class_images(120), class_images(60, seed=1)
-    fixed = {k: v for k, v in TINY.items() if k != "critic_units"}
-    hypermodel = InfoBalHyperModel(train, val, epochs=1, batch_size=20, model_kwargs=fixed)
+    hypermodel = InfoBalHyperModel(train, val, epochs=1, batch_size=20, backbone_kwargs=FIXED)
     assert hypermodel.objective.direction == "max"
     hp = kt.HyperParameters()
     hp.Fixed("num_views", 4)  # the 8x8 map of 32px images; 16px images give a 4x4 map
@@ -34,7 +35,6 @@ def test_the_chosen_hyperparameters_and_presets_reach_the_model():
         "neighbours": ([1, 1, 1, 1], [[1, 2, 1, 1], [2, 1, 2, 1], [1, 2, 1, 2], [1, 1, 2, 1]]),
         "edges": ([1.5, 1, 1, 1.5], np.ones((4, 4))),
     }
-    fixed = {k: v for k, v in TINY.items() if k != "critic_units"}
     x = class_images(8)[0]
     for preset, critic, units, lam in (("neighbours", "dv", 128, 0.3),
                                        ("edges", "infonce", 256, 0.0),
@@ -44,15 +44,16 @@ def test_the_chosen_hyperparameters_and_presets_reach_the_model():
                             ("critic", critic), ("critic_units", units),
                             ("infomin_weight", lam)):
             hp.Fixed(name, value)
-        model = InfoBalHyperModel(None, None, model_kwargs=fixed).build(hp)
+        model = InfoBalHyperModel(None, None, backbone_kwargs=FIXED).build(hp)
         alpha, beta = by_hand[preset]
-        assert (model.num_views, model.split, model.critic) == (4, "grid", critic)
+        assert (model.num_views, model.backbone.split, model.critic) == (4, "grid", critic)
         assert model.infomin_weight == lam and model.critic_units == units
         np.testing.assert_array_equal(model._alpha, alpha)
         np.testing.assert_array_equal(model._beta, beta)
         assert len(model.infomax_critics) == 4
         assert all(c.units == units for c in model.infomax_critics)
-        assert model.optimizer is not None and (model.discriminator_optimizer is not None)
+        assert model.optimizer is not None
+        assert (model.discriminator_optimizer is not None) == (lam > 0)
         if preset == "uniform":
             continue
         # ... and they weigh the terms of the objective: alpha and beta by hand.

@@ -8,7 +8,6 @@ log.csv, and benchmarks/results/reference_encoders.json; writes applications/cif
 and applications/cifar10/mi_vs_accuracy.png.
 """
 
-import csv
 import glob
 import json
 import os
@@ -16,7 +15,7 @@ import os
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 # The shipped presets' row labels, in table order; main() checks that they are exactly the
-# presets `keras_infobal.applications.presets.list_presets()` ships.
+# presets `keras_infobal.models.presets.list_presets()` ships.
 VARIANTS = (("dim", "DIM baseline (lambda = 0)"), ("infobal", "InfoBal (lambda = 1)"),
             ("dim_pairs", "dim_pairs: DIM, InfoNCE, augmented pairs (lambda = 0)"),
             ("dim_pairs_long", "dim_pairs_long: dim_pairs continued 28 epochs (lambda = 0)"),
@@ -41,7 +40,7 @@ def check_variants(variants, shipped):
 
 def main():
     from keras_infobal import features
-    from keras_infobal.applications import presets
+    from keras_infobal.models import presets
     from keras_infobal.evaluation import plot_mi_vs_accuracy, read_log
 
     check_variants(VARIANTS, presets.list_presets())
@@ -58,8 +57,6 @@ def main():
         run = os.path.join(HERE, "runs", variant)
         res = load(os.path.join(run, "results.json"))
         export = load(os.path.join(run, "export.json"))
-        with open(os.path.join(run, "log.csv")) as f:
-            log = list(csv.DictReader(f))
         out[variant] = {"probe": res["probe"], "final_mi": res["final_mi"],
                         "epochs": res["epochs"], "train_minutes": res["wall_seconds_all_epochs"] / 60,
                         "shipped_head": export}
@@ -81,16 +78,17 @@ def main():
            "validation accuracy (5,000 held-out training images) | CIFAR-10 test accuracy "
            "(full test set) |", "|---|---|---|---|---|---|"]
     for (variant, label), (_, _, export) in zip(VARIANTS, rows):
-        preset = presets.get_preset(variant)
-        cfg = preset["pretraining_config"]
+        metadata = presets.load_metadata(variant)
+        with open(os.path.join(presets.preset_folder(variant), presets.TASK_FILE)) as f:
+            cfg = json.load(f)
         objective = f"{cfg['critic']}, {cfg['infomin_weight']:g}"
         if cfg.get("infomin_weight") and cfg.get("infomin_critic") not in (None, cfg["critic"]):
             objective += f" ({cfg['infomin_critic']})"
         name = f"`{variant}`" + (" (default)" if variant == default else "")
-        md.append(f"| {name} | {objective} | {preset['feature_layer']} | "
-                  f"{preset.get('head', 'linear')} | "
-                  f"{100 * preset['validation_accuracy']:.2f} | "
-                  f"{100 * export['public_loader_test_accuracy']:.2f} |")
+        md.append(f"| {name} | {objective} | {metadata['classifier']['feature_layer']} | "
+                  f"{metadata['classifier']['head']} | "
+                  f"{100 * metadata['validation_accuracy']:.2f} | "
+                  f"{100 * metadata['test_accuracy']:.2f} |")
     # The same frozen encoders under both heads (pilots/head_protocol.py).
     pilots = sorted(glob.glob(os.path.join(HERE, "pilots", "head_protocol", "*.json")))
     if pilots:

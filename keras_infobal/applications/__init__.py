@@ -1,7 +1,3 @@
 """Pretrained models: `InfoBalCIFAR` and `decode_predictions`."""
 
-from keras_infobal.applications.infobal_cifar import (
-    InfoBalCIFAR,
-    decode_predictions,
-    shipped_weights_path,
-)
+from keras_infobal.applications.infobal_cifar import InfoBalCIFAR, decode_predictions

@@ -6,32 +6,15 @@ import keras
 import numpy as np
 
 from keras_infobal import features as feature_registry
-from keras_infobal.applications import presets
 from keras_infobal.datasets import CIFAR10_CLASSES
 from keras_infobal.evaluation import HEADS
 from keras_infobal.layers.view_aggregator import ViewAggregator
 from keras_infobal.layers.view_encoder import ViewEncoder
+from keras_infobal.models import presets
+from keras_infobal.models.infobal_backbone import InfoBalBackbone
 
 # The layers this model can output: the built-in feature layers ("local", "conv", "fc", "R").
 FEATURE_LAYERS = feature_registry.NAMES
-# Kept as module attributes for callers of earlier versions.
-WEIGHTS_DIR = presets.WEIGHTS_DIR
-sha256 = presets.sha256
-
-
-def shipped_weights_path(variant=None):
-    """The path of a preset's classifier weights, after checking its sha256."""
-    return presets.checked_path(variant or presets.default_preset())
-
-
-def _encoder_and_aggregator(backbone, output_mode):
-    b = {**presets.DEFAULT_BACKBONE, **backbone}
-    encoder = ViewEncoder(num_views=b["num_views"], split=b["split"], filters=tuple(b["filters"]),
-                          name="view_encoder")
-    aggregator = ViewAggregator(mode=b["aggregator"], output_dim=b["output_dim"],
-                                fc_units=b["fc_units"], conv_filters=b["conv_filters"],
-                                output_mode=output_mode, name="view_aggregator")
-    return encoder, aggregator
 
 
 def InfoBalCIFAR(
@@ -43,55 +26,50 @@ def InfoBalCIFAR(
     classes=10,
     classifier_activation="softmax",
     feature_layer=None,
-    variant=None,
+    preset=None,
     name=None,
 ):
     """A CIFAR-10 encoder pretrained with InfoBal (or the DIM baseline), as a `keras.Model`.
 
     The model takes uint8 (or float in [0, 255]) images of shape (32, 32, 3): preprocessing is
-    inside the model. The encoder is DIM's CIFAR-10 encoder split into two views (top and
-    bottom halves of the 8x8 local map); `feature_layer` picks the representation:
-    "local" (8x8x128 map), "conv" (4096), "fc" (1024) or "R" (64, the global representation).
+    inside the model. The encoder is the preset's `InfoBalBackbone` (DIM's CIFAR-10 encoder
+    split into two views, the top and bottom halves of the 8x8 local map, for the built-in
+    presets); `feature_layer` picks the representation: "local" (8x8x128 map), "conv"
+    (4096), "fc" (1024) or "R" (64, the global representation).
 
     Args:
-        include_top: add the preset's classifier head (`presets.get_preset(v)["head"]`: a
+        include_top: add the preset's classifier head (`metadata["classifier"]["head"]`: a
             dense layer, or "mlp", DIM's evaluation classifier: dense 200 -> BN -> dropout
             0.1 -> ReLU -> dense). With `weights="cifar10"` it is the shipped head, trained
             on frozen features, so the model classifies CIFAR-10 out of the box. To
             fine-tune your own linear head, use include_top=False and add a Dense layer.
-        weights: "cifar10" (shipped weights, sha256-checked), None (random init), or the path
-            of a `.weights.h5` file saved from a model of the same configuration.
+        weights: "cifar10" (the preset's weights, sha256-checked), None (random init), or the
+            path of a `.weights.h5` file saved from a model of the same configuration.
         input_tensor: optional Keras tensor to use as the image input.
-        input_shape: optional; must be (32, 32, 3) with `weights="cifar10"`.
-        pooling: for `feature_layer="local"`: None (the 8x8x128 map; flattened under the
-            top), "avg" or "max". Must be None for the vector layers.
+        input_shape: optional; must be the preset's image shape, (32, 32, 3), with weights.
+        pooling: for `feature_layer="local"`: None (the map; flattened under the top), "avg"
+            or "max". Must be None for the vector layers.
         classes: number of classes of the top; must be 10 with the shipped top.
         classifier_activation: activation of the top ("softmax", None for logits, ...).
         feature_layer: the layer the top (or the output) uses; None picks the shipped head's
-            layer (the best under the linear probe) with the top, and "conv" without it.
-        variant: the preset (`keras_infobal.applications.presets.list_presets()`). None
-            (the default) is the most accurate shipped model, chosen on a validation split
-            of the training set: "dim_pairs_long", trained with lambda = 0 (DIM(L),
-            InfoNCE on augmented pairs), with DIM's evaluation classifier on its fc
-            features (74.59% on the CIFAR-10 test set). "infobal"
-            (lambda = 1) and "dim" (lambda = 0), both JSD at the same budget, are the
-            note's comparison; see the
-            README tables for every preset's objective, lambda and accuracy.
+            layer with the top, and "conv" without it.
+        preset: a built-in preset (`keras_infobal.models.presets.list_presets()`) or a preset
+            folder. None is the built-in preset with the best validation accuracy (never
+            chosen on the test set); the README's table lists every preset's objective,
+            lambda and accuracy. "infobal" (lambda = 1) and "dim" (lambda = 0), JSD at the
+            same budget, are the note's comparison.
         name: model name.
-
-    Example:
 
     ```python
     from keras_infobal.applications import InfoBalCIFAR, decode_predictions
     model = InfoBalCIFAR()                       # a CIFAR-10 classifier
-    probs = model.predict(uint8_images)
-    decode_predictions(probs, top=3)
+    decode_predictions(model.predict(uint8_images), top=3)
     encoder = InfoBalCIFAR(include_top=False, feature_layer="fc")  # features
     ```
     """
-    if variant is None:
-        variant = presets.default_preset()
-    preset = presets.get_preset(variant)  # raises, listing the presets, for unknown names
+    if preset is None:
+        preset = presets.default_preset()
+    metadata = presets.load_metadata(preset)  # raises, listing the presets, for unknown names
     if not (weights in {"cifar10", None} or isinstance(weights, (str, os.PathLike))):
         raise ValueError(
             "The `weights` argument should be either `None` (random initialization), "
@@ -110,22 +88,27 @@ def InfoBalCIFAR(
                 f"`weights` must be a Keras `.weights.h5` file (from `model.save_weights`); "
                 f"got `{weights}`. For a whole `.keras` model use keras.models.load_model."
             )
-    if weights == "cifar10" and include_top and classes != 10:
+    classifier = metadata.get("classifier")
+    if weights == "cifar10" and include_top and classifier is None:
         raise ValueError(
-            'If using `weights="cifar10"` with `include_top=True`, `classes` should be 10. '
-            f"Received classes={classes}. Use include_top=False and add your own head."
+            f"The preset {preset!r} ships no classifier head: use include_top=False."
         )
-    shipped_layer = preset["feature_layer"] if weights == "cifar10" else None
+    if weights == "cifar10" and include_top and classes != classifier["classes"]:
+        raise ValueError(
+            f'If using `weights="cifar10"` with `include_top=True`, `classes` should be '
+            f"{classifier['classes']}. Received classes={classes}. Use include_top=False and "
+            "add your own head."
+        )
+    shipped_layer = classifier["feature_layer"] if (weights == "cifar10" and classifier) else None
     if feature_layer is None:
         feature_layer = (shipped_layer or "conv") if include_top else "conv"
     feature_registry.check_layers((feature_layer,), "feature_layer", allowed=FEATURE_LAYERS)
-    if weights == "cifar10" and include_top:
-        if feature_layer != shipped_layer:
-            raise ValueError(
-                f"The shipped classifier head reads the {shipped_layer!r} features; got "
-                f"feature_layer={feature_layer!r}. Use feature_layer=None (or "
-                f"{shipped_layer!r}), or include_top=False and train your own head."
-            )
+    if weights == "cifar10" and include_top and feature_layer != shipped_layer:
+        raise ValueError(
+            f"The shipped classifier head reads the {shipped_layer!r} features; got "
+            f"feature_layer={feature_layer!r}. Use feature_layer=None (or "
+            f"{shipped_layer!r}), or include_top=False and train your own head."
+        )
     if not isinstance(classes, int) or classes < 1:
         raise ValueError(f"`classes` must be a positive integer; got {classes!r}.")
     if pooling not in (None, "avg", "max"):
@@ -135,15 +118,18 @@ def InfoBalCIFAR(
             f"`pooling` applies to the spatial 'local' map only; feature_layer="
             f"{feature_layer!r} is already a vector. Use pooling=None."
         )
+    backbone = InfoBalBackbone.from_preset(preset, load_weights=weights == "cifar10")
     if input_shape is None:
-        input_shape = (32, 32, 3) if input_tensor is None else tuple(input_tensor.shape[1:])
+        input_shape = (backbone.image_shape if input_tensor is None
+                       else tuple(input_tensor.shape[1:]))
     input_shape = tuple(input_shape)
     if len(input_shape) != 3 or input_shape[-1] != 3:
         raise ValueError(f"`input_shape` must be (height, width, 3); got {input_shape}.")
-    if weights is not None and input_shape != (32, 32, 3):
+    if weights is not None and input_shape != tuple(backbone.image_shape):
+        size = "x".join(str(d) for d in backbone.image_shape[:2])
         raise ValueError(
-            f"Pretrained weights need `input_shape=(32, 32, 3)`; got {input_shape}. Resize "
-            "the images to 32x32, or use weights=None."
+            f"Pretrained weights need `input_shape={tuple(backbone.image_shape)}`; got "
+            f"{input_shape}. Resize the images to {size}, or use weights=None."
         )
 
     if input_tensor is None:
@@ -152,8 +138,12 @@ def InfoBalCIFAR(
         inputs = keras.Input(tensor=input_tensor, shape=input_shape, name="images")
     else:
         inputs = input_tensor
-    encoder, aggregator = _encoder_and_aggregator(
-        preset["backbone"], feature_layer if feature_layer != "local" else "R")
+    # Fresh layers of the backbone's configuration (the aggregator outputting the chosen
+    # feature layer), with the backbone's weights.
+    encoder = ViewEncoder.from_config(backbone.encoder.get_config())
+    aggregator = ViewAggregator.from_config({
+        **backbone.aggregator.get_config(),
+        "output_mode": feature_layer if feature_layer != "local" else "R"})
     views = encoder(inputs)
     if feature_layer == "local":
         _, m, vh, vw, c = views.shape
@@ -166,54 +156,42 @@ def InfoBalCIFAR(
             x = keras.layers.Flatten(name="flatten")(x)
     else:
         x = aggregator(views)
+    head_layers = []
     if include_top:
-        x = _top(x, classes, classifier_activation, preset.get("head", "linear"))
-    model = keras.Model(inputs, x, name=name or f"{variant}_cifar10")
+        # The preset's head architecture, with or without its weights.
+        x, head_layers = _top(x, classes, classifier_activation,
+                              classifier["head"] if classifier else "linear")
+    model = keras.Model(inputs, x, name=name or f"{os.path.basename(str(preset))}_cifar10")
 
     if weights == "cifar10":
-        path = presets.checked_path(variant)
-        # The shipped file holds every layer (encoder, aggregator, head): load it into the
-        # canonical model, then copy the layers this configuration has.
-        full = canonical_model(shipped_layer, backbone=preset["backbone"],
-                               head=preset.get("head", "linear"))
-        _load_keras_weights(full, path)
-        for layer in model.layers:
-            if layer.weights:
-                layer.set_weights(full.get_layer(layer.name).get_weights())
+        encoder.set_weights(backbone.encoder.get_weights())
+        if feature_layer != "local":
+            aggregator.set_weights(backbone.aggregator.get_weights())
+        if include_top:
+            folder = presets.checked_folder(preset)
+            presets.load_layers(os.path.join(folder, presets.CLASSIFIER_FILE),
+                                [layer for layer in head_layers if layer.weights])
     elif weights is not None:
         _load_keras_weights(model, weights)
     return model
 
 
-def canonical_model(head_layer, classes=10, backbone=None, head="linear"):
-    """The model a shipped weights file is saved from: every layer, the head on `head_layer`
-    (a `head` from `evaluation.HEADS`)."""
-    inputs = keras.Input((32, 32, 3), name="images")
-    encoder, aggregator = _encoder_and_aggregator(
-        backbone or {}, head_layer if head_layer != "local" else "R")
-    views = encoder(inputs)
-    aggregated = aggregator(views)
-    if head_layer == "local":
-        _, m, vh, vw, c = views.shape
-        x = keras.layers.Reshape((m * vh, vw, c), name="local_map")(views)
-        x = keras.layers.Flatten(name="flatten")(x)
-    else:
-        x = aggregated
-    logits = _top(x, classes, "softmax", head)
-    return keras.Model(inputs, [logits, aggregated], name="canonical")
-
-
 def _top(x, classes, activation, head):
     """The classifier on the features: a dense layer, or DIM's evaluation classifier (the
-    layer names match `evaluation.train_classifier`'s, which trains the shipped heads)."""
+    layer names match `evaluation.train_classifier`'s, which trains the shipped heads).
+    Returns (output, the head's layers)."""
+    layers = []
     if head == "mlp":
-        x = keras.layers.Dense(200, name="head_dense")(x)
-        x = keras.layers.BatchNormalization(name="head_bn")(x)
-        x = keras.layers.Dropout(0.1, name="head_dropout")(x)
-        x = keras.layers.ReLU(name="head_relu")(x)
+        layers = [keras.layers.Dense(200, name="head_dense"),
+                  keras.layers.BatchNormalization(name="head_bn"),
+                  keras.layers.Dropout(0.1, name="head_dropout"),
+                  keras.layers.ReLU(name="head_relu")]
     elif head != "linear":
-        raise ValueError(f"A preset's `head` must be one of {HEADS}; got {head!r}.")
-    return keras.layers.Dense(classes, activation=activation, name="predictions")(x)
+        raise ValueError(f"A preset's classifier `head` must be one of {HEADS}; got {head!r}.")
+    layers.append(keras.layers.Dense(classes, activation=activation, name="predictions"))
+    for layer in layers:
+        x = layer(x)
+    return x, layers
 
 
 def _load_keras_weights(model, path):

@@ -3,16 +3,10 @@
 InfoBal's InfoMin term has a discriminator U_ij for every pair of views (i < j): M(M-1)/2 of
 them (28 at M = 8). Instead of one layer per pair, called in a Python loop, the layers here
 hold every pair's parameters stacked on a leading pair axis P and score all pairs at once
-with batched matmuls (`einsum` over the pair axis). Pair p's slice is exactly the per-pair
-critic it replaces (`get_infomin_critic`: an encode-and-dot `MICritic` with LayerNorm
-encoders, or a `CLUB`), so estimates and gradients are the same.
-
-Weights saved by the per-pair layout (`infomin_critics/<critic>_<k>/...` in a `.keras` or
-`.weights.h5` file) are migrated on load: see `PairCritics.stage_legacy_weights` and
-`InfoBal.load_own_variables`.
+with batched matmuls (`einsum` over the pair axis). Pair p's slice computes exactly what
+the per-pair critic computes (`get_infomin_critic`: an encode-and-dot `MICritic` with
+LayerNorm encoders, or a `CLUB`), so estimates and gradients are the same.
 """
-
-import re
 
 import keras
 import numpy as np
@@ -34,11 +28,11 @@ def _stacked_initializer(initializer, count):
 
 
 class _PairLayer(keras.layers.Layer):
-    """Shared parts: the pair list, stacked weights, input checks and legacy loading.
+    """Shared parts: the pair list, stacked weights and input checks.
 
     Inputs are the pooled views `(B, M, D)`; pair p = (i, j) reads views i and j.
-    Subclasses list their weights in `_WEIGHTS`: (name, per-pair path in the old layout,
-    shape function, initializer).
+    Subclasses list their weights in `_WEIGHTS`: (name, the weight's path in the per-pair
+    critic layer of the same pair, shape function, initializer).
     """
 
     _WEIGHTS = ()
@@ -57,7 +51,6 @@ class _PairLayer(keras.layers.Layer):
         self.units = units
         self._first = np.array([i for i, _ in pairs], dtype="int32")
         self._second = np.array([j for _, j in pairs], dtype="int32")
-        self._legacy = None
 
     @property
     def num_pairs(self):
@@ -94,9 +87,9 @@ class _PairLayer(keras.layers.Layer):
         """Pair p's Dense layer on x[:, p]: (B, P, D) x (P, D, U) -> (B, P, U)."""
         return ops.einsum("bpd,pdu->bpu", x, kernel) + bias
 
-    # ---- pair slices and the old per-pair layout ------------------------------------------
+    # ---- pair slices, as the per-pair critic layer's weights ------------------------------------------
     def set_pair_weights(self, p, arrays):
-        """Sets pair p's slice from `{old per-pair path: array}` (the per-pair critic's
+        """Sets pair p's slice from `{per-pair critic path: array}` (the per-pair critic's
         weights, e.g. `pair_weights_of(critic)`)."""
         for name, path, _, _ in self._WEIGHTS:
             weight = getattr(self, name)
@@ -105,13 +98,13 @@ class _PairLayer(keras.layers.Layer):
             weight.assign(value)
 
     def pair_weights(self, p):
-        """Pair p's slice as `{old per-pair path: array}`."""
+        """Pair p's slice as `{per-pair critic path: array}`."""
         return {path: ops.convert_to_numpy(getattr(self, name))[p]
                 for name, path, _, _ in self._WEIGHTS}
 
     @classmethod
     def pair_weights_of(cls, critic):
-        """A per-pair critic layer's weights as `{old per-pair path: array}`."""
+        """A per-pair critic layer's weights as `{per-pair critic path: array}`."""
         out = {}
         for _, path, _, _ in cls._WEIGHTS:
             *attrs, _, index = path.split("/")
@@ -120,53 +113,6 @@ class _PairLayer(keras.layers.Layer):
                 layer = getattr(layer, attr)
             out[path] = ops.convert_to_numpy(layer.weights[int(index)])
         return out
-
-    def stage_legacy_weights(self, group):
-        """Reads the per-pair groups of an old file's `infomin_critics` h5 group; the next
-        `load_own_variables` (an empty store: the old file has no stacked weights) stacks
-        them into this layer. Returns False when `group` holds no per-pair critics."""
-        subgroups = [k for k in group.keys() if k != "vars"]
-        if not subgroups:
-            return False
-
-        def order(key):
-            # Keras names list items by class, then _1, _2, ... in list order.
-            match = re.fullmatch(r"(.*?)(?:_(\d+))?", key)
-            return int(match.group(2) or 0)
-
-        subgroups = sorted(subgroups, key=order)
-        if len(subgroups) != self.num_pairs:
-            raise ValueError(
-                f"The file holds {len(subgroups)} per-pair InfoMin critics; this model has "
-                f"{self.num_pairs} view pairs. Load it into a model with the same num_views."
-            )
-        staged = []
-        for key in subgroups:
-            arrays = {}
-            for _, path, _, _ in self._WEIGHTS:
-                full = f"{key}/{path}"
-                if full not in group:
-                    raise ValueError(
-                        f"The file's InfoMin critic `infomin_critics/{key}` lacks `{path}`: it "
-                        f"was saved with another infomin_critic than {self._estimator_name()!r}."
-                        " Build the model with the infomin_critic it was saved with."
-                    )
-                arrays[path] = np.asarray(group[full])
-            staged.append(arrays)
-        self._legacy = staged
-        return True
-
-    def _estimator_name(self):
-        return type(self).__name__
-
-    def load_own_variables(self, store):
-        if self._legacy is not None and len(store.keys()) == 0:
-            staged, self._legacy = self._legacy, None
-            for p, arrays in enumerate(staged):
-                self.set_pair_weights(p, arrays)
-            return
-        self._legacy = None
-        super().load_own_variables(store)
 
     def get_config(self):
         return {**super().get_config(), "pairs": [list(p) for p in self.pairs],
@@ -238,9 +184,6 @@ class PairCritics(_PairLayer):
         estimators.get(estimator)  # validates the name early
         self.estimator = estimator
         self.score_clip = None if score_clip is None else float(score_clip)
-
-    def _estimator_name(self):
-        return self.estimator
 
     def _encode(self, x, side):
         w = {name[len(side) + 1:]: getattr(self, name)
@@ -325,9 +268,6 @@ class PairCLUB(_PairLayer):
         self.sampled = bool(sampled)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed) if self.sampled else None
-
-    def _estimator_name(self):
-        return "club_sampled" if self.sampled else "club"
 
     def mu_logvar(self, x):
         """q's mean and log-variance (B, P, D) of every pair's second view, in float32."""

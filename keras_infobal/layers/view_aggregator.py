@@ -31,7 +31,6 @@ class ViewAggregator(keras.layers.Layer):
         fc_units: width of the fc layer (DIM: 1024).
         conv_filters: channels of the per-view conv (DIM: 256).
         output_mode: what `call` returns: "R" (default), or the "conv" or "fc" features.
-        synchronized_batch_norm: batch statistics over all replicas under tf.distribute.
 
     Example:
 
@@ -43,9 +42,8 @@ class ViewAggregator(keras.layers.Layer):
     """
 
     def __init__(self, mode="concat", output_dim=64, fc_units=1024, conv_filters=256,
-                 output_mode="R", synchronized_batch_norm=False, **kwargs):
+                 output_mode="R", **kwargs):
         super().__init__(**kwargs)
-        self.synchronized_batch_norm = bool(synchronized_batch_norm)
         if mode not in MODES:
             raise ValueError(f"`mode` must be one of {MODES}; got {mode!r}.")
         feature_registry.check_layers((output_mode,), "output_mode", allowed=OUTPUTS)
@@ -80,14 +78,13 @@ class ViewAggregator(keras.layers.Layer):
         self.num_views, self.view_channels = m, c
         self.conv = keras.layers.Conv2D(self.conv_filters, 4, strides=2, padding="same",
                                         name="conv")
-        sync = self.synchronized_batch_norm
-        self.conv_norm = keras.layers.BatchNormalization(synchronized=sync, name="conv_norm")
+        self.conv_norm = keras.layers.BatchNormalization(name="conv_norm")
         self.conv.build((None, h, w, c))
         _, ch, cw, cf = self._conv_shape(shape)
         self.conv_norm.build((None, ch, cw, cf))
         per_view = ch * cw * cf
         self.fc = keras.layers.Dense(self.fc_units, name="fc")
-        self.fc_norm = keras.layers.BatchNormalization(synchronized=sync, name="fc_norm")
+        self.fc_norm = keras.layers.BatchNormalization(name="fc_norm")
         self.fc.build((None, m * per_view) if self.mode == "concat" else (None, m, per_view))
         self.fc_norm.build((None, self.fc_units))
         if self.mode == "attention":
@@ -160,5 +157,4 @@ class ViewAggregator(keras.layers.Layer):
             "fc_units": self.fc_units,
             "conv_filters": self.conv_filters,
             "output_mode": self.output_mode,
-            "synchronized_batch_norm": self.synchronized_batch_norm,
         }

@@ -111,7 +111,6 @@ class ViewEncoder(keras.layers.Layer):
         filters: channels of the trunk's conv layers; the last is C.
         rescale: if True, inputs are images in [0, 255] (uint8 or float) and are scaled to
             [-1, 1] inside the layer, so uint8 images can be fed directly.
-        synchronized_batch_norm: batch statistics over all replicas under tf.distribute.
         backbone: optional Keras layer or model mapping (rescaled) images to a feature map
             (B, h, w, C), used as the trunk instead of DIM's convs (`filters` is then
             ignored); with split="separate" every view gets a copy (same config, own
@@ -128,9 +127,8 @@ class ViewEncoder(keras.layers.Layer):
     """
 
     def __init__(self, num_views=2, split="rows", filters=(64, 128), rescale=True,
-                 synchronized_batch_norm=False, backbone=None, **kwargs):
+                 backbone=None, **kwargs):
         super().__init__(**kwargs)
-        self.synchronized_batch_norm = bool(synchronized_batch_norm)
         if not isinstance(num_views, int) or num_views < 1:
             raise ValueError(f"`num_views` must be a positive integer; got {num_views!r}.")
         if split not in SPLIT_REGISTRY:
@@ -211,8 +209,7 @@ class ViewEncoder(keras.layers.Layer):
             layers.append(
                 keras.layers.Conv2D(f, 4, strides=2, padding="same", name=f"{prefix}conv{i}")
             )
-            layers.append(keras.layers.BatchNormalization(
-                synchronized=self.synchronized_batch_norm, name=f"{prefix}bn{i}"))
+            layers.append(keras.layers.BatchNormalization(name=f"{prefix}bn{i}"))
         return layers
 
     def _make_backbone_trunk(self, index):
@@ -284,7 +281,6 @@ class ViewEncoder(keras.layers.Layer):
             "split": self.split,
             "filters": list(self.filters),
             "rescale": self.rescale,
-            "synchronized_batch_norm": self.synchronized_batch_norm,
             "backbone": None if self.backbone is None
             else keras.saving.serialize_keras_object(self.backbone),
         }

@@ -47,7 +47,7 @@ def main(argv=None):
         # The shipped encoder (float16 weights), through the application's feature models.
         from keras_infobal.applications import InfoBalCIFAR
 
-        apps = {k: InfoBalCIFAR(variant=args.preset, include_top=False, feature_layer=k)
+        apps = {k: InfoBalCIFAR(preset=args.preset, include_top=False, feature_layer=k)
                 for k in args.layers}
 
         def features(x, layers):

@@ -3,13 +3,10 @@
 Keras' JAX trainer threads the model's state through the jitted step as
 `(trainable, non_trainable, optimizer_variables, metrics)`, where the optimizer slot holds
 `self.optimizer.variables` only. InfoBal's second optimizer carries its state in that same
-slot: `_optimizer_state_variables` is `optimizer.variables + discriminator_optimizer.variables`,
-and the few trainer methods that read the slot (`_get_jax_state`, `jax_state_sync`,
-`_purge_model_variables`, `_get_state_sharding_spec`) use that list. Why not
-`keras.optimizers.MultiOptimizer`: it applies one update to all variables at once, while
-InfoBal needs two updates per batch in order (k discriminator steps on the current views,
-then an encoder step against the updated discriminators); it would also change
-`model.optimizer` and the `.keras` format that TensorFlow and PyTorch save.
+slot; the trainer methods that fill and read the slot are overridden in one place,
+`models/keras_seams.py` (`JAXOptimizerStateSeam`, which says why and what a Keras release
+may break). Everything here uses public Keras APIs (`keras.StatelessScope`,
+`optimizer.apply`).
 
 Seed generators (CLUB's sampled partners) are non-trainable variables: their new state comes
 back out of every stateless scope with the BatchNorm statistics.
@@ -23,15 +20,16 @@ model = InfoBal(...); model.compile(...); model.fit(ds)
 
 import jax
 from keras import ops
-from keras.src import backend
+import keras
 
+from keras_infobal.models.keras_seams import JAXOptimizerStateSeam
 from keras_infobal.models.trainers.base import BaseTrainer
 
 
 def _stateless(fn, refs, values, read, collect_losses=False):
     """Runs `fn()` with `refs` holding `values`; returns (fn's output, new values of `read`,
     losses added during the call)."""
-    with backend.StatelessScope(state_mapping=list(zip(refs, values)),
+    with keras.StatelessScope(state_mapping=list(zip(refs, values)),
                                 collect_losses=collect_losses) as scope:
         out = fn()
     return out, [scope.get_current_value(v) for v in read], list(scope.losses)
@@ -50,91 +48,8 @@ def _stateless_apply(optimizer, optimizer_values, grads, variables, values):
     return new[:len(variables)], new[len(variables):]
 
 
-class JAXTrainer(BaseTrainer):
+class JAXTrainer(JAXOptimizerStateSeam, BaseTrainer):
     """InfoBal's alternating updates on JAX (see the module docstring for the state)."""
-
-    # ---- the state: both optimizers' variables in Keras' optimizer slot ---------------------
-    @property
-    def _optimizer_state_variables(self):
-        optimizer = getattr(self, "optimizer", None)  # unset before compile()
-        out = list(optimizer.variables) if optimizer is not None else []
-        if getattr(self, "discriminator_optimizer", None) is not None:
-            out += self.discriminator_optimizer.variables
-        return out
-
-    def _get_jax_state(self, trainable_variables=False, non_trainable_variables=False,
-                       optimizer_variables=False, metrics_variables=False,
-                       purge_model_variables=False):
-        state = []
-        if trainable_variables:
-            state.append([v.value for v in self.trainable_variables])
-        if non_trainable_variables:
-            state.append([v.value for v in self.non_trainable_variables])
-        if optimizer_variables:
-            state.append([v.value for v in self._optimizer_state_variables])
-        if metrics_variables:
-            state.append([v.value for v in self.metrics_variables])
-        if purge_model_variables:
-            # Keras drops the variables' values while its jitted loop holds them. A bad batch
-            # fails while the first step traces, before Keras keeps any state to sync back:
-            # remember the values so `_restore_purged` can put them back.
-            # (object.__setattr__: a list of variables must not be tracked as new state.)
-            object.__setattr__(self, "_purged",
-                               [(v, v._value) for v in self._all_state_variables()])
-            self._purge_model_variables(trainable_variables, non_trainable_variables,
-                                        optimizer_variables, metrics_variables)
-        return tuple(state)
-
-    def _all_state_variables(self):
-        return (self.trainable_variables + self.non_trainable_variables
-                + self._optimizer_state_variables + self.metrics_variables)
-
-    def _restore_purged(self):
-        for v, value in getattr(self, "_purged", None) or []:
-            if v._value is None:
-                v._value = value
-        object.__setattr__(self, "_purged", None)
-
-    def _keeping_state(self, method, *args, **kwargs):
-        try:
-            return method(*args, **kwargs)
-        except BaseException:
-            self._restore_purged()
-            raise
-        finally:
-            object.__setattr__(self, "_purged", None)
-
-    def fit(self, *args, **kwargs):
-        return self._keeping_state(super().fit, *args, **kwargs)
-
-    def evaluate(self, *args, **kwargs):
-        return self._keeping_state(super().evaluate, *args, **kwargs)
-
-    def predict(self, *args, **kwargs):
-        return self._keeping_state(super().predict, *args, **kwargs)
-
-    def _purge_model_variables(self, trainable_variables=False, non_trainable_variables=False,
-                               optimizer_variables=False, metrics_variables=False):
-        super()._purge_model_variables(trainable_variables, non_trainable_variables,
-                                       optimizer_variables, metrics_variables)
-        if optimizer_variables and getattr(self, "discriminator_optimizer", None) is not None:
-            for v in self.discriminator_optimizer.variables:
-                v._value = None
-
-    def jax_state_sync(self):
-        if not getattr(self, "_jax_state", None) or self._jax_state_synced:
-            return
-        optimizer_values = self._jax_state.get("optimizer_variables", None)
-        if optimizer_values:
-            for ref, value in zip(self._optimizer_state_variables, optimizer_values):
-                ref.assign(value)
-            # Keras' own sync below assigns the first optimizer's part again: harmless.
-        super().jax_state_sync()
-
-    def _get_state_sharding_spec(self):
-        trainable, non_trainable, _, metrics = super()._get_state_sharding_spec()
-        optimizer = [v.value.sharding for v in self._optimizer_state_variables]
-        return trainable, non_trainable, optimizer, metrics
 
     # ---- stateless pieces --------------------------------------------------------------------
     def _indices(self, variables):
@@ -183,7 +98,7 @@ class JAXTrainer(BaseTrainer):
 
         def loss_fn(e_values, disc_opt):
             values = self._put(trainable, e_idx, e_values)
-            views, nt, _ = _stateless(lambda: self.encoder(x, training=True), refs,
+            views, nt, _ = _stateless(lambda: self.backbone.encoder(x, training=True), refs,
                                       values + list(non_trainable), self.non_trainable_variables)
             d_out = None
             for _ in range(disc_steps):

@@ -43,7 +43,7 @@ class TorchTrainer(BaseTrainer):
         step's views before the encoder's objective; it detaches them itself, so it never
         changes the encoder's gradient.
         """
-        views = self.encoder(images, training=True)
+        views = self.backbone.encoder(images, training=True)
         if before_update is not None:
             before_update(views)
         loss, j, infomax = self._encoder_loss(views)
