@@ -177,7 +177,7 @@ def run_backbone_test(cls, init_kwargs, image_shape, expected_output_shape,
     assert tuple(lazy.compute_output_shape(images.shape)) == tuple(output.shape)
     assert lazy.get_config()["image_shape"] == list(image_shape)
     feats = lazy.extract_features(images, layers=("local", "conv", "fc", "R"))
-    np.testing.assert_allclose(feats["R"], np.asarray(lazy(images, training=False)), atol=1e-5)
+    np.testing.assert_allclose(feats["R"], keras.ops.convert_to_numpy(lazy(images, training=False)), atol=1e-5)
     if expected_feature_shapes:
         for name, shape in expected_feature_shapes.items():
             assert feats[name].shape == (len(images),) + tuple(shape), (name, feats[name].shape)
@@ -202,13 +202,13 @@ def run_backbone_test(cls, init_kwargs, image_shape, expected_output_shape,
         assert type(loaded) is cls
         assert json.loads(json.dumps(loaded.get_config())) == json.loads(
             json.dumps(lazy.get_config()))
-        np.testing.assert_allclose(np.asarray(loaded(images, training=False)),
-                                   np.asarray(lazy(images, training=False)), atol=1e-5)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded(images, training=False)),
+                                   keras.ops.convert_to_numpy(lazy(images, training=False)), atol=1e-5)
         folder = os.path.join(tmp, "preset")
         lazy.save_to_preset(folder, note="harness")
         assert presets.load_metadata(folder)["note"] == "harness"
         run_preset_test(cls, folder, images, (len(images),) + tuple(expected_output_shape),
-                        reference=np.asarray(lazy(images, training=False)))
+                        reference=keras.ops.convert_to_numpy(lazy(images, training=False)))
     return output
 
 

@@ -366,3 +366,19 @@ def test_train_on_batch_takes_a_pair_as_x_and_y(tiny_config, images):
     swapped.train_on_batch(x1, x1)  # another pair: another step
     assert any(not np.allclose(a, np.asarray(b), atol=1e-5)
                for a, b in zip(weights[0], swapped.backbone.encoder.trainable_variables))
+
+
+def test_a_single_image_model_refuses_pair_batches(tiny_config, images):
+    from keras_infobal import datasets
+
+    model = make(tiny_config, infomin_weight=0.0)
+    model.compile(optimizer="adam")
+    pairs = datasets.make_dataset(images, batch_size=4, pairs=True, drop_remainder=True)
+    for call in (lambda: model.fit(pairs, epochs=1, verbose=0),
+                 lambda: model.evaluate(pairs, verbose=0),
+                 lambda: model.train_on_batch(images[:4], images[4:])):
+        with pytest.raises(ValueError, match=r"takes single images.*augmented_pairs=True"):
+            call()
+    # Labels are not a second image batch: a (images, labels) dataset still trains.
+    labelled = tf.data.Dataset.from_tensor_slices((images, np.arange(8))).batch(4)
+    model.fit(labelled, epochs=1, verbose=0)

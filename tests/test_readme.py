@@ -103,10 +103,12 @@ def test_readme_test_commands_are_what_ci_runs():
     ci = open(os.path.join(ROOT, ".ci", "run")).read()
 
     def commands(lines):
-        return [line.strip() for line in lines.splitlines() if "pytest" in line]
+        return [line.strip() for line in lines.splitlines()
+                if "pytest" in line or ".ci/floors" in line]
 
     assert commands(commands_block) == commands(ci)
     assert "python -m pytest -q -m slow" in commands(ci)
+    assert "bash .ci/floors" in commands(ci)
 
 
 @pytest.mark.parametrize("stem", ["speed", "views_speed", "xla_conv", "profile_step",
