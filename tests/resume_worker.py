@@ -10,11 +10,12 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+# keras_infobal before tensorflow: on the torch backend TensorFlow's import would otherwise
+# import Keras itself and crash (docs/backends.md).
+import keras_infobal  # noqa: E402,F401  (registers the classes for load_model)
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-
-import keras_infobal  # noqa: E402,F401  (registers the classes for load_model)
 from helpers import optimizers, tiny  # noqa: E402
 
 

@@ -1,4 +1,5 @@
-"""A training process killed mid-epoch (SIGKILL) resumes and ends where an uninterrupted one does."""
+"""A training process killed mid-epoch (SIGKILL) resumes and ends where an uninterrupted one
+does, on TensorFlow, JAX and PyTorch (each worker its own process)."""
 
 import os
 import signal
@@ -7,8 +8,11 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 from helpers import ROOT, tiny
+
+BACKENDS = ["tensorflow", "jax", "torch"]
 
 WORKER = os.path.join(ROOT, "tests", "resume_worker.py")
 
@@ -22,23 +26,24 @@ def load(path):
     return model
 
 
-def run(args, **kw):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+def run(args, backend="tensorflow", **kw):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": backend}
     return subprocess.Popen([sys.executable, WORKER, *args], env=env, cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
 
 
-def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, backend):
     epochs = "4"
     ref = tmp_path / "ref"
     ref.mkdir()
-    p = run([str(ref / "backup"), str(ref / "w.weights.h5"), str(ref), epochs])
+    p = run([str(ref / "backup"), str(ref / "w.weights.h5"), str(ref), epochs], backend)
     assert p.wait(timeout=300) == 0, p.stderr.read().decode()[-3000:]
 
     crash = tmp_path / "crash"
     crash.mkdir()
     args = [str(crash / "backup"), str(crash / "w.weights.h5"), str(crash), epochs]
-    p = run(args + ["slow"])
+    p = run(args + ["slow"], backend)
     deadline = time.time() + 300
     while not (crash / "epoch2").exists():
         assert p.poll() is None and time.time() < deadline, "worker died before epoch 2"
@@ -50,7 +55,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     for marker in crash.glob("epoch*"):
         marker.unlink()
 
-    p = run(args)  # restart: BackupAndRestore resumes after epoch 2
+    p = run(args, backend)  # restart: BackupAndRestore resumes after epoch 2
     assert p.wait(timeout=300) == 0, p.stderr.read().decode()[-3000:]
     # It resumed: only epochs 3 and 4 ran after the restart.
     assert sorted(m.name for m in crash.glob("epoch*")) == ["epoch3", "epoch4"]

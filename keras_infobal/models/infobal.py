@@ -682,11 +682,10 @@ class InfoBal(KerasSeams, Trainer, FeatureExtractor, keras.Model):
                 layers += model.infomax_critics
             else:
                 fresh.append("InfoMax critics")
-            units = lambda c: c["critic_units"] if c.get("infomin_units") is None else c[  # noqa
-                "infomin_units"]
             if model.infomin_critics is not None:
-                if (now["infomin_critic"], units(now), now["score_clip"]) == (
-                        saved.get("infomin_critic"), units(saved), saved.get("score_clip")):
+                if (now["infomin_critic"], _infomin_width(now), now["score_clip"]) == (
+                        saved.get("infomin_critic"), _infomin_width(saved),
+                        saved.get("score_clip")):
                     layers.append(model.infomin_critics)
                 else:
                     fresh.append("InfoMin critics")
@@ -713,6 +712,14 @@ class InfoBal(KerasSeams, Trainer, FeatureExtractor, keras.Model):
         presets.save_layers(os.path.join(folder, presets.CRITICS_FILE), layers)
         presets.write_metadata(folder, **metadata)
         return folder
+
+
+def _infomin_width(objective):
+    """The InfoMin discriminators' width of an objective config (infomin_units, or the
+    critics' critic_units)."""
+    if objective.get("infomin_units") is None:
+        return objective.get("critic_units")
+    return objective["infomin_units"]
 
 
 def _portable_optimizer_config(config):

@@ -127,9 +127,14 @@ def write_config(obj, path):
 
 
 def versions():
-    import keras_infobal
+    # From the installed metadata: importing the package root here would be a cycle.
+    from importlib.metadata import PackageNotFoundError, version
 
-    out = {"keras_infobal": keras_infobal.__version__, "keras": keras.__version__,
+    try:
+        own = version("keras-infobal")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        own = "not installed"
+    out = {"keras_infobal": own, "keras": keras.__version__,
            "backend": keras.backend.backend(), "numpy": np.__version__}
     try:
         import tensorflow as tf
