@@ -57,7 +57,7 @@ def build_parser():
                    help="show TensorFlow's C++ and absl log lines (hidden by default)")
     sub = p.add_subparsers(dest="command", parser_class=_Parser, required=True)
 
-    pre = sub.add_parser("pretrain", help="pretrain an encoder on CIFAR-10")
+    pre = sub.add_parser("pretrain", help="pretrain an encoder on CIFAR-10 or your own images")
     pre.add_argument("--recipe", choices=_recipe_names(),
                      help="the recipe whose backbone, task and augmentation the run starts from")
     pre.add_argument("--config", help="JSON file of pretraining options (the schema of "
@@ -68,8 +68,11 @@ def build_parser():
                           "name a section's key, e.g. task.infomin_weight=0.03 or "
                           "backbone.num_views=4; repeatable")
     pre.add_argument("--out", help="run folder (model.keras, preset/, log.csv, results.json)")
-    pre.add_argument("--data", help="CIFAR-10 folder or .tar.gz (else $KERAS_INFOBAL_CIFAR10, "
-                     "else tfds)")
+    pre.add_argument("--data", help="your images (a folder, flat or one subfolder per class, or "
+                     "an .npy/.npz array), or CIFAR-10 (a train/test folder or .tar.gz; default "
+                     "$KERAS_INFOBAL_CIFAR10, else tfds)")
+    pre.add_argument("--resize", type=int, nargs=2, metavar=("H", "W"),
+                     help="bring your images to H x W first")
     pre.add_argument("--epochs", type=int)
     pre.add_argument("--limit", type=int, help="use only N training images")
     pre.add_argument("--init-from", help="continue from a preset (name or folder) or a "
@@ -81,7 +84,11 @@ def build_parser():
     ev.add_argument("--model", required=True,
                     help="a preset (cifar10 for the default one, cifar10:NAME or NAME, NAME one "
                          f"of {_preset_names()}), a preset folder, or a .keras InfoBal model")
-    ev.add_argument("--data", help="CIFAR-10 folder or .tar.gz")
+    ev.add_argument("--data", help="labelled images (one subfolder per class, or an .npz with "
+                    "labels; 80%% fit the probe, 20%% score it), or CIFAR-10 (a train/test "
+                    "folder or .tar.gz; else tfds)")
+    ev.add_argument("--resize", type=int, nargs=2, metavar=("H", "W"),
+                    help="bring your images to H x W first")
     ev.add_argument("--protocol", choices=["note", "converged"], default="converged")
     features = _feature_registry()
     ev.add_argument("--layers", default=",".join(features.probe_layers()),
@@ -95,7 +102,8 @@ def build_parser():
     ex.add_argument("--model", required=True,
                     help="a preset (cifar10, cifar10:NAME or NAME, NAME one of "
                          f"{_preset_names()}), a preset folder, or a .keras InfoBal model")
-    ex.add_argument("--images", required=True, help="a folder of images or a .npy (N,H,W,3)")
+    ex.add_argument("--images", required=True, help="a folder of images (flat or one subfolder "
+                    "per class) or an .npy/.npz array (grayscale is tiled to RGB)")
     ex.add_argument("--layer", choices=features.names(), default="conv")
     ex.add_argument("--out", required=True)
     ex.add_argument("--batch-size", type=int, default=256)
@@ -148,28 +156,6 @@ def _set_option(options, item):
         options[key] = value
 
 
-def _read_images(path):
-    import numpy as np
-
-    if path.endswith(".npy"):
-        x = np.load(path)
-    elif os.path.isdir(path):
-        files = sorted(
-            os.path.join(root, f) for root, _, fs in os.walk(path) for f in fs
-            if f.lower().endswith((".jpg", ".jpeg", ".png", ".bmp"))
-        )
-        if not files:
-            raise ValueError(f"No .jpg/.png images found under `{path}`.")
-        from keras_infobal.datasets import _decode_files
-
-        x = _decode_files(files)
-    else:
-        raise ValueError(f"--images must be a folder or a .npy file; got `{path}`.")
-    if x.ndim != 4 or x.shape[-1] != 3:
-        raise ValueError(f"Images must have shape (N, H, W, 3); got {x.shape}.")
-    return x
-
-
 def _extract(model, images, layers, batch_size=256):
     return model.extract_features(images, layers=layers, batch_size=batch_size,
                                   verbose=1 if sys.stdout.isatty() else 0)
@@ -195,7 +181,8 @@ def run(args):
                 options = json.load(f)
             if not isinstance(options, dict):
                 raise ValueError(f"`{args.config}` must hold a JSON object of options.")
-        for key in ("out", "data", "recipe", "epochs", "limit", "init_from", "mixed_precision"):
+        for key in ("out", "data", "recipe", "epochs", "limit", "init_from", "mixed_precision",
+                    "resize"):
             if getattr(args, key) is not None:
                 options[key] = getattr(args, key)
         for item in args.set:
@@ -214,14 +201,18 @@ def run(args):
         return 0
 
     if args.command == "evaluate":
-        from keras_infobal import datasets
         from keras_infobal.evaluation import train_classifier
 
         layers = [s.strip() for s in args.layers.split(",") if s.strip()]
         _feature_registry().check_layers(layers, "--layers")
         model = _load_model(args.model)
-        x_tr, y_tr, _ = datasets.load_cifar10("train", source=args.data)
-        x_te, y_te, _ = datasets.load_cifar10("test", source=args.data)
+        from keras_infobal.pretraining import _load_data
+
+        x_tr, y_tr, x_te, y_te = _load_data({"data": args.data, "resize": args.resize,
+                                             "seed": 0})
+        if y_tr is None:
+            raise ValueError(f"`{args.data}` has no labels: evaluate needs one subfolder per "
+                             "class (or an .npz with `labels`).")
         if args.limit:
             rng = np.random.default_rng(0)
             i = rng.permutation(len(x_tr))[: args.limit]
@@ -243,7 +234,9 @@ def run(args):
         return 0
 
     if args.command == "extract":
-        x = _read_images(args.images)
+        from keras_infobal.datasets import load_images
+
+        x, _, _ = load_images(args.images)
         model = _load_model(args.model)
         feats = _extract(model, x, (args.layer,), batch_size=args.batch_size)
         np.save(args.out, feats[args.layer])

@@ -1,4 +1,5 @@
-"""CIFAR-10 input pipelines: tfds when available, or a local image folder / `.tar.gz`.
+"""Input pipelines: CIFAR-10 (tfds, or a local folder / `.tar.gz`) and your own images
+(`load_images`: a folder, flat or with class subfolders, or an `.npy` / `.npz` array).
 
 Example:
 
@@ -118,6 +119,139 @@ def _decode_files(files):
             "resize them to one size (e.g. 32x32) first."
         )
     return np.stack(images).astype("uint8")
+
+
+def _image_files(folder):
+    return sorted(f for f in os.listdir(folder)
+                  if f.lower().endswith(_IMAGE_EXTENSIONS)
+                  and os.path.isfile(os.path.join(folder, f)))
+
+
+def _decode_any(files, resize=None):
+    """Decodes image files (any channel count) to uint8 (N, H, W, C) at one size."""
+    import tensorflow as tf
+
+    images = []
+    for path in files:
+        image = tf.io.decode_image(tf.io.read_file(path), expand_animations=False)
+        if resize is not None:
+            image = tf.cast(tf.round(tf.image.resize(image, resize)), tf.uint8)
+        images.append(image.numpy())
+    shapes = sorted({im.shape[:2] for im in images})
+    if len(shapes) != 1:
+        raise ValueError(
+            f"The images have different sizes {shapes[:4]}: pass resize=(height, width) "
+            "(`--resize H W` on the command line) to bring them to one size."
+        )
+    channels = sorted({im.shape[-1] for im in images})
+    if len(channels) != 1:
+        # Mixed grayscale / RGB / RGBA files: bring each to RGB first.
+        images = [_to_rgb(im[None], note=False)[0] for im in images]
+    return np.stack(images).astype("uint8")
+
+
+def _to_rgb(images, note=True):
+    """(N, H, W) or (N, H, W, C) with C in 1, 3, 4 -> (N, H, W, 3); grayscale is tiled and
+    alpha dropped, with a one-line note."""
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
+        raise ValueError(
+            f"Expected images of shape (N, H, W), (N, H, W, 1), (N, H, W, 3) or (N, H, W, 4); "
+            f"got {images.shape}."
+        )
+    c = images.shape[-1]
+    if c == 3:
+        return images
+    if note:
+        what = "grayscale images tiled" if c == 1 else "RGBA images: alpha dropped"
+        print(f"note: {what} to RGB ({images.shape[1]}x{images.shape[2]}x{c} -> x3)",
+              flush=True)
+    return np.repeat(images, 3, axis=-1) if c == 1 else images[..., :3]
+
+
+def _as_uint8(images, source):
+    images = np.asarray(images)
+    if images.dtype == np.uint8:
+        return images
+    if np.issubdtype(images.dtype, np.number) and images.size and (
+            images.min() >= 0 and images.max() <= 255):
+        if np.issubdtype(images.dtype, np.floating) and images.max() <= 1.0:
+            raise ValueError(
+                f"`{source}` holds floats in [0, 1]; keras_infobal takes images in [0, 255] "
+                "(uint8, or floats in [0, 255]): multiply by 255 first."
+            )
+        return np.round(images).astype("uint8")
+    raise ValueError(
+        f"`{source}` holds {images.dtype} values outside [0, 255]; expected uint8 images (or "
+        "numbers in [0, 255])."
+    )
+
+
+def load_images(source, resize=None):
+    """Your own images: `(images uint8 (N, H, W, 3), labels or None, class_names or None)`.
+
+    `source` is:
+    - a folder of images (`.png`, `.jpg`, ...): flat (no labels), or one subfolder per class
+      (labels kept, for evaluation; folder names sorted are the classes);
+    - an `.npy` array (N, H, W), (N, H, W, 1), (N, H, W, 3) or (N, H, W, 4);
+    - an `.npz` with `images` (or `x`) and optionally `labels` (or `y`).
+
+    Grayscale is tiled to RGB and alpha dropped, with a one-line note; `resize=(H, W)`
+    brings every image to one size (needed when the files differ). Images stay uint8 in
+    [0, 255] (floats in [0, 255] are rounded).
+    """
+    source = os.fspath(source)
+    if not os.path.exists(source):
+        raise ValueError(f"`{source}` does not exist; give a folder of images, an .npy or "
+                         "an .npz file.")
+    labels = classes = None
+    if os.path.isdir(source):
+        flat = _image_files(source)
+        subdirs = sorted(d for d in os.listdir(source)
+                         if os.path.isdir(os.path.join(source, d))
+                         and _image_files(os.path.join(source, d)))
+        if flat and subdirs:
+            raise ValueError(
+                f"`{source}` holds images and class subfolders {subdirs[:3]}: use one layout "
+                "(a flat folder, or one subfolder per class)."
+            )
+        if flat:
+            files = [os.path.join(source, f) for f in flat]
+        elif subdirs:
+            files, labels = [], []
+            for label, name in enumerate(subdirs):
+                names = _image_files(os.path.join(source, name))
+                files += [os.path.join(source, name, f) for f in names]
+                labels += [label] * len(names)
+            labels, classes = np.asarray(labels, dtype="int64"), subdirs
+        else:
+            raise ValueError(f"No .jpg/.png images found in `{source}` or its subfolders.")
+        images = _decode_any(files, resize)
+    elif source.endswith(".npy"):
+        images = np.load(source)
+    elif source.endswith(".npz"):
+        with np.load(source) as data:
+            key = "images" if "images" in data else "x" if "x" in data else None
+            if key is None:
+                raise ValueError(f"`{source}` has no `images` (or `x`) array; it has "
+                                 f"{sorted(data.files)}.")
+            images = data[key]
+            label_key = "labels" if "labels" in data else "y" if "y" in data else None
+            if label_key is not None:
+                labels = np.asarray(data[label_key]).astype("int64").reshape(-1)
+    else:
+        raise ValueError(f"`{source}` is not a folder, an .npy or an .npz file.")
+    images = _to_rgb(_as_uint8(images, source))
+    if resize is not None and not os.path.isdir(source):
+        import tensorflow as tf
+
+        images = np.round(tf.image.resize(images, resize).numpy()).astype("uint8")
+    if labels is not None and len(labels) != len(images):
+        raise ValueError(f"`{source}` has {len(images)} images but {len(labels)} labels.")
+    if len(images) == 0:
+        raise ValueError(f"`{source}` holds no images.")
+    return images, labels, classes
 
 
 def load_local(path, split, cache_dir=None):

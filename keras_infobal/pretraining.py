@@ -38,7 +38,7 @@ SECTIONS = ("backbone", "task", "augmentation")
 DEFAULTS = dict(recipe="infobal", backbone=None, task=None, augmentation=None,
                 mixed_precision=False, epochs=30, batch_size=64, lr=3e-4,
                 probe_every=5, probe_train=10000, seed=0, threads=0, limit=0,
-                data=None, out=None, skip_final_probe=False, verbose=2, init_from=None,
+                data=None, resize=None, out=None, skip_final_probe=False, verbose=2, init_from=None,
                 probe_layers=feature_registry.probe_layers(),
                 final_probe_layers=feature_registry.NAMES)
 
@@ -100,10 +100,50 @@ def _build_task(run, image_shape):
     return model
 
 
+def is_cifar10_source(data):
+    """Whether `data` names the CIFAR-10 layout (tfds, a `.tar.gz`, or a folder with
+    `train/` and `test/` splits) rather than a user's own images."""
+    import tarfile
+
+    if data in (None, "tfds"):
+        return True
+    data = os.fspath(data)
+    if os.path.isfile(data):
+        return tarfile.is_tarfile(data)
+    return os.path.isdir(os.path.join(data, "train")) and os.path.isdir(
+        os.path.join(data, "test"))
+
+
+def _load_data(run):
+    """(x_train, y_train, x_eval, y_eval): CIFAR-10's splits, or the run's own images with,
+    when they have labels (class subfolders, an .npz `labels`), 20% held out for the final
+    probe (y_* None without labels)."""
+    import numpy as np
+
+    from keras_infobal import datasets
+
+    if is_cifar10_source(run["data"]):
+        x_train, y_train, _ = datasets.load_cifar10("train", source=run["data"])
+        x_test, y_test, _ = datasets.load_cifar10("test", source=run["data"])
+        if run["resize"]:
+            raise ValueError("`resize` is for your own images; CIFAR-10 stays 32x32.")
+        return x_train, y_train, x_test, y_test
+    images, labels, _ = datasets.load_images(
+        run["data"], resize=None if run["resize"] is None else tuple(run["resize"]))
+    if labels is None:
+        return images, None, images[:0], None
+    order = np.random.default_rng(run["seed"]).permutation(len(images))
+    n_eval = max(1, len(images) // 5)
+    return (images[order[n_eval:]], labels[order[n_eval:]], images[order[:n_eval]],
+            labels[order[:n_eval]])
+
+
 def pretrain(**options):
-    """Pretrains on CIFAR-10, resumable; writes OUT/{config.json, log.csv, model.keras,
-    preset/, results.json}. Options: see `DEFAULTS` and the module docstring. Returns the
-    results dict (None with skip_final_probe)."""
+    """Pretrains on CIFAR-10 or your own images (`data`: see `is_cifar10_source` and
+    `datasets.load_images`; the image size is the data's, or `resize`), resumable; writes
+    OUT/{config.json, log.csv, model.keras, preset/, results.json}. Options: see `DEFAULTS`
+    and the module docstring. Returns the results dict (None with skip_final_probe, and for
+    unlabeled images)."""
     run = resolve(**options)
     if not run["out"]:
         raise ValueError("`out` (the run folder) is required.")
@@ -128,8 +168,12 @@ def pretrain(**options):
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump(run, f, indent=2)
 
-    x_train, y_train, _ = datasets.load_cifar10("train", source=run["data"])
-    x_test, y_test, _ = datasets.load_cifar10("test", source=run["data"])
+    x_train, y_train, x_test, y_test = _load_data(run)
+    if y_train is None:
+        # Unlabeled images: nothing to probe. The run trains, logs its MI terms and writes
+        # its preset; `keras-infobal evaluate` scores it on labelled images later.
+        run["probe_every"], run["skip_final_probe"] = 10 ** 9, True
+        y_train = np.zeros(len(x_train), dtype="int64")
     if run["limit"]:
         # The local copy is ordered by class: a random subset keeps every class.
         keep = np.random.default_rng(run["seed"]).permutation(len(x_train))[: run["limit"]]
@@ -194,6 +238,7 @@ def pretrain(**options):
         rows = list(csv.DictReader(f))
     model.save_to_preset(os.path.join(out, "preset"),
                          command=" ".join(sys.argv), recipe=run["recipe"],
+                         data=str(run["data"] or "tfds"),
                          augmentation=run["augmentation"], epochs=run["epochs"],
                          wall_seconds_all_epochs=sum(float(r["epoch_seconds"]) for r in rows))
     if run["skip_final_probe"]:
