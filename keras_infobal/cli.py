@@ -68,8 +68,8 @@ def build_parser():
                           "name a section's key, e.g. task.infomin_weight=0.03 or "
                           "backbone.num_views=4; repeatable")
     pre.add_argument("--out", help="run folder (model.keras, preset/, log.csv, results.json)")
-    pre.add_argument("--data", help="your images (a folder, flat or one subfolder per class, or "
-                     "an .npy/.npz array), or CIFAR-10 (a train/test folder or .tar.gz; default "
+    pre.add_argument("--data", help="your images (a folder, flat or one subfolder per class, "
+                     "an .npy/.npz array, or tfds:NAME[:SPLIT]), or CIFAR-10 (a train/test folder or .tar.gz; default "
                      "$KERAS_INFOBAL_CIFAR10, else tfds)")
     pre.add_argument("--resize", type=int, nargs=2, metavar=("H", "W"),
                      help="bring your images to H x W first")
@@ -84,11 +84,16 @@ def build_parser():
     ev.add_argument("--model", required=True,
                     help="a preset (cifar10 for the default one, cifar10:NAME or NAME, NAME one "
                          f"of {_preset_names()}), a preset folder, or a .keras InfoBal model")
-    ev.add_argument("--data", help="labelled images (one subfolder per class, or an .npz with "
-                    "labels; 80%% fit the probe, 20%% score it), or CIFAR-10 (a train/test "
+    ev.add_argument("--data", help="labelled images (one subfolder per class, an .npz with "
+                    "labels, or tfds:NAME[:SPLIT]; 80%% fit the probe, 20%% score it), or CIFAR-10 (a train/test "
                     "folder or .tar.gz; else tfds)")
+    ev.add_argument("--test-data", help="labelled images to score on (same forms as --data); "
+                    "then the probe fits on all of --data")
     ev.add_argument("--resize", type=int, nargs=2, metavar=("H", "W"),
                     help="bring your images to H x W first")
+    ev.add_argument("--random-init", action="store_true",
+                    help="score the model's architecture with fresh random weights instead "
+                         "(the baseline)")
     ev.add_argument("--protocol", choices=["note", "converged"], default="converged")
     features = _feature_registry()
     ev.add_argument("--layers", default=",".join(features.probe_layers()),
@@ -103,11 +108,21 @@ def build_parser():
                     help="a preset (cifar10, cifar10:NAME or NAME, NAME one of "
                          f"{_preset_names()}), a preset folder, or a .keras InfoBal model")
     ex.add_argument("--images", required=True, help="a folder of images (flat or one subfolder "
-                    "per class) or an .npy/.npz array (grayscale is tiled to RGB)")
+                    "per class), an .npy/.npz array or tfds:NAME[:SPLIT] (grayscale is tiled to RGB)")
     ex.add_argument("--layer", choices=features.names(), default="conv")
     ex.add_argument("--out", required=True)
     ex.add_argument("--batch-size", type=int, default=256)
 
+    xp = sub.add_parser("export", help="a model as a serving artifact taking uint8 images "
+                        "(SavedModel, ONNX, or a torch ExportedProgram on PyTorch)")
+    xp.add_argument("--model", required=True,
+                    help="a preset (cifar10, cifar10:NAME or NAME), a preset folder, or a "
+                         ".keras InfoBal model")
+    xp.add_argument("--out", required=True, help="the artifact's path (a folder for "
+                    "tf_saved_model, a .onnx or .pt2 file)")
+    xp.add_argument("--format", default="tf_saved_model",
+                    choices=["tf_saved_model", "onnx", "torch"],
+                    help="onnx needs the [export] extra; torch needs KERAS_BACKEND=torch")
     pl = sub.add_parser("plot", help="figure of MI estimates and probe accuracy over training")
     pl.add_argument("logs", nargs="+", help="CSV logs (log.csv of pretrain runs)")
     pl.add_argument("--names", nargs="+", help="one name per log (default: folder names)")
@@ -115,9 +130,10 @@ def build_parser():
     return p
 
 
-def _load_model(spec):
+def _load_model(spec, random_init=False):
     """An object with `extract_features(images, layers)`: the backbone of a preset (cifar10,
-    cifar10:NAME, NAME or a preset folder) or a .keras InfoBal model."""
+    cifar10:NAME, NAME or a preset folder) or a .keras InfoBal model; with `random_init`,
+    the same architecture freshly initialized (the baseline a pretrained model must beat)."""
     import keras
 
     import keras_infobal  # noqa: F401  (registers the classes for load_model)
@@ -125,16 +141,16 @@ def _load_model(spec):
 
     if spec == "cifar10" or spec.startswith("cifar10:"):
         name = spec.split(":", 1)[1] if ":" in spec else presets.default_preset()
-        return InfoBalBackbone.from_preset(name)
+        return InfoBalBackbone.from_preset(name, load_weights=not random_init)
     if spec in presets.list_presets() or os.path.isdir(spec):
-        return InfoBalBackbone.from_preset(spec)
+        return InfoBalBackbone.from_preset(spec, load_weights=not random_init)
     if not os.path.exists(spec):
         raise ValueError(f"--model `{spec}` does not exist; give a .keras file, a preset folder "
                          f"or a preset name ({_preset_names()}).")
     model = keras.models.load_model(spec)
     if not hasattr(model, "extract_features"):
         raise ValueError(f"`{spec}` is a {type(model).__name__}, not an InfoBal model.")
-    return model
+    return type(model).from_config(model.get_config()) if random_init else model
 
 
 def _set_option(options, item):
@@ -156,9 +172,18 @@ def _set_option(options, item):
         options[key] = value
 
 
-def _extract(model, images, layers, batch_size=256):
-    return model.extract_features(images, layers=layers, batch_size=batch_size,
-                                  verbose=1 if sys.stdout.isatty() else 0)
+def _extract(model, images, layers, what, batch_size=256):
+    """Features with a named progress line (and Keras' bar only on a terminal: redirected
+    output stays plain lines)."""
+    import time
+
+    print(f"extracting {','.join(layers)} features of {len(images)} {what}...", flush=True)
+    t0 = time.time()
+    feats = model.extract_features(images, layers=layers, batch_size=batch_size,
+                                   verbose=1 if sys.stdout.isatty() else 0)
+    print(f"extracted {','.join(layers)} features of {len(images)} {what} in "
+          f"{time.time() - t0:.1f} s", flush=True)
+    return feats
 
 
 def _markdown(table):
@@ -205,21 +230,28 @@ def run(args):
 
         layers = [s.strip() for s in args.layers.split(",") if s.strip()]
         _feature_registry().check_layers(layers, "--layers")
-        model = _load_model(args.model)
+        model = _load_model(args.model, random_init=args.random_init)
+        from keras_infobal.datasets import load_images
         from keras_infobal.pretraining import _load_data
 
-        x_tr, y_tr, x_te, y_te = _load_data({"data": args.data, "resize": args.resize,
-                                             "seed": 0})
-        if y_tr is None:
-            raise ValueError(f"`{args.data}` has no labels: evaluate needs one subfolder per "
-                             "class (or an .npz with `labels`).")
+        resize = None if args.resize is None else tuple(args.resize)
+        if args.test_data:
+            (x_tr, y_tr, _), (x_te, y_te, _) = (load_images(d, resize=resize)
+                                                for d in (args.data, args.test_data))
+        else:
+            x_tr, y_tr, x_te, y_te = _load_data({"data": args.data, "resize": args.resize,
+                                                 "seed": 0})
+        for source, labels in ((args.data, y_tr), (args.test_data, y_te)):
+            if source and labels is None:
+                raise ValueError(f"`{source}` has no labels: evaluate needs one subfolder per "
+                                 "class (or an .npz with `labels`).")
         if args.limit:
             rng = np.random.default_rng(0)
             i = rng.permutation(len(x_tr))[: args.limit]
             j = rng.permutation(len(x_te))[: max(2, args.limit // 5)]
             x_tr, y_tr, x_te, y_te = x_tr[i], y_tr[i], x_te[j], y_te[j]
-        f_tr = _extract(model, x_tr, layers)
-        f_te = _extract(model, x_te, layers)
+        f_tr = _extract(model, x_tr, layers, "probe-training images")
+        f_te = _extract(model, x_te, layers, "held-out images")
         table = {args.protocol: {k: train_classifier(f_tr[k], y_tr, f_te[k], y_te,
                                                      protocol=args.protocol) for k in layers}}
         if args.knn:
@@ -238,9 +270,23 @@ def run(args):
 
         x, _, _ = load_images(args.images)
         model = _load_model(args.model)
-        feats = _extract(model, x, (args.layer,), batch_size=args.batch_size)
+        feats = _extract(model, x, (args.layer,), f"images of {args.images}",
+                         batch_size=args.batch_size)
         np.save(args.out, feats[args.layer])
         print(f"wrote {feats[args.layer].shape} {args.layer} features to {args.out}")
+        return 0
+
+    if args.command == "export":
+        import keras
+
+        if args.format == "torch" and keras.backend.backend() != "torch":
+            raise ValueError("--format torch exports on the PyTorch backend: run it with "
+                             "KERAS_BACKEND=torch.")
+        model = _load_model(args.model)
+        model.export(args.out, format=args.format, verbose=False)
+        print(f"wrote {args.out}: {args.format}, serve(uint8 images (B, "
+              f"{', '.join(str(d) for d in model._serving_image_shape())})) -> R "
+              f"({model._image_model().output_dim} floats)")
         return 0
 
     if args.command == "plot":

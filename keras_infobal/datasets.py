@@ -151,23 +151,29 @@ def _decode_any(files, resize=None):
 
 
 def _to_rgb(images, note=True):
-    """(N, H, W) or (N, H, W, C) with C in 1, 3, 4 -> (N, H, W, 3); grayscale is tiled and
-    alpha dropped, with a one-line note."""
+    """(N, H, W) or (N, H, W, C) with C in 1-4 -> (N, H, W, 3), the same for arrays and image
+    files: grayscale (C = 1) is tiled, grayscale + alpha (C = 2) and RGBA (C = 4) lose their
+    alpha, with a one-line note."""
     if images.ndim == 3:
         images = images[..., None]
-    if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
+    if images.ndim != 4 or images.shape[-1] not in (1, 2, 3, 4):
         raise ValueError(
-            f"Expected images of shape (N, H, W), (N, H, W, 1), (N, H, W, 3) or (N, H, W, 4); "
-            f"got {images.shape}."
+            "Expected images of shape (N, H, W) or (N, H, W, C) with C = 1 (grayscale), 2 "
+            "(grayscale + alpha), 3 (RGB) or 4 (RGBA), channels last; got "
+            f"{images.shape}. Move the channels last (`np.moveaxis(images, 1, -1)`) or "
+            "convert the images to RGB."
         )
     c = images.shape[-1]
     if c == 3:
         return images
     if note:
-        what = "grayscale images tiled" if c == 1 else "RGBA images: alpha dropped"
+        what = {1: "grayscale images tiled", 2: "grayscale + alpha images: alpha dropped, "
+                "grey tiled", 4: "RGBA images: alpha dropped"}[c]
         print(f"note: {what} to RGB ({images.shape[1]}x{images.shape[2]}x{c} -> x3)",
               flush=True)
-    return np.repeat(images, 3, axis=-1) if c == 1 else images[..., :3]
+    if c in (1, 2):
+        return np.repeat(images[..., :1], 3, axis=-1)
+    return images[..., :3]
 
 
 def _as_uint8(images, source):
@@ -195,18 +201,23 @@ def load_images(source, resize=None):
     - a folder of images (`.png`, `.jpg`, ...): flat (no labels), or one subfolder per class
       (labels kept, for evaluation; folder names sorted are the classes);
     - an `.npy` array (N, H, W), (N, H, W, 1), (N, H, W, 3) or (N, H, W, 4);
-    - an `.npz` with `images` (or `x`) and optionally `labels` (or `y`).
+    - an `.npz` with `images` (or `x`) and optionally `labels` (or `y`);
+    - `tfds:NAME` or `tfds:NAME:SPLIT` (default "train"), a tensorflow-datasets dataset with
+      an image feature (and a class label, kept), prepared in `$TFDS_DATA_DIR` or
+      downloaded when online (`load_tfds_images`).
 
     Grayscale is tiled to RGB and alpha dropped, with a one-line note; `resize=(H, W)`
     brings every image to one size (needed when the files differ). Images stay uint8 in
     [0, 255] (floats in [0, 255] are rounded).
     """
     source = os.fspath(source)
-    if not os.path.exists(source):
-        raise ValueError(f"`{source}` does not exist; give a folder of images, an .npy or "
-                         "an .npz file.")
     labels = classes = None
-    if os.path.isdir(source):
+    if source.startswith(TFDS_PREFIX):
+        images, labels, classes = load_tfds_images(source)
+    elif not os.path.exists(source):
+        raise ValueError(f"`{source}` does not exist; give a folder of images, an .npy or "
+                         f"an .npz file, or a tfds name as {TFDS_PREFIX}NAME[:SPLIT].")
+    elif os.path.isdir(source):
         flat = _image_files(source)
         subdirs = sorted(d for d in os.listdir(source)
                          if os.path.isdir(os.path.join(source, d))
@@ -241,7 +252,8 @@ def load_images(source, resize=None):
             if label_key is not None:
                 labels = np.asarray(data[label_key]).astype("int64").reshape(-1)
     else:
-        raise ValueError(f"`{source}` is not a folder, an .npy or an .npz file.")
+        raise ValueError(f"`{source}` is not a folder, an .npy or an .npz file (or "
+                         f"{TFDS_PREFIX}NAME).")
     images = _to_rgb(_as_uint8(images, source))
     if resize is not None and not os.path.isdir(source):
         import tensorflow as tf
@@ -252,6 +264,51 @@ def load_images(source, resize=None):
     if len(images) == 0:
         raise ValueError(f"`{source}` holds no images.")
     return images, labels, classes
+
+
+TFDS_PREFIX = "tfds:"
+
+
+def load_tfds_images(spec, data_dir=None):
+    """`tfds:NAME[:SPLIT]` as `(images (N, H, W, C) uint8, labels or None, class names or
+    None)`: the dataset's first image feature and, if it has one, its first class label.
+    Prepared copies are read from `data_dir` (default: tfds' own, `$TFDS_DATA_DIR`); an
+    unprepared one is downloaded, and refused at once when its host cannot be reached."""
+    name, _, split = spec[len(TFDS_PREFIX):].partition(":")
+    data_dir = data_dir or os.environ.get("TFDS_DATA_DIR")
+    split = split or "train"
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as e:  # pragma: no cover - a declared dependency
+        raise ValueError(f"`{spec}` needs tensorflow-datasets (pip install "
+                         "tensorflow-datasets).") from e
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except Exception as e:
+        raise ValueError(f"tfds has no dataset `{name}` ({type(e).__name__}: {e}); give "
+                         f"{TFDS_PREFIX}NAME with a name from tfds.list_builders().") from e
+    if not builder.is_prepared():
+        if not _reachable(_download_host(builder)):
+            raise ValueError(
+                f"tfds has no prepared `{name}` in {builder.data_dir} and its download host "
+                "cannot be reached (offline?). Prepare it once while online "
+                f"(`tfds.builder('{name}').download_and_prepare()`), or give a folder or "
+                ".npy/.npz of the images instead.")
+        builder.download_and_prepare()
+    features = builder.info.features
+    image_keys = [k for k, f in features.items() if isinstance(f, tfds.features.Image)]
+    label_keys = [k for k, f in features.items() if isinstance(f, tfds.features.ClassLabel)]
+    if not image_keys:
+        raise ValueError(f"tfds `{name}` has no image feature; its features: {list(features)}.")
+    if split not in builder.info.splits:
+        raise ValueError(f"tfds `{name}` has no split `{split}`; it has "
+                         f"{sorted(builder.info.splits)} ({TFDS_PREFIX}{name}:SPLIT).")
+    data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
+    images = np.asarray(data[image_keys[0]])
+    if not label_keys:
+        return images, None, None
+    label = label_keys[0]
+    return images, np.asarray(data[label]).astype("int64"), list(features[label].names)
 
 
 def load_local(path, split, cache_dir=None):
@@ -357,116 +414,73 @@ def load_cifar10(split="train", source=None, cache_dir=None):
     return load_local(os.fspath(source), split, cache_dir=cache_dir)
 
 
-def augment(images, pad=4, flip=True, color_jitter=0.0, grayscale=0.0, seed=None):
-    """Per-image random crop (`pad` pixels of reflection padding) and horizontal flip of a
-    uint8 batch (B, H, W, 3); uint8 out.
-
-    `color_jitter` (0 = off) is SimCLR's colour distortion strength s, applied to 80% of the
-    images: brightness, contrast and saturation each scaled by a factor in [1 - 0.8s, 1 + 0.8s].
-    `grayscale` is the probability of turning an image grey.
-    """
-    import tensorflow as tf
-
-    if color_jitter < 0 or not 0 <= grayscale <= 1:
-        raise ValueError(
-            f"`color_jitter` must be >= 0 and `grayscale` a probability in [0, 1]; got "
-            f"{color_jitter!r} and {grayscale!r}."
-        )
-    # Ops given the same op-level seed draw the same numbers: each op gets its own.
-    seeds = iter([None] * 8 if seed is None else range(seed * 8, seed * 8 + 8))
-    shape = tf.shape(images)
-    h, w = images.shape[-3], images.shape[-2]
-    padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
-    out = tf.image.random_crop(padded, tf.stack([shape[0], h, w, shape[3]]), seed=next(seeds))
-    if flip:
-        mask = tf.random.uniform([shape[0], 1, 1, 1], seed=next(seeds)) < 0.5
-        out = tf.where(mask, tf.reverse(out, axis=[2]), out)
-    if color_jitter or grayscale:
-        out = _color_distort(out, color_jitter, grayscale, seeds)
-    return out
-
-
-def _color_distort(images, strength, grayscale, seeds):
-    # Vectorised over the batch: tf.image.random_* draw one factor per call, not per image.
-    import tensorflow as tf
-
-    x = tf.cast(images, tf.float32)
-    n = tf.shape(x)[0]
-
-    def factor():
-        return tf.random.uniform([n, 1, 1, 1], 1 - 0.8 * strength, 1 + 0.8 * strength,
-                                 seed=next(seeds))
-
-    def grey(t):
-        return tf.reduce_sum(t * tf.constant([0.299, 0.587, 0.114]), axis=-1, keepdims=True)
-
-    if strength:
-        jittered = x * factor()  # brightness
-        mean = tf.reduce_mean(grey(jittered), axis=[1, 2, 3], keepdims=True)
-        jittered = (jittered - mean) * factor() + mean  # contrast
-        g = grey(jittered)
-        jittered = (jittered - g) * factor() + g  # saturation
-        apply = tf.random.uniform([n, 1, 1, 1], seed=next(seeds)) < 0.8
-        x = tf.where(apply, tf.clip_by_value(jittered, 0.0, 255.0), x)
-    if grayscale:
-        to_grey = tf.random.uniform([n, 1, 1, 1], seed=next(seeds)) < grayscale
-        x = tf.where(to_grey, tf.tile(grey(x), [1, 1, 1, 3]), x)
-    return tf.cast(tf.round(x), tf.uint8)
-
-
 def make_dataset(images, labels=None, batch_size=64, shuffle=False, augment_images=False,
                  drop_remainder=False, seed=None, pairs=False, color_jitter=0.0,
-                 grayscale=0.0):
+                 grayscale=0.0, translate=0.125, flip=True, augmentation=None):
     """A batched `tf.data.Dataset` of uint8 images (and labels), augmented per batch.
 
-    `pairs=True` yields `(x1, x2)`: two independent augmentations of the same images, the
-    input of `InfoBal(augmented_pairs=True)`. `color_jitter` and `grayscale` add colour
-    distortion to the augmentation (see `augment`).
+    The augmentation is a Keras preprocessing pipeline (`augmentation.augmentation_pipeline`
+    of `color_jitter`, `grayscale`, `translate` and `flip`, or your own Keras layer as
+    `augmentation`), run here in `tf.data` on every backend. `pairs=True` yields `(x1, x2)`:
+    two independent augmentations of the same images, the input of
+    `InfoBal(augmented_pairs=True)`.
 
     ```python
     ds = make_dataset(x_train, batch_size=64, shuffle=True, pairs=True, color_jitter=0.5,
-                      grayscale=0.2, drop_remainder=True)
+                      grayscale=0.2, drop_remainder=True, seed=0)
     ```
     """
     import tensorflow as tf
 
+    from keras_infobal.augmentation import augmentation_pipeline, check_options
+
+    images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(
-            f"Expected images of shape (N, H, W, 3); got {images.shape}."
+            f"Expected images of shape (N, H, W, 3); got {images.shape}. "
+            "`datasets.load_images` tiles grayscale and drops alpha."
         )
     if pairs and labels is not None:
         raise ValueError(
             "`pairs=True` makes (x1, x2) batches for self-supervised pretraining and takes no "
             "labels; pass labels=None."
         )
-    if (color_jitter or grayscale) and not (augment_images or pairs):
+    if (color_jitter or grayscale or augmentation is not None) and not (
+            augment_images or pairs):
         raise ValueError(
-            "`color_jitter` and `grayscale` are part of the augmentation: also pass "
-            "augment_images=True (or pairs=True)."
+            "`color_jitter`, `grayscale` and `augmentation` are part of the augmentation: "
+            "also pass augment_images=True (or pairs=True)."
         )
-    aug = dict(color_jitter=color_jitter, grayscale=grayscale, seed=seed)
+    check_options(color_jitter, grayscale, translate)
+    if augmentation is None and (augment_images or pairs):
+        augmentation = augmentation_pipeline(color_jitter=color_jitter, grayscale=grayscale,
+                                             translate=translate, flip=flip, seed=seed)
+
+    def aug(x):
+        # Back to uint8: 4x less to hold in the prefetch buffer, and the model's input
+        # contract (uint8 or floats in [0, 255]) is the same with or without augmentation.
+        out = augmentation(x, training=True)
+        return tf.cast(tf.round(tf.clip_by_value(tf.cast(out, tf.float32), 0, 255)),
+                       tf.uint8)
+
     data = images if labels is None else (images, labels)
     ds = tf.data.Dataset.from_tensor_slices(data)
     if shuffle:
         ds = ds.shuffle(min(len(images), 50_000), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    # One batch at a time: the pipeline's random layers share their seed state, and
+    # parallel calls would hand the draws to batches in a racing order (a run with a seed
+    # would not repeat). Prefetching still overlaps augmentation with the training step.
     if pairs:
-        second = dict(aug, seed=None if seed is None else seed + 1)
-        ds = ds.map(lambda x: (augment(x, **aug), augment(x, **second)),
-                    num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.map(lambda x: (aug(x), aug(x)))
     elif augment_images:
-        # Augmenting whole batches is ~10x cheaper than per-image maps on 2 cores.
-        if labels is None:
-            ds = ds.map(lambda x: augment(x, **aug), num_parallel_calls=tf.data.AUTOTUNE)
-        else:
-            ds = ds.map(lambda x, y: (augment(x, **aug), y),
-                        num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.map(aug) if labels is None else ds.map(lambda x, y: (aug(x), y))
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def cifar10_dataset(split="train", batch_size=64, augment=None, with_labels=False,
                     source=None, cache_dir=None, shuffle=None, drop_remainder=None, seed=None,
-                    pairs=False, color_jitter=0.0, grayscale=0.0):
+                    pairs=False, color_jitter=0.0, grayscale=0.0, augmentation=None):
     """CIFAR-10 as a batched `tf.data.Dataset` of uint8 images (and labels).
 
     Training defaults: shuffled, crop+flip augmented, remainder dropped (every batch keeps
@@ -486,4 +500,5 @@ def cifar10_dataset(split="train", batch_size=64, augment=None, with_labels=Fals
         pairs=pairs,
         color_jitter=color_jitter,
         grayscale=grayscale,
+        augmentation=augmentation,
     )

@@ -4,7 +4,8 @@ A run's configuration has one schema, the same in a recipe, a `--config` file an
 `pretrain(...)`'s keywords:
 
 - `backbone`: `InfoBalBackbone` arguments; `task`: `InfoBal` arguments (the objective);
-  `augmentation`: `datasets.make_dataset`'s `color_jitter` / `grayscale`. A recipe
+  `augmentation`: `augmentation.augmentation_pipeline`'s `color_jitter`, `grayscale`,
+  `translate`, `flip` (a Keras preprocessing pipeline). A recipe
   (`pretraining_recipes.json`) gives the three; the run's own sections update them key by key.
 - the training options in `DEFAULTS` (epochs, batch size, learning rate, ...).
 
@@ -34,6 +35,8 @@ RECIPES_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)),
 with open(RECIPES_FILE) as _f:
     RECIPES = json.load(_f)
 SECTIONS = ("backbone", "task", "augmentation")
+# augmentation.augmentation_pipeline's options (the seed is the run's).
+AUGMENTATION_KEYS = ("color_jitter", "grayscale", "translate", "flip")
 
 DEFAULTS = dict(recipe="infobal", backbone=None, task=None, augmentation=None,
                 mixed_precision=False, epochs=30, batch_size=64, lr=3e-4,
@@ -61,10 +64,10 @@ def resolve(**options):
         if not isinstance(given, dict):
             raise ValueError(f"`{section}` must be a dict of arguments; got {given!r}.")
         run[section] = {**recipe.get(section, {}), **given}
-    bad = set(run["augmentation"]) - {"color_jitter", "grayscale"}
+    bad = set(run["augmentation"]) - set(AUGMENTATION_KEYS)
     if bad:
-        raise ValueError(f"Unknown augmentation options {sorted(bad)}; known: color_jitter, "
-                         "grayscale.")
+        raise ValueError(f"Unknown augmentation options {sorted(bad)}; known: "
+                         f"{', '.join(AUGMENTATION_KEYS)} (augmentation.augmentation_pipeline).")
     return run
 
 

@@ -6,9 +6,12 @@ import os
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from keras_infobal import cli, datasets
+
+# After keras_infobal: on the PyTorch backend it must load triton before TensorFlow does
+# (docs/backends.md, "Import order").
+import tensorflow as tf  # noqa: E402, I001
 
 
 def write_pngs(folder, images):
@@ -52,6 +55,25 @@ def test_arrays_grayscale_floats_and_labels(tmp_path):
     np.testing.assert_array_equal(images[..., 0], gray)
 
 
+@pytest.mark.parametrize("channels", [1, 2, 4])
+def test_channel_counts_are_treated_alike_for_arrays_and_folders(tmp_path, channels):
+    raw = rng_images(3, 8, 8, channels, seed=channels)
+    # By hand: grey (C = 1, 2) tiled from the first channel, alpha (the last of 2 and 4)
+    # dropped.
+    want = np.repeat(raw[..., :1], 3, axis=-1) if channels < 3 else raw[..., :3]
+    np.save(tmp_path / "a.npy", raw)
+    write_pngs(str(tmp_path / "pngs"), raw)
+    for source in (tmp_path / "a.npy", tmp_path / "pngs"):
+        images, _, _ = datasets.load_images(str(source))
+        np.testing.assert_array_equal(images, want)
+
+
+def test_channels_first_or_odd_channel_counts_are_refused_with_the_fix(tmp_path):
+    np.save(tmp_path / "first.npy", rng_images(2, 3, 8, 8))  # (N, C, H, W)
+    with pytest.raises(ValueError, match=r"channels last.*np.moveaxis"):
+        datasets.load_images(str(tmp_path / "first.npy"))
+
+
 def test_bad_sources_say_what_was_expected(tmp_path):
     write_pngs(str(tmp_path / "sizes"), rng_images(1, 16, 16, 3))
     with open(tmp_path / "sizes" / "big.png", "wb") as f:
@@ -63,9 +85,9 @@ def test_bad_sources_say_what_was_expected(tmp_path):
     np.save(tmp_path / "unit.npy", np.random.default_rng(0).random((2, 8, 8, 3)))
     with pytest.raises(ValueError, match=r"floats in \[0, 1\].*multiply by 255"):
         datasets.load_images(str(tmp_path / "unit.npy"))
-    np.save(tmp_path / "two.npy", np.zeros((2, 8, 8, 2), "uint8"))
-    with pytest.raises(ValueError, match=r"\(N, H, W, 3\).*got \(2, 8, 8, 2\)"):
-        datasets.load_images(str(tmp_path / "two.npy"))
+    np.save(tmp_path / "five.npy", np.zeros((2, 8, 8, 5), "uint8"))
+    with pytest.raises(ValueError, match=r"C = 1 .*got \(2, 8, 8, 5\)"):
+        datasets.load_images(str(tmp_path / "five.npy"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="No .jpg/.png images"):
         datasets.load_images(str(tmp_path / "empty"))
@@ -107,10 +129,31 @@ def test_pretrain_evaluate_and_extract_from_a_folder_of_pngs(tmp_path, monkeypat
     assert cli.main(["evaluate", "--model", os.path.join(out, "preset"), "--data",
                      str(tmp_path / "labelled"), "--layers", "fc", "--knn", "5",
                      "--out", table]) == 0
+    printed = capsys.readouterr().out
+    assert "extracting fc features of 16 probe-training images" in printed
+    assert "\x1b[" not in printed
     scores = json.load(open(table))
     # 4 of the 20 images score the probe: accuracies are multiples of 1/4.
     for row in scores.values():
         assert row["fc"] * 4 == pytest.approx(round(row["fc"] * 4))
+    # A separate test set, and the random-init baseline of the same architecture.
+    for c, seed in (("a", 3), ("b", 4)):
+        write_pngs(str(tmp_path / "held" / c), rng_images(3, 40, 40, 1, seed=seed))
+    tables = {}
+    for extra in ([], ["--random-init"]):
+        path = str(tmp_path / f"t{len(extra)}.json")
+        assert cli.main(["evaluate", "--model", os.path.join(out, "preset"), "--data",
+                         str(tmp_path / "labelled"), "--test-data", str(tmp_path / "held"),
+                         "--layers", "fc", "--knn", "5", "--out", path] + extra) == 0
+        tables[len(extra)] = json.load(open(path))
+    assert "extracting fc features of 6 held-out images" in capsys.readouterr().out
+    for row in tables[0].values():  # 6 test images: multiples of 1/6
+        assert row["fc"] * 6 == pytest.approx(round(row["fc"] * 6))
+    trained = cli._load_model(os.path.join(out, "preset"))
+    fresh = cli._load_model(os.path.join(out, "preset"), random_init=True)
+    assert fresh.get_config() == trained.get_config()
+    assert not all(np.array_equal(a, b) for a, b in zip(fresh.get_weights(),
+                                                        trained.get_weights()))
     assert cli.main(["evaluate", "--model", os.path.join(out, "preset"), "--data",
                      str(tmp_path / "mine")]) == 2
     assert "has no labels" in capsys.readouterr().err
@@ -118,3 +161,105 @@ def test_pretrain_evaluate_and_extract_from_a_folder_of_pngs(tmp_path, monkeypat
     assert cli.main(["extract", "--model", os.path.join(out, "preset"), "--images",
                      str(tmp_path / "mine"), "--layer", "R", "--out", feats]) == 0
     assert np.load(feats).shape == (48, 8)
+    served_dir = str(tmp_path / "served")
+    assert cli.main(["export", "--model", os.path.join(out, "preset"), "--out",
+                     served_dir]) == 0
+    served = tf.saved_model.load(served_dir)
+    x = datasets.load_images(str(tmp_path / "mine"))[0][:5]
+    np.testing.assert_allclose(served.serve(tf.constant(x)).numpy(),
+                               backbone.predict(x, verbose=0), atol=1e-5)
+    assert cli.main(["export", "--model", os.path.join(out, "preset"), "--out",
+                     str(tmp_path / "m.pt2"), "--format", "torch"]) == 2
+    assert "KERAS_BACKEND=torch" in capsys.readouterr().err
+
+
+def test_a_tfds_name_is_a_source_too(tmp_path, monkeypatch, capsys):
+    """`tfds:NAME[:SPLIT]`, read from a prepared copy (this machine is offline: the
+    dataset is a small builder defined and prepared here)."""
+    import tensorflow_datasets as tfds
+
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+    made = {"train": rng_images(24, 16, 16, 1, seed=3), "test": rng_images(4, 16, 16, 1, seed=4)}
+
+    class TinyShapes(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+                "image": tfds.features.Image(shape=(16, 16, 1)),
+                "label": tfds.features.ClassLabel(names=["odd", "even"])}))
+
+        def _split_generators(self, dl_manager):
+            return {k: self._generate_examples(k) for k in made}
+
+        def _generate_examples(self, split):
+            for i, image in enumerate(made[split]):
+                yield i, {"image": image, "label": i % 2}
+
+    TinyShapes(data_dir=str(tmp_path / "tfds")).download_and_prepare()
+    images, labels, classes = datasets.load_images("tfds:tiny_shapes:test")
+    order = np.argsort([im.tobytes() for im in images])  # tfds shuffles the records
+    want = np.repeat(made["test"], 3, axis=-1)
+    np.testing.assert_array_equal(images[order], want[np.argsort([w.tobytes() for w in want])])
+    assert classes == ["odd", "even"] and sorted(labels.tolist()) == [0, 0, 1, 1]
+    with pytest.raises(ValueError, match=r"no split `valid`.*\['test', 'train'\]"):
+        datasets.load_images("tfds:tiny_shapes:valid")
+    with pytest.raises(ValueError, match="tfds has no dataset `no_such_set`"):
+        datasets.load_images("tfds:no_such_set")
+    with pytest.raises(ValueError, match=r"no prepared `mnist`.*cannot be reached"):
+        datasets.load_images("tfds:mnist")  # offline here, and not prepared
+    small = {"backbone": {"filters": [8, 16], "conv_filters": 8, "fc_units": 16,
+                          "output_dim": 8},
+             "task": {"critic_units": 8}, "epochs": 1, "batch_size": 8}
+    config = tmp_path / "small.json"
+    config.write_text(json.dumps(small))
+    out = str(tmp_path / "run")
+    assert cli.main(["pretrain", "--recipe", "dim", "--config", str(config), "--data",
+                     "tfds:tiny_shapes", "--out", out]) == 0
+    results = json.load(open(os.path.join(out, "results.json")))
+    assert results["data"] == "tfds:tiny_shapes"
+
+
+@pytest.mark.backend
+def test_python_api_on_a_folder_of_pngs_on_every_backend(tmp_path):
+    """The same workflow in Python on the running backend: load a folder, augment with the
+    Keras pipeline (in tf.data, and inside a model on backend tensors), pretrain, extract,
+    save and reload a preset, export a uint8 serving artifact."""
+    import keras
+
+    from keras_infobal import InfoBal, InfoBalBackbone
+    from keras_infobal.augmentation import augmentation_pipeline
+
+    write_pngs(str(tmp_path / "mine"), rng_images(32, 24, 24, 1, seed=5))
+    images, _, _ = datasets.load_images(str(tmp_path / "mine"))
+    aug = augmentation_pipeline(color_jitter=0.5, grayscale=0.2, seed=0)
+    on_device = keras.ops.convert_to_numpy(
+        aug(keras.ops.convert_to_tensor(images[:4].astype("float32")), training=True))
+    assert on_device.shape == (4, 24, 24, 3) and 0 <= on_device.min() <= on_device.max() <= 255
+    backbone = InfoBalBackbone(num_views=2, filters=(8, 16), conv_filters=8, fc_units=16,
+                               output_dim=8)
+    model = InfoBal(backbone, critic="infonce", infomin_weight=0.5, critic_units=8,
+                    augmented_pairs=True)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3),
+                  discriminator_optimizer=keras.optimizers.Adam(1e-3))
+    ds = datasets.make_dataset(images, batch_size=8, shuffle=True, pairs=True,
+                               color_jitter=0.5, grayscale=0.2, drop_remainder=True, seed=0)
+    history = model.fit(ds, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][-1]) and backbone.image_shape == (24, 24, 3)
+    feats = model.extract_features(images, layers=("R",))["R"]
+    backbone.save_to_preset(str(tmp_path / "preset"))
+    again = InfoBalBackbone.from_preset(str(tmp_path / "preset"))
+    np.testing.assert_allclose(again.extract_features(images, layers=("R",))["R"], feats,
+                               atol=1e-5)
+    x = images[:3]
+    if keras.backend.backend() == "torch":
+        import torch
+
+        backbone.export(str(tmp_path / "m.pt2"), format="torch")
+        program = torch.export.load(str(tmp_path / "m.pt2")).module()
+        got = program(torch.from_numpy(x)).detach().cpu().numpy()
+    else:
+        backbone.export(str(tmp_path / "served"))
+        served = tf.saved_model.load(str(tmp_path / "served"))  # kept: it owns the variables
+        got = served.serve(tf.constant(x)).numpy()
+    np.testing.assert_allclose(got, backbone.predict(x, verbose=0), atol=1e-5)

@@ -11,7 +11,7 @@ from keras_infobal.evaluation import HEADS
 from keras_infobal.layers.view_aggregator import ViewAggregator
 from keras_infobal.layers.view_encoder import ViewEncoder
 from keras_infobal.models import presets
-from keras_infobal.models.infobal_backbone import InfoBalBackbone
+from keras_infobal.models.infobal_backbone import InfoBalBackbone, ServesUint8
 
 # The layers this model can output: the built-in feature layers ("local", "conv", "fc", "R").
 FEATURE_LAYERS = feature_registry.NAMES
@@ -161,7 +161,7 @@ def InfoBalCIFAR(
         # The preset's head architecture, with or without its weights.
         x, head_layers = _top(x, classes, classifier_activation,
                               classifier["head"] if classifier else "linear")
-    model = keras.Model(inputs, x, name=name or f"{os.path.basename(str(preset))}_cifar10")
+    model = ImageModel(inputs, x, name=name or f"{os.path.basename(str(preset))}_cifar10")
 
     if weights == "cifar10":
         encoder.set_weights(backbone.encoder.get_weights())
@@ -174,6 +174,15 @@ def InfoBalCIFAR(
     elif weights is not None:
         _load_keras_weights(model, weights)
     return model
+
+
+@keras.saving.register_keras_serializable(package="keras_infobal")
+class ImageModel(ServesUint8, keras.Model):
+    """The functional model `InfoBalCIFAR` returns: a plain functional `keras.Model` (it
+    saves, loads and fine-tunes as one) whose `export` serves uint8 images by default."""
+
+    def _serving_image_shape(self):
+        return tuple(self.inputs[0].shape[1:])
 
 
 def _top(x, classes, activation, head):

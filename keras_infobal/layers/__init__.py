@@ -11,4 +11,4 @@ from keras_infobal.layers.critics import (
 from keras_infobal.layers.club import CLUB
 from keras_infobal.layers.pair_critics import PairCLUB, PairCritics
 from keras_infobal.layers.view_aggregator import ViewAggregator
-from keras_infobal.layers.view_encoder import ViewEncoder
+from keras_infobal.layers.view_encoder import ViewEncoder, trunk_scales_inputs

@@ -23,6 +23,37 @@ def _flatten_locals(x, name):
     )
 
 
+def check_score_clip(score_clip):
+    """`score_clip` as None, "auto" or a positive float; a ValueError says what it takes."""
+    if score_clip is None or score_clip == "auto":
+        return score_clip
+    if isinstance(score_clip, bool) or not (isinstance(score_clip, (int, float))
+                                            and score_clip > 0):
+        raise ValueError(
+            "`score_clip` must be None (raw scores), 'auto' (bounded by the batch: "
+            f"c = ln(N) / 2 + 2) or a positive number c; got {score_clip!r}."
+        )
+    return float(score_clip)
+
+
+def clip_scores(s, score_clip, candidates_axis=1):
+    """Soft-clips scores to (-c, c) with c * tanh(s / c).
+
+    c is `score_clip`, or with "auto" ln(N) / 2 + 2 for the N candidates along
+    `candidates_axis` (the negatives and the positive of each row): the JSD, DV and
+    InfoNCE estimates then stay within ln(N) + 5 nats of zero whatever the encoder's
+    features look like (for scores in (-c, c) they lie in [-2 softplus(c), 2c], and
+    2 softplus(c) < 2c + 0.2 for c >= 2.3). NWJ's e^(T - 1) term is not bounded this way."""
+    if score_clip is None:
+        return s
+    if score_clip == "auto":
+        n = ops.cast(ops.shape(s)[candidates_axis], "float32")
+        c = 0.5 * ops.log(n) + 2.0
+    else:
+        c = score_clip
+    return c * ops.tanh(s / c)
+
+
 class _Encoder(keras.layers.Layer):
     """DIM's 1x1 encoder: Dense -> BN -> ReLU -> Dense, plus a linear shortcut."""
 
@@ -77,9 +108,10 @@ class MICritic(keras.layers.Layer):
         normalization: in the encoders, "batch" (DIM), "sync_batch" (batch statistics over
             all replicas under tf.distribute), "layer" or None. "layer" keeps no running
             statistics, so calling the critic never changes its state.
-        score_clip: None, or c > 0 to soft-clip every score to (-c, c) with
+        score_clip: None, c > 0 to soft-clip every score to (-c, c) with
             `c * tanh(s / c)` (AMDIM's stabilizer: unbounded dot products let InfoNCE and DV
-            estimates swing from epoch to epoch).
+            estimates swing from epoch to epoch), or "auto" for c = ln(N) / 2 + 2 with N
+            candidates per score row (`clip_scores`).
 
     Calling it with `gather_fn=f` (as `InfoBal(cross_replica_negatives=True)` does under
     tf.distribute) scores each global vector against the local vectors `f` gathers from all
@@ -96,12 +128,7 @@ class MICritic(keras.layers.Layer):
     def __init__(self, units=512, estimator="jsd", scorer="dot", normalization="batch",
                  score_clip=None, **kwargs):
         super().__init__(**kwargs)
-        if score_clip is not None and not (isinstance(score_clip, (int, float))
-                                           and score_clip > 0):
-            raise ValueError(
-                f"`score_clip` must be None or a positive number; got {score_clip!r}."
-            )
-        self.score_clip = None if score_clip is None else float(score_clip)
+        self.score_clip = check_score_clip(score_clip)
         if normalization not in ("batch", "sync_batch", "layer", None):
             raise ValueError(
                 "`normalization` must be 'batch', 'sync_batch', 'layer' or None; got "
@@ -191,9 +218,7 @@ class MICritic(keras.layers.Layer):
             # the (B, B, L, units) pairwise sum is materialized, never the concatenation.
             h = ops.relu(eg[:, None, None, :] + el[None, :, :, :])
             s = ops.cast(ops.squeeze(self.pair_hidden(h), -1), "float32")
-        if self.score_clip is not None:
-            s = self.score_clip * ops.tanh(s / self.score_clip)
-        return s
+        return clip_scores(s, self.score_clip)
 
     def call(self, inputs, training=None, gather_fn=None):
         estimator = estimators.get(self.estimator)

@@ -14,6 +14,7 @@ from keras import ops
 
 from keras_infobal import estimators
 from keras_infobal.layers.club import _LOG_2PI
+from keras_infobal.layers.critics import check_score_clip, clip_scores
 
 PACKAGE = "keras_infobal"
 _LN_EPSILON = 1e-3  # keras.layers.LayerNormalization's default, as in the per-pair critics
@@ -160,7 +161,7 @@ class PairCritics(_PairLayer):
         pairs: the view pairs (i, j), in the order of the returned estimates.
         units: width of the encodings.
         estimator: "jsd", "dv", "infonce", "nwj" or a registered estimator.
-        score_clip: None, or c to soft-clip every score to (-c, c) (see `MICritic`).
+        score_clip: None, "auto" or c: soft-clips every score (see `MICritic`).
 
     Calling it on pooled views `(B, M, D)` returns the `(P,)` estimates;
     `fit_and_estimate` returns (what the discriminator step maximizes, the estimates), both
@@ -176,14 +177,9 @@ class PairCritics(_PairLayer):
 
     def __init__(self, pairs, units=512, estimator="jsd", score_clip=None, **kwargs):
         super().__init__(pairs, units=units, **kwargs)
-        if score_clip is not None and not (isinstance(score_clip, (int, float))
-                                           and score_clip > 0):
-            raise ValueError(
-                f"`score_clip` must be None or a positive number; got {score_clip!r}."
-            )
         estimators.get(estimator)  # validates the name early
         self.estimator = estimator
-        self.score_clip = None if score_clip is None else float(score_clip)
+        self.score_clip = check_score_clip(score_clip)
 
     def _encode(self, x, side):
         w = {name[len(side) + 1:]: getattr(self, name)
@@ -210,9 +206,7 @@ class PairCritics(_PairLayer):
         # float32 scores also under mixed precision: bfloat16 keeps too few mantissa bits
         # for a logsumexp over the batch (as in MICritic).
         s = ops.einsum("apu,bpu->pab", eg, el)[..., None]
-        if self.score_clip is not None:
-            s = self.score_clip * ops.tanh(s / self.score_clip)
-        return s, offset
+        return clip_scores(s, self.score_clip, candidates_axis=2), offset
 
     def call(self, pooled, training=None, gather_fn=None, return_fit=False):
         s, offset = self.scores(pooled, gather_fn=gather_fn)

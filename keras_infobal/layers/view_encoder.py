@@ -90,6 +90,32 @@ register_split("separate", lambda h, w, c, m: (h, w, c), per_view_trunk=True)
 SPLITS = tuple(SPLIT_REGISTRY)  # the built-in names, in order
 
 
+def trunk_scales_inputs(trunk):
+    """Whether `trunk` scales its own input pixels: a `Rescaling` or `Normalization` layer
+    comes before its first layer with weights, as in keras.applications models built with
+    `include_preprocessing=True` (MobileNetV3, EfficientNetV2, ConvNeXt). Nested models are
+    searched in order."""
+
+    def scan(layer):
+        # True: a scaling layer comes first; False: a layer with weights; None: neither.
+        if isinstance(layer, (keras.layers.Rescaling, keras.layers.Normalization)):
+            return True
+        children = getattr(layer, "layers", None)
+        if children:  # a Model, Sequential or Pipeline: its layers in order
+            for child in children:
+                found = scan(child)
+                if found is not None:
+                    return found
+            return None
+        if isinstance(layer, keras.layers.InputLayer):
+            return None
+        # An unbuilt layer has no weights yet: count it as one that has (a conv before any
+        # scaling layer), not as a weightless one.
+        return False if layer.weights or not layer.built else None
+
+    return bool(scan(trunk))
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class ViewEncoder(keras.layers.Layer):
     """Maps images to `num_views` views of DIM's local feature map.
@@ -109,8 +135,11 @@ class ViewEncoder(keras.layers.Layer):
         num_views: M, the number of views.
         split: one of "rows", "columns", "grid", "separate".
         filters: channels of the trunk's conv layers; the last is C.
-        rescale: if True, inputs are images in [0, 255] (uint8 or float) and are scaled to
-            [-1, 1] inside the layer, so uint8 images can be fed directly.
+        rescale: how images in [0, 255] (uint8 or float) reach the trunk. True: scaled to
+            [-1, 1] here. False: passed as they are (a trunk that scales its own inputs).
+            "auto" (default): True, unless `backbone` scales its own inputs
+            (`trunk_scales_inputs`: keras.applications' `include_preprocessing=True`), so
+            pixels are never scaled twice.
         backbone: optional Keras layer or model mapping (rescaled) images to a feature map
             (B, h, w, C), used as the trunk instead of DIM's convs (`filters` is then
             ignored); with split="separate" every view gets a copy (same config, own
@@ -126,7 +155,7 @@ class ViewEncoder(keras.layers.Layer):
     ```
     """
 
-    def __init__(self, num_views=2, split="rows", filters=(64, 128), rescale=True,
+    def __init__(self, num_views=2, split="rows", filters=(64, 128), rescale="auto",
                  backbone=None, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(num_views, int) or num_views < 1:
@@ -145,10 +174,15 @@ class ViewEncoder(keras.layers.Layer):
         filters = tuple(int(f) for f in filters)
         if not filters or min(filters) < 1:
             raise ValueError(f"`filters` must be a non-empty list of positive ints; got {filters}.")
+        if rescale not in (True, False, "auto"):
+            raise ValueError(f"`rescale` must be True, False or 'auto'; got {rescale!r}.")
         self.num_views = num_views
         self.split = split
         self.filters = filters
         self.rescale = rescale
+        # Decided once, from the trunk as given: the copies of split="separate" match it.
+        self.scales_inputs = rescale if rescale != "auto" else (
+            backbone is None or not trunk_scales_inputs(backbone))
 
     def _check_input_shape(self, input_shape):
         shape = tuple(input_shape)
@@ -253,7 +287,7 @@ class ViewEncoder(keras.layers.Layer):
     def _preprocess(self, images):
         self._check_input_shape(images.shape)
         x = ops.cast(images, self.compute_dtype)
-        if self.rescale:
+        if self.scales_inputs:
             x = x / 127.5 - 1.0
         return x
 

@@ -17,6 +17,7 @@ from keras import ops
 
 from keras_infobal.layers.critics import (
     MICritic,
+    check_score_clip,
     critic_names,
     get_critic,
     get_pair_critics,
@@ -159,7 +160,10 @@ class InfoBal(KerasSeams, Trainer, FeatureExtractor, keras.Model):
         discriminator_steps: k, discriminator updates per encoder update.
         view_pooling: how a view becomes the discriminator's input: "mean" over its
             locations or "flatten".
-        score_clip: None, or c to soft-clip the critics' scores to (-c, c) (see `MICritic`).
+        score_clip: how the critics' scores are bounded: "auto" (default) soft-clips them to
+            (-c, c) with c = ln(N) / 2 + 2 for N candidates (N = the batch), so every MI
+            estimate stays within ln(N) + 5 nats of zero with any backbone; a number c clips
+            at c (the dim_pairs recipes use 20); None leaves them raw (the note's setting).
         augmented_pairs: batches are pairs `(x1, x2)` of two augmentations of the same
             images (`datasets.make_dataset(..., pairs=True)`); R of each is scored against the
             local views of the other (AMDIM's cross-view InfoMax). Prediction and features
@@ -179,7 +183,7 @@ class InfoBal(KerasSeams, Trainer, FeatureExtractor, keras.Model):
     def __init__(self, backbone=None, critic="jsd", infomin_critic=None, critic_units=512,
                  infomin_units=None, infomin_weight=1.0, view_weights=None,
                  correlation_weights=None, discriminator_steps=1, view_pooling="mean",
-                 score_clip=None, augmented_pairs=False, **kwargs):
+                 score_clip="auto", augmented_pairs=False, **kwargs):
         super().__init__(**kwargs)
         if isinstance(backbone, dict):
             # Keras' deserialization consumes nested configs: work on a copy.
@@ -214,7 +218,7 @@ class InfoBal(KerasSeams, Trainer, FeatureExtractor, keras.Model):
         if view_pooling not in ("mean", "flatten"):
             raise ValueError(f"`view_pooling` must be 'mean' or 'flatten'; got {view_pooling!r}.")
         self.backbone = backbone
-        self.score_clip = None if score_clip is None else float(score_clip)
+        self.score_clip = check_score_clip(score_clip)
         estimator, self.infomax_critics = _infomax_critics(critic, num_views, critic_units,
                                                            self.score_clip)
         self._critic_spec = (critic if isinstance(critic, str)

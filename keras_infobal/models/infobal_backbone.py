@@ -55,10 +55,47 @@ def image_shape_of(data):
     return tuple(int(d) for d in shape[1:])
 
 
-class FeatureExtractor:
+class ServesUint8:
+    """`export` with a uint8 serving signature by default: the exported artifact takes the
+    images as they are stored (uint8 `(B, H, W, 3)`, H x W the size the model was built
+    for), as `predict` does. Pass `input_signature` for another one (e.g. float32)."""
+
+    def _serving_image_shape(self):
+        raise NotImplementedError
+
+    def export(self, filepath, format="tf_saved_model", verbose=None, input_signature=None,
+               **kwargs):
+        """Keras' `Model.export` (formats "tf_saved_model", "onnx" (needs the `[export]`
+        extra), "torch" on the PyTorch backend, ...), serving uint8 images by default.
+
+        ```python
+        model.export("served/")            # SavedModel, serve(uint8 images) -> outputs
+        model.export("model.onnx", format="onnx")
+        ```
+        """
+        if input_signature is None:
+            shape = self._serving_image_shape()
+            if shape is None:
+                raise ValueError("Build the model (call it, fit it, or pass image_shape) "
+                                 "before exporting it: the serving signature needs its "
+                                 "image size.")
+            input_signature = [keras.InputSpec(shape=(None,) + tuple(shape), dtype="uint8")]
+        if format == "torch" and "dynamic_shapes" not in kwargs:
+            # torch.export would otherwise specialize the program to its sample batch of 1.
+            import torch
+
+            kwargs["dynamic_shapes"] = {0: torch.export.Dim("batch", max=1 << 16)}
+        return super().export(filepath, format=format, verbose=verbose,
+                              input_signature=input_signature, **kwargs)
+
+
+class FeatureExtractor(ServesUint8):
     """What the backbone and the pretraining task share: the image-size check of the data at
     the boundary, and `extract_features`, a functional model of `self.features` (public
     Keras only, every backend) run with `predict`."""
+
+    def _serving_image_shape(self):
+        return self._image_model().image_shape if self.built else None
 
     def _prepare_for(self, data):
         """Builds the model for the images of `data`, or checks their size against the built
@@ -129,9 +166,13 @@ class InfoBalBackbone(FeatureExtractor, keras.Model):
             "columns", "grid", "separate" (one trunk per view) or a name registered with
             `layers.register_split`. M=2 rows is the note's top/bottom setting; M=1 is DIM(L).
         filters: the channels of DIM's trunk (conv 4x4/2, BN, ReLU each).
-        trunk: optional Keras layer or model mapping images (scaled to [-1, 1]) to a feature
-            map `(B, h, w, C)`, used instead of DIM's trunk (`filters` is then ignored), e.g.
+        trunk: optional Keras layer or model mapping images to a feature map `(B, h, w, C)`,
+            used instead of DIM's trunk (`filters` is then ignored), e.g.
             `keras.applications.ResNet50(include_top=False, weights=None)`.
+        rescale: how pixels in [0, 255] reach the trunk: "auto" (default) scales them to
+            [-1, 1] unless the trunk scales its own (keras.applications'
+            `include_preprocessing=True`, detected by `layers.trunk_scales_inputs`); True
+            always scales, False never (see `ViewEncoder`).
         aggregator: how views become R: "concat" (DIM's head), "mean" or "attention".
         conv_filters, fc_units, output_dim: the aggregator's conv, fc and R widths
             (DIM: 256, 1024, 64).
@@ -147,7 +188,7 @@ class InfoBalBackbone(FeatureExtractor, keras.Model):
 
     def __init__(self, num_views=2, split="rows", filters=(64, 128), trunk=None,
                  aggregator="concat", conv_filters=256, fc_units=1024, output_dim=64,
-                 image_shape=None, **kwargs):
+                 image_shape=None, rescale="auto", **kwargs):
         super().__init__(**kwargs)
         if aggregator not in MODES:
             raise ValueError(f"`aggregator` must be one of {MODES}; got {aggregator!r}.")
@@ -155,7 +196,7 @@ class InfoBalBackbone(FeatureExtractor, keras.Model):
             trunk = keras.saving.deserialize_keras_object(copy.deepcopy(trunk))
         # The layers check their own arguments (num_views, split, filters, trunk, widths).
         self.encoder = ViewEncoder(num_views=num_views, split=split, filters=filters,
-                                   backbone=trunk, name="view_encoder")
+                                   backbone=trunk, rescale=rescale, name="view_encoder")
         self.aggregator = ViewAggregator(mode=aggregator, output_dim=output_dim,
                                          fc_units=fc_units, conv_filters=conv_filters,
                                          name="view_aggregator")
@@ -182,11 +223,8 @@ class InfoBalBackbone(FeatureExtractor, keras.Model):
 
     def build(self, input_shape):
         shape = tuple(input_shape)
-        if len(shape) != 4:
-            raise ValueError(
-                "InfoBalBackbone expects batches of images (B, H, W, 3); got shape "
-                f"{shape}. Add a batch axis for a single image (`images[None]`)."
-            )
+        if self.image_shape is None:
+            self.check_images(shape)  # rank and channels, with their fixes
         image_shape = check_image_shape(shape[1:], "the images' shape (H, W, C)")
         if not self.encoder.built:
             self.encoder.build(shape)
@@ -258,6 +296,7 @@ class InfoBalBackbone(FeatureExtractor, keras.Model):
             "fc_units": self.aggregator.fc_units,
             "output_dim": self.output_dim,
             "image_shape": None if self.image_shape is None else list(self.image_shape),
+            "rescale": self.encoder.rescale,
         }
 
     @classmethod
