@@ -1,17 +1,21 @@
 """Input pipeline speed: the Keras preprocessing pipeline against the hand-written tf.image
 augmentation it replaced, and whether either is ever the bottleneck of training.
 
-    python benchmarks/pipeline.py --data ../shared/data/cifar10-jpeg.tar.gz   # ~3 min
+    python benchmarks/pipeline.py --data ../shared/data/cifar10-jpeg.tar.gz   # ~5 min
 
 Measures, on the CIFAR-10 training images read from the uint8 cache:
 (1) the one-time JPEG decode of the test split into the cache (a fresh cache folder);
 (2) images/s of the crop+flip pipeline (shuffle, batch 64, prefetch) and pairs/s of the
     dim_pairs pipeline (two crop+flip+colour augmentations per image), for two contenders,
     alternating in short rounds (best round kept, all rounds in the JSON):
-    - `keras`: `datasets.make_dataset`, a `keras.layers.Pipeline` of Keras layers, one batch
-      at a time (what the package runs);
+    - `keras`: `datasets.make_dataset(seed=None)`, a `keras.layers.Pipeline` of Keras layers,
+      batches augmented in parallel (`num_parallel_calls=AUTOTUNE`);
+    - `keras_seeded`: the same with `seed=0`, one batch at a time (what seeded runs, and so
+      `keras-infobal pretrain`, use: the draws then repeat exactly);
     - `tf_image`: the session-6 hand-written code (`reference_augment` below, tf.image ops,
       `num_parallel_calls=AUTOTUNE`), kept here as the reference;
+    and the CPU time each takes per 1,000 images (process CPU time over the round: what the
+    augmentation takes from the training step on a machine whose cores it shares);
 (3) the training speed logged by the shipped runs (applications/cifar10/runs/*/log.csv),
     for scale. Writes benchmarks/results/pipeline.{json,md} with the CPU model and flags.
 """
@@ -85,8 +89,8 @@ def reference_dataset(x, pairs, seed=0):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--data", default=os.environ.get("KERAS_INFOBAL_CIFAR10"))
-    p.add_argument("--batches", type=int, default=150, help="batches per round")
-    p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--batches", type=int, default=600, help="batches per round")
+    p.add_argument("--rounds", type=int, default=6)
     args = p.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from speed import machine
@@ -102,30 +106,36 @@ def main():
             x, _, _ = datasets.load_local(args.data, "test", cache_dir=cache)
             out["decode_images_per_second"] = len(x) / (time.perf_counter() - t0)
     x, _, _ = datasets.load_cifar10("train", source=args.data)
-    streams = {
-        "keras_single": datasets.make_dataset(x, batch_size=64, shuffle=True,
-                                              augment_images=True, drop_remainder=True, seed=0),
-        "tf_image_single": reference_dataset(x, pairs=False),
-        "keras_pairs": datasets.make_dataset(x, batch_size=64, shuffle=True, pairs=True,
-                                             color_jitter=0.5, grayscale=0.2,
-                                             drop_remainder=True, seed=0),
-        "tf_image_pairs": reference_dataset(x, pairs=True),
-    }
+    streams = {}
+    for seed, name in ((None, "keras"), (0, "keras_seeded")):
+        streams[f"{name}_single"] = datasets.make_dataset(
+            x, batch_size=64, shuffle=True, augment_images=True, drop_remainder=True, seed=seed)
+        streams[f"{name}_pairs"] = datasets.make_dataset(
+            x, batch_size=64, shuffle=True, pairs=True, color_jitter=0.5, grayscale=0.2,
+            drop_remainder=True, seed=seed)
+    streams["tf_image_single"] = reference_dataset(x, pairs=False)
+    streams["tf_image_pairs"] = reference_dataset(x, pairs=True)
     iters = {k: iter(ds.repeat()) for k, ds in streams.items()}
     for it in iters.values():  # warm-up: tracing, the shuffle buffer, prefetch
         for _ in range(30):
             next(it)
     rounds = {k: [] for k in streams}
+    cpu = {k: [] for k in streams}
+    names = list(streams)
     for r in range(args.rounds):
-        order = list(streams)[r % 4:] + list(streams)[:r % 4]
+        order = names[r % len(names):] + names[:r % len(names)]
         for k in order:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             for _ in range(args.batches):
                 next(iters[k])
             rounds[k].append(64 * args.batches / (time.perf_counter() - t0))
+            # Prefetching threads keep working a little past the round: a small overcount.
+            cpu[k].append(1000 * (time.process_time() - c0) / (64 * args.batches))
             time.sleep(0.5)
     out["images_per_second_rounds"] = rounds
     out["images_per_second_best"] = {k: max(v) for k, v in rounds.items()}
+    out["cpu_seconds_per_1000_images_rounds"] = cpu
+    out["cpu_seconds_per_1000_images_best"] = {k: min(v) for k, v in cpu.items()}
     training = {}
     for variant in ("dim", "infobal", "dim_pairs"):
         log = os.path.join(ROOT, "applications", "cifar10", "runs", variant, "log.csv")
@@ -144,12 +154,18 @@ def main():
           "batches of 64, contenders alternating, best round).", "",
           f"JPEG decode into the cache (once): {out.get('decode_images_per_second', 0):.0f} "
           "images/s", "",
-          "| pipeline (batch 64, from the cache) | Keras Pipeline (shipped) | tf.image (before) "
-          "| ratio |", "|---|---|---|---|"]
-    for kind, what in (("single", "crop+flip, images/s"),
-                       ("pairs", "two crop+flip+colour augmentations, pairs/s")):
-        k, t = best[f"keras_{kind}"], best[f"tf_image_{kind}"]
-        md.append(f"| {what} | {k:.0f} | {t:.0f} | {k / t:.2f}x |")
+          "| pipeline (batch 64, from the cache) | Keras Pipeline, parallel (no seed) | Keras "
+          "Pipeline, seeded (one batch at a time) | tf.image (before) | Keras parallel / "
+          "tf.image |", "|---|---|---|---|---|"]
+    cpu = out["cpu_seconds_per_1000_images_best"]
+    for kind, what in (("single", "crop+flip"),
+                       ("pairs", "two crop+flip+colour augmentations")):
+        k, s, t = (best[f"{n}_{kind}"] for n in ("keras", "keras_seeded", "tf_image"))
+        md.append(f"| {what}, {'pairs' if kind == 'pairs' else 'images'}/s | {k:.0f} | {s:.0f} "
+                  f"| {t:.0f} | {k / t:.2f}x |")
+        k, s, t = (cpu[f"{n}_{kind}"] for n in ("keras", "keras_seeded", "tf_image"))
+        md.append(f"| {what}, CPU seconds per 1,000 | {k:.3f} | {s:.3f} | {t:.3f} | "
+                  f"{k / t:.2f}x |")
     md.append("")
     md += [f"Training step, {k} run (best epoch): {v:.0f} images/s" for k, v in training.items()]
     with open(os.path.join(HERE, "results", "pipeline.md"), "w") as f:

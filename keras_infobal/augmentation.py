@@ -14,7 +14,8 @@ aug = augmentation_pipeline(color_jitter=0.5, grayscale=0.2, seed=0)
 ds = tf.data.Dataset.from_tensor_slices(images).batch(64).map(aug)
 ```
 
-Images stay in [0, 255] (uint8 in, float out); `make_dataset` rounds back to uint8.
+Images stay in [0, 255]: uint8 in; uint8 out from the spatial layers, float out once colour
+is jittered (`make_dataset` rounds back to uint8).
 """
 
 import keras
@@ -60,12 +61,15 @@ def augmentation_pipeline(color_jitter=0.0, grayscale=0.0, translate=0.125, flip
         return None if seed is None else s
 
     layers = []
+    # The spatial layers move whole pixels (nearest, mirrored borders): in uint8 they are
+    # exact and cost about 20% less CPU than in float32 (benchmarks/pipeline.py).
     if translate:
         layers.append(keras.layers.RandomTranslation(
             translate, translate, fill_mode="reflect", interpolation="nearest",
-            seed=next_seed(), name="translate"))
+            seed=next_seed(), dtype="uint8", name="translate"))
     if flip:
-        layers.append(keras.layers.RandomFlip("horizontal", seed=next_seed(), name="flip"))
+        layers.append(keras.layers.RandomFlip("horizontal", seed=next_seed(), dtype="uint8",
+                                              name="flip"))
     if color_jitter:
         s = float(color_jitter)
         # In [0, 1]: RandomSaturation clips the HSV saturation to `value_range`, which is

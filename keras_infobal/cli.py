@@ -251,7 +251,8 @@ def run(args):
             j = rng.permutation(len(x_te))[: max(2, args.limit // 5)]
             x_tr, y_tr, x_te, y_te = x_tr[i], y_tr[i], x_te[j], y_te[j]
         f_tr = _extract(model, x_tr, layers, "probe-training images")
-        f_te = _extract(model, x_te, layers, "held-out images")
+        f_te = _extract(model, x_te, layers, "test images" if args.test_data
+                        else "held-out images")
         table = {args.protocol: {k: train_classifier(f_tr[k], y_tr, f_te[k], y_te,
                                                      protocol=args.protocol) for k in layers}}
         if args.knn:

@@ -468,13 +468,16 @@ def make_dataset(images, labels=None, batch_size=64, shuffle=False, augment_imag
     if shuffle:
         ds = ds.shuffle(min(len(images), 50_000), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-    # One batch at a time: the pipeline's random layers share their seed state, and
-    # parallel calls would hand the draws to batches in a racing order (a run with a seed
-    # would not repeat). Prefetching still overlaps augmentation with the training step.
+    # With a seed, one batch at a time: the pipeline's random layers share their seed
+    # state, and parallel calls would hand the draws to batches in a racing order (the run
+    # would not repeat). Without one, batches are augmented in parallel. Either way
+    # prefetching overlaps augmentation with the training step.
+    calls = None if seed is not None else tf.data.AUTOTUNE
     if pairs:
-        ds = ds.map(lambda x: (aug(x), aug(x)))
+        ds = ds.map(lambda x: (aug(x), aug(x)), num_parallel_calls=calls)
     elif augment_images:
-        ds = ds.map(aug) if labels is None else ds.map(lambda x, y: (aug(x), y))
+        ds = (ds.map(aug, num_parallel_calls=calls) if labels is None
+              else ds.map(lambda x, y: (aug(x), y), num_parallel_calls=calls))
     return ds.prefetch(tf.data.AUTOTUNE)
 
 

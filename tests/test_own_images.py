@@ -146,7 +146,7 @@ def test_pretrain_evaluate_and_extract_from_a_folder_of_pngs(tmp_path, monkeypat
                          str(tmp_path / "labelled"), "--test-data", str(tmp_path / "held"),
                          "--layers", "fc", "--knn", "5", "--out", path] + extra) == 0
         tables[len(extra)] = json.load(open(path))
-    assert "extracting fc features of 6 held-out images" in capsys.readouterr().out
+    assert "extracting fc features of 6 test images" in capsys.readouterr().out
     for row in tables[0].values():  # 6 test images: multiples of 1/6
         assert row["fc"] * 6 == pytest.approx(round(row["fc"] * 6))
     trained = cli._load_model(os.path.join(out, "preset"))
