@@ -24,6 +24,7 @@ epochs), and writes OUT/model.keras, the preset folder OUT/preset (`InfoBal.from
 import csv
 import json
 import os
+import shutil
 import sys
 import time
 
@@ -144,7 +145,7 @@ def _load_data(run):
 def pretrain(**options):
     """Pretrains on CIFAR-10 or your own images (`data`: see `is_cifar10_source` and
     `datasets.load_images`; the image size is the data's, or `resize`), resumable; writes
-    OUT/{config.json, log.csv, model.keras, preset/, results.json}. Options: see `DEFAULTS`
+    OUT/{config.json, log.csv, model.keras, preset/ (with training_log.csv), results.json}. Options: see `DEFAULTS`
     and the module docstring. Returns the results dict (None with skip_final_probe, and for
     unlabeled images)."""
     run = resolve(**options)
@@ -239,7 +240,11 @@ def pretrain(**options):
     model.save(os.path.join(out, "model.keras"))
     with open(log_path) as f:
         rows = list(csv.DictReader(f))
-    model.save_to_preset(os.path.join(out, "preset"),
+    preset = os.path.join(out, "preset")
+    os.makedirs(preset, exist_ok=True)
+    # The training log travels with the preset (and is checked with its other files).
+    shutil.copyfile(log_path, os.path.join(preset, "training_log.csv"))
+    model.save_to_preset(preset,
                          command=" ".join(sys.argv), recipe=run["recipe"],
                          data=str(run["data"] or "tfds"),
                          augmentation=run["augmentation"], epochs=run["epochs"],

@@ -120,6 +120,10 @@ def test_pretrain_evaluate_and_extract_from_a_folder_of_pngs(tmp_path, monkeypat
     assert backbone.image_shape == (40, 40, 3)
     log = open(os.path.join(out, "log.csv")).read().splitlines()
     assert len(log) == 3 and "mi_R_V1" in log[0]  # header + 2 epochs
+    shipped = open(os.path.join(out, "preset", "training_log.csv")).read().splitlines()
+    assert shipped == log  # the log travels with the preset, under its checksums
+    meta = json.load(open(os.path.join(out, "preset", "metadata.json")))
+    assert "training_log.csv" in meta["files"]
     task = InfoBal.from_preset(os.path.join(out, "preset"))  # continue pretraining
     assert task.infomin_weight == 0.0 and task.critic_units == 8
 
