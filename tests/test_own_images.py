@@ -21,6 +21,19 @@ def write_pngs(folder, images):
             f.write(tf.io.encode_png(image).numpy())
 
 
+def pretrain_small(tmp_path, data, epochs):
+    """`keras-infobal pretrain` of a tiny `dim` model on `data`; returns the run folder."""
+    small = {"backbone": {"filters": [8, 16], "conv_filters": 8, "fc_units": 16,
+                          "output_dim": 8},
+             "task": {"critic_units": 8}, "epochs": epochs, "batch_size": 8}
+    config = tmp_path / "small.json"
+    config.write_text(json.dumps(small))
+    out = str(tmp_path / "run")
+    assert cli.main(["pretrain", "--recipe", "dim", "--config", str(config), "--data",
+                     str(data), "--out", out]) == 0
+    return out
+
+
 def rng_images(n, h, w, c, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (n, h, w, c)).astype("uint8")
 
@@ -105,14 +118,7 @@ def test_pretrain_evaluate_and_extract_from_a_folder_of_pngs(tmp_path, monkeypat
 
     monkeypatch.setenv("KERAS_INFOBAL_CACHE", str(tmp_path / "cache"))
     write_pngs(str(tmp_path / "mine"), rng_images(48, 40, 40, 1))
-    small = {"backbone": {"filters": [8, 16], "conv_filters": 8, "fc_units": 16,
-                          "output_dim": 8},
-             "task": {"critic_units": 8}, "epochs": 2, "batch_size": 8}
-    config = tmp_path / "small.json"
-    config.write_text(json.dumps(small))
-    out = str(tmp_path / "run")
-    assert cli.main(["pretrain", "--recipe", "dim", "--config", str(config), "--data",
-                     str(tmp_path / "mine"), "--out", out]) == 0
+    out = pretrain_small(tmp_path, tmp_path / "mine", epochs=2)
     printed = capsys.readouterr().out
     assert "grayscale images tiled to RGB" in printed
     assert "\x1b[" not in printed  # plain lines when not a terminal
@@ -212,14 +218,7 @@ def test_a_tfds_name_is_a_source_too(tmp_path, monkeypatch, capsys):
         datasets.load_images("tfds:no_such_set")
     with pytest.raises(ValueError, match=r"no prepared `mnist`.*cannot be reached"):
         datasets.load_images("tfds:mnist")  # offline here, and not prepared
-    small = {"backbone": {"filters": [8, 16], "conv_filters": 8, "fc_units": 16,
-                          "output_dim": 8},
-             "task": {"critic_units": 8}, "epochs": 1, "batch_size": 8}
-    config = tmp_path / "small.json"
-    config.write_text(json.dumps(small))
-    out = str(tmp_path / "run")
-    assert cli.main(["pretrain", "--recipe", "dim", "--config", str(config), "--data",
-                     "tfds:tiny_shapes", "--out", out]) == 0
+    out = pretrain_small(tmp_path, "tfds:tiny_shapes", epochs=1)
     results = json.load(open(os.path.join(out, "results.json")))
     assert results["data"] == "tfds:tiny_shapes"
 
