@@ -18,8 +18,20 @@ upper bound ("club"); lambda = 0 is DIM. After training, with the encoder frozen
   mean-pooled views of 20,000 training images and evaluated on the validation split (nats,
   a lower bound, at most log 256 = 5.55);
 - the cost per training step (ms), from the epoch times in the run's log.
-Per-run results go to benchmarks/results/lambda_study/<cell>/seed<k>.json; `report` writes
-benchmarks/results/lambda_study.{json,md,png}. Runs (models, logs) go to benchmarks/runs/.
+- with `--knn`, weighted kNN (k = 200, t = 0.1, cosine) on `fc` and `conv`, its memory bank the
+  45,000 training images outside the validation split, scored on the validation split and on
+  the full test set.
+Per-run results go to benchmarks/results/<study>/<cell>/seed<k>.json; `report` writes
+benchmarks/results/<study>.{json,md,png}. Runs (models, logs) go to benchmarks/runs/<study>/.
+`--study` (default `lambda_study`) names a study, so another budget keeps its own files:
+
+    # the seeded comparison at a mid budget (issue 22): full training set, 5 epochs, 3 seeds
+    for s in 0 1 2; do
+      python benchmarks/lambda_study.py run --study seeded_mid --route none --lambdas 0 --seeds $s --epochs 5 --limit 0 --knn
+      python benchmarks/lambda_study.py run --study seeded_mid --route adversarial --lambdas 0.03 --seeds $s --epochs 5 --limit 0 --knn
+      python benchmarks/lambda_study.py run --study seeded_mid --route club --lambdas 0.03 --seeds $s --epochs 5 --limit 0 --knn
+    done
+    python benchmarks/lambda_study.py report --study seeded_mid
 """
 
 import argparse
@@ -32,7 +44,6 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
-PER_RUN = os.path.join(RESULTS, "lambda_study")
 ROUTES = {"none": None, "adversarial": "infonce", "club": "club", "club_sampled": "club_sampled"}
 MONITOR_BATCH = 256
 
@@ -89,7 +100,7 @@ def monitor_view_mi(model, x_fit, x_val, epochs=3, seed=0):
     return float(np.mean(estimates))
 
 
-def evaluate(run_dir, x_train, y_train, x_test, y_test, seed):
+def evaluate(run_dir, x_train, y_train, x_test, y_test, seed, knn=False):
     import keras_infobal  # noqa: F401
     from keras_infobal.evaluation import train_classifier
     from keras_infobal.models.infobal import load_infobal
@@ -106,6 +117,19 @@ def evaluate(run_dir, x_train, y_train, x_test, y_test, seed):
                                              y_train[val], seed=seed)
         out["test"][layer] = train_classifier(f_tr[layer], y_train[probe_tr], f_te[layer],
                                               y_test, seed=seed)
+    if knn:
+        import numpy as np
+
+        from keras_infobal.knn import knn_accuracy
+
+        bank = np.setdiff1d(np.arange(len(x_train)), val)
+        f_bank = model.extract_features(x_train[bank], layers=layers)
+        out["knn_val"], out["knn_test"] = {}, {}
+        for layer in layers:
+            out["knn_val"][layer] = knn_accuracy(f_bank[layer], y_train[bank], f_val[layer],
+                                                 y_train[val])
+            out["knn_test"][layer] = knn_accuracy(f_bank[layer], y_train[bank], f_te[layer],
+                                                  y_test)
     out["monitor_view_mi"] = monitor_view_mi(model, x_train[monitor_fit], x_train[val],
                                              seed=seed)
     with open(os.path.join(run_dir, "log.csv")) as f:
@@ -123,33 +147,35 @@ def run(args):
 
     x_train, y_train, _ = datasets.load_cifar10("train", source=args.data)
     x_test, y_test, _ = datasets.load_cifar10("test", source=args.data)
+    limit = args.limit or None  # 0: the full training set
     for seed in args.seeds:
         for lam in args.lambdas:
             name = cell_name(args.route, lam)
-            result_path = os.path.join(PER_RUN, name, f"seed{seed}.json")
+            result_path = os.path.join(RESULTS, args.study, name, f"seed{seed}.json")
             if os.path.exists(result_path):
                 continue
-            run_dir = os.path.join(HERE, "runs", "lambda_study", name, f"seed{seed}")
+            run_dir = os.path.join(HERE, "runs", args.study, name, f"seed{seed}")
             task = dict(infomin_weight=float(lam))
             if lam:
                 task["infomin_critic"] = ROUTES[args.route]
             cfg = dict(recipe="dim_pairs" if lam == 0 else "infobal_pairs", task=task)
             t0 = time.time()
-            pretrain(**cfg, epochs=args.epochs, limit=args.limit, seed=seed,
+            pretrain(**cfg, epochs=args.epochs, limit=limit, seed=seed,
                              data=args.data, out=run_dir, threads=args.threads,
                              batch_size=args.batch_size, mixed_precision=True,
                              probe_every=10 ** 6, verbose=0, skip_final_probe=True)
             train_wall = time.time() - t0
-            res = evaluate(run_dir, x_train, y_train, x_test, y_test, seed)
+            res = evaluate(run_dir, x_train, y_train, x_test, y_test, seed, knn=args.knn)
             res.update(route=args.route if lam else "none", infomin_weight=float(lam),
                        seed=seed, config=cfg, train_wall_seconds=train_wall,
                        eval_wall_seconds=time.time() - t0 - train_wall,
-                       budget=dict(epochs=args.epochs, images=args.limit,
+                       budget=dict(epochs=args.epochs, images=limit or len(x_train),
                                    batch_size=args.batch_size, threads=args.threads))
             os.makedirs(os.path.dirname(result_path), exist_ok=True)
             with open(result_path, "w") as f:
                 json.dump(res, f, indent=2)
-            print(name, seed, res["val"], res["test"], res["monitor_view_mi"], flush=True)
+            print(name, seed, res["val"], res["test"], res.get("knn_test"),
+                  res["monitor_view_mi"], flush=True)
 
 
 def mean_std(values):
@@ -167,12 +193,13 @@ def fmt(values, scale=100.0):
 
 def report(args):
     cells = {}
-    for path in sorted(glob.glob(os.path.join(PER_RUN, "*", "seed*.json"))):
+    per_run = os.path.join(RESULTS, args.study)
+    for path in sorted(glob.glob(os.path.join(per_run, "*", "seed*.json"))):
         with open(path) as f:
             r = json.load(f)
         cells.setdefault(os.path.basename(os.path.dirname(path)), []).append(r)
     if not cells:
-        raise SystemExit(f"No per-run results under {PER_RUN}; run the `run` command first.")
+        raise SystemExit(f"No per-run results under {per_run}; run the `run` command first.")
 
     def key(item):
         rs = item[1]
@@ -196,11 +223,17 @@ def report(args):
             "monitor_view_mi": mean_std([r["monitor_view_mi"] for r in rs]),
             "ms_per_step": mean_std(ms),
         }
+        knn = all("knn_test" in r for r in rs)
+        if knn:
+            for split in ("val", "test"):
+                summary[name][f"knn_{split}_fc"] = mean_std([r[f"knn_{split}"]["fc"] for r in rs])
         rows.append(
             f"| {rs[0]['route']} | {rs[0]['infomin_weight']:g} | {len(rs)} | "
             f"{fmt([r['val']['fc'] for r in rs])} | {fmt([r['val']['conv'] for r in rs])} | "
             f"{fmt([r['test']['fc'] for r in rs])} | {fmt([r['test']['conv'] for r in rs])} | "
-            f"{fmt([r['monitor_view_mi'] for r in rs], 1.0)} | {min(ms):.0f} |")
+            + (f"{fmt([r['knn_val']['fc'] for r in rs])} | "
+               f"{fmt([r['knn_test']['fc'] for r in rs])} | " if knn else "")
+            + f"{fmt([r['monitor_view_mi'] for r in rs], 1.0)} | {min(ms):.0f} |")
     base = summary.get("dim")
     verdict = []
     for route in ("adversarial", "club", "club_sampled"):
@@ -226,17 +259,23 @@ def report(args):
           "full test set. View MI: an independent InfoNCE monitor trained on the frozen "
           "views after training (nats). Mean ± std over seeds.", "",
           "| route | lambda | seeds | val fc | val conv | test fc | test conv | "
-          "monitor I(V1;V2) | ms/step (best epoch) |", "|---" * 9 + "|"] + rows + ["", *verdict]
+          + ("kNN val fc | kNN test fc | " if knn else "")
+          + "monitor I(V1;V2) | ms/step (best epoch) |",
+          "|---" * (11 if knn else 9) + "|"] + rows + ["", *verdict]
+    if knn:
+        md.insert(1, "kNN: weighted (k = 200, t = 0.1, cosine), memory bank the 45,000 training "
+                     "images outside the validation split.")
     os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, "lambda_study.json"), "w") as f:
+    with open(os.path.join(RESULTS, f"{args.study}.json"), "w") as f:
         json.dump({"budget": budget, "cells": summary, "verdict": verdict}, f, indent=2)
-    with open(os.path.join(RESULTS, "lambda_study.md"), "w") as f:
+    with open(os.path.join(RESULTS, f"{args.study}.md"), "w") as f:
         f.write("\n".join(md) + "\n")
-    plot(summary, os.path.join(RESULTS, "lambda_study.png"))
+    plot(summary, os.path.join(RESULTS, f"{args.study}.png"),
+         f"{budget['epochs']} epochs x {budget['images']} images")
     print("\n".join(md))
 
 
-def plot(summary, path):
+def plot(summary, path, budget):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -264,7 +303,7 @@ def plot(summary, path):
         ax.set_xlabel("lambda (0 plotted at 0.01)")
         ax.legend()
         ax.grid(alpha=0.3)
-    fig.suptitle("InfoBal lambda study (dim_pairs recipe, small budget)")
+    fig.suptitle(f"InfoBal lambda study (dim_pairs recipe, {budget} per run)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
@@ -277,11 +316,14 @@ def main():
     r.add_argument("--lambdas", type=float, nargs="+", required=True)
     r.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     r.add_argument("--epochs", type=int, default=2)
-    r.add_argument("--limit", type=int, default=10000)
+    r.add_argument("--limit", type=int, default=10000, help="training images; 0: all")
     r.add_argument("--batch-size", type=int, default=64)
     r.add_argument("--threads", type=int, default=0)
     r.add_argument("--data", default=os.environ.get("KERAS_INFOBAL_CIFAR10"))
-    sub.add_parser("report")
+    r.add_argument("--knn", action="store_true", help="also score weighted kNN (fc, conv)")
+    for sp in (r, sub.add_parser("report")):
+        sp.add_argument("--study", default="lambda_study",
+                        help="names the results and runs folders (default: lambda_study)")
     args = p.parse_args()
     run(args) if args.command == "run" else report(args)
 
