@@ -19,36 +19,23 @@ loads `libtriton.so` itself with RTLD_DEEPBIND (its own LLVM first); Python's la
 Triton reuses that handle. Where that fails, Triton is hidden from torch (`torch.compile`'s
 Triton kernels are then unavailable; CPU training does not use them), with a warning.
 
-What no package can fix: with `KERAS_BACKEND=torch` set, `import tensorflow` itself imports
-Keras (TensorFlow's `__init__` does), so it crashes before any later import runs. Import
-`keras` or `keras_infobal` before `tensorflow` (docs/backends.md).
+With `KERAS_BACKEND=torch` set, `import tensorflow` itself imports Keras (TensorFlow's
+`__init__` does), so it would crash before this module could run: the startup hook
+`keras_infobal_startup.py`, which the install puts in site-packages as a `.pth` file, loads
+Triton before TensorFlow for that case. This guard covers processes where the hook is off
+(`KERAS_INFOBAL_NO_STARTUP_HOOK=1`) and TensorFlow was imported without Keras.
 """
 
 import ctypes
-import importlib.util
-import json
 import os
 import sys
 import warnings
 
+from keras_infobal_startup import configured_backend, triton_library
+
 MIN_KERAS = (3, 15, 1)
 # A symbol of TensorFlow's LLVM (libtensorflow_framework.so.2) that Triton's also defines.
 _LLVM_PROBE = "_ZN4llvm12DebugCounter8instanceEv"
-
-
-def configured_backend():
-    """The Keras backend this process will use, read without importing Keras."""
-    keras = sys.modules.get("keras")
-    if keras is not None and hasattr(keras, "backend"):
-        return keras.backend.backend()
-    if os.environ.get("KERAS_BACKEND"):
-        return os.environ["KERAS_BACKEND"]
-    home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
-    try:
-        with open(os.path.join(home, "keras.json")) as f:
-            return json.load(f).get("backend", "tensorflow")
-    except (OSError, ValueError):
-        return "tensorflow"
 
 
 def tensorflow_llvm_is_global():
@@ -67,11 +54,8 @@ def protect_triton():
         return False
     if not tensorflow_llvm_is_global():
         return False
-    spec = importlib.util.find_spec("triton")
-    if spec is None or not spec.origin:
-        return False
-    library = os.path.join(os.path.dirname(spec.origin), "_C", "libtriton.so")
-    if not os.path.exists(library):
+    library = triton_library()
+    if library is None:
         return False
     try:
         ctypes.CDLL(library, mode=os.RTLD_NOW | os.RTLD_LOCAL | getattr(os, "RTLD_DEEPBIND", 0))
