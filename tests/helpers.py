@@ -184,7 +184,8 @@ def _np_weights(layer):
 
 def ref_critic_encoder(encoder, x):
     """DIM's 1x1 encoder (critics._Encoder) in numpy from its weights:
-    relu(norm(x W_h + b_h)) W_o + b_o + x W_s + b_s, norm being LayerNorm or the identity."""
+    relu(norm(x W_h + b_h)) W_o + b_o + x W_s + b_s, norm being LayerNorm, BatchNorm at
+    inference (its moving statistics) or the identity."""
     x = np.asarray(x, dtype="float64")
     wh, bh = _np_weights(encoder.hidden)
     wo, bo = _np_weights(encoder.out)
@@ -195,8 +196,11 @@ def ref_critic_encoder(encoder, x):
         mean = h.mean(-1, keepdims=True)
         var = h.var(-1, keepdims=True)
         h = (h - mean) / np.sqrt(var + encoder.norm.epsilon) * gamma + beta
+    elif encoder.normalization == "batch":
+        gamma, beta, moving_mean, moving_var = _np_weights(encoder.norm)
+        h = (h - moving_mean) / np.sqrt(moving_var + encoder.norm.epsilon) * gamma + beta
     elif encoder.normalization is not None:
-        raise ValueError("reference written for normalization='layer' or None")
+        raise ValueError("reference written for normalization 'layer', 'batch' or None")
     return np.maximum(h, 0.0) @ wo + bo + x @ ws + bs
 
 

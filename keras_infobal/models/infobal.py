@@ -99,6 +99,21 @@ def load_infobal(path, safe_mode=True, **kwargs):
     return model
 
 
+def _check_local_scales(local_scales):
+    """`local_scales` as a tuple of distinct positive pooling sizes that includes 1."""
+    try:
+        sizes = tuple(local_scales)
+    except TypeError:
+        sizes = None
+    if (not sizes or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1
+                         for v in sizes) or len(set(sizes)) != len(sizes) or 1 not in sizes):
+        raise ValueError(
+            "`local_scales` must be distinct positive integer pooling sizes that include 1 "
+            "(the views' own locations), e.g. (1,) for DIM or (1, 2, 4) for the 8x8, 7x7 and "
+            f"5x5 grids of an 8x8 map; got {local_scales!r}.")
+    return tuple(sorted(int(v) for v in sizes))
+
+
 def _infomax_critics(critic, num_views, critic_units, score_clip):
     """(estimator name, the InfoMax critic layers) from InfoBal's `critic` argument."""
     if isinstance(critic, dict) or (isinstance(critic, list) and critic
@@ -168,6 +183,12 @@ class InfoBal(KerasSeams, Trainer, FeatureExtractor, keras.Model):
             images (`datasets.make_dataset(..., pairs=True)`); R of each is scored against the
             local views of the other (AMDIM's cross-view InfoMax). Prediction and features
             still take single images.
+        local_scales: the scales at which R is scored against each view's locations, as
+            pooling sizes (AMDIM's multi-scale InfoMax): 1 is the view's own locations; s > 1
+            also scores the s x s average-pooled locations of the view (stride 1, inside the
+            view, so views share nothing), each scale with its own critics. On DIM's 8x8 map,
+            (1, 2, 4) scores the 8x8, 7x7 and 5x5 grids. Each view's InfoMax term (logged
+            `mi_R_V<i>`) is the mean over its scales. Default (1,): DIM's local objective.
 
     ```python
     model = InfoBal(InfoBalBackbone(num_views=2, split="rows"), critic="jsd",
@@ -183,7 +204,7 @@ class InfoBal(KerasSeams, Trainer, FeatureExtractor, keras.Model):
     def __init__(self, backbone=None, critic="jsd", infomin_critic=None, critic_units=512,
                  infomin_units=None, infomin_weight=1.0, view_weights=None,
                  correlation_weights=None, discriminator_steps=1, view_pooling="mean",
-                 score_clip="auto", augmented_pairs=False, **kwargs):
+                 score_clip="auto", augmented_pairs=False, local_scales=(1,), **kwargs):
         super().__init__(**kwargs)
         if isinstance(backbone, dict):
             # Keras' deserialization consumes nested configs: work on a copy.
@@ -219,8 +240,19 @@ class InfoBal(KerasSeams, Trainer, FeatureExtractor, keras.Model):
             raise ValueError(f"`view_pooling` must be 'mean' or 'flatten'; got {view_pooling!r}.")
         self.backbone = backbone
         self.score_clip = check_score_clip(score_clip)
+        self.local_scales = _check_local_scales(local_scales)
         estimator, self.infomax_critics = _infomax_critics(critic, num_views, critic_units,
                                                            self.score_clip)
+        if self.local_scales != (1,) and not isinstance(critic, str):
+            raise ValueError(
+                "`local_scales` other than (1,) needs a named `critic` (e.g. 'infonce'): each "
+                "scale gets critics of its own, built like the named ones; got a critic "
+                f"instance {type(critic).__name__}.")
+        # The critics of the pooled scales, view-major: (view 1, scale s2), (view 1, s3), ...
+        self.scale_critics = [
+            get_critic(estimator, units=critic_units, score_clip=self.score_clip,
+                       name=f"infomax_critic_{i + 1}_pool{size}")
+            for i in range(num_views) for size in self.local_scales if size != 1]
         self._critic_spec = (critic if isinstance(critic, str)
                              else keras.saving.serialize_keras_object(critic))
         infomin_critic = estimator if infomin_critic is None else infomin_critic
@@ -294,7 +326,7 @@ class InfoBal(KerasSeams, Trainer, FeatureExtractor, keras.Model):
     def encoder_variables(self):
         """Variables the encoder step trains: backbone, InfoMax critics."""
         out = list(self.backbone.trainable_variables)
-        for critic in self.infomax_critics:
+        for critic in self.infomax_critics + self.scale_critics:
             out += critic.trainable_variables
         return out
 
@@ -315,6 +347,17 @@ class InfoBal(KerasSeams, Trainer, FeatureExtractor, keras.Model):
         for critic in self.infomax_critics:
             if not critic.built:
                 critic.build([(b, self.backbone.output_dim), (b, vh * vw, c)])
+        too_large = [size for size in self.local_scales if size > min(vh, vw)]
+        if too_large:
+            raise ValueError(
+                f"`local_scales` {list(self.local_scales)}: pooling sizes {too_large} exceed "
+                f"the views' {vh}x{vw} locations; use sizes up to {min(vh, vw)}.")
+        pooled_scales = [size for size in self.local_scales if size != 1]
+        for k, critic in enumerate(self.scale_critics):
+            size = pooled_scales[k % len(pooled_scales)]
+            if not critic.built:
+                critic.build([(b, self.backbone.output_dim),
+                              (b, (vh - size + 1) * (vw - size + 1), c)])
         pooled = (b, m, c if self.view_pooling == "mean" else vh * vw * c)
         if self.infomin_critics is not None and not self.infomin_critics.built:
             self.infomin_critics.build(pooled)
@@ -465,10 +508,20 @@ class InfoBal(KerasSeams, Trainer, FeatureExtractor, keras.Model):
         gather_fn = self._gather_fn()
         terms = []
         shared = len(self.infomax_critics) == 1
+        pooled_scales = [size for size in self.local_scales if size != 1]
         for i in range(m):
             critic = self.infomax_critics[0 if shared else i]
             local = ops.reshape(views[:, i], (-1, vh * vw, c))
-            terms.append(critic([r, local], training=training, gather_fn=gather_fn))
+            scale_terms = [critic([r, local], training=training, gather_fn=gather_fn)]
+            for k, size in enumerate(pooled_scales):
+                # Pooled inside the view (valid padding): the scale never mixes two views.
+                pooled = ops.average_pool(views[:, i], size, strides=1, padding="valid")
+                n = (vh - size + 1) * (vw - size + 1)
+                scale_critic = self.scale_critics[i * len(pooled_scales) + k]
+                scale_terms.append(scale_critic([r, ops.reshape(pooled, (-1, n, c))],
+                                                training=training, gather_fn=gather_fn))
+            terms.append(scale_terms[0] if len(scale_terms) == 1
+                         else sum(scale_terms) / float(len(scale_terms)))
         return terms
 
     def _objective(self, views, training):
@@ -639,6 +692,7 @@ class InfoBal(KerasSeams, Trainer, FeatureExtractor, keras.Model):
             "view_pooling": self.view_pooling,
             "score_clip": self.score_clip,
             "augmented_pairs": self.augmented_pairs,
+            "local_scales": list(self.local_scales),
         }
 
     def get_config(self):
@@ -682,8 +736,13 @@ class InfoBal(KerasSeams, Trainer, FeatureExtractor, keras.Model):
         if saved and os.path.exists(critics_path):
             now = model.objective_config()
             layers = []
+            saved_scales = saved.get("local_scales", [1])
             if all(now[k] == saved.get(k) for k in ("critic", "critic_units", "score_clip")):
                 layers += model.infomax_critics
+                if now["local_scales"] == saved_scales:
+                    layers += model.scale_critics
+                elif model.scale_critics:
+                    fresh.append("InfoMax critics of the pooled local scales")
             else:
                 fresh.append("InfoMax critics")
             if model.infomin_critics is not None:
@@ -710,7 +769,7 @@ class InfoBal(KerasSeams, Trainer, FeatureExtractor, keras.Model):
         with open(os.path.join(folder, presets.TASK_FILE), "w") as f:
             json.dump(self.objective_config(), f, indent=2)
             f.write("\n")
-        layers = list(self.infomax_critics)
+        layers = list(self.infomax_critics) + list(self.scale_critics)
         if self.infomin_critics is not None:
             layers.append(self.infomin_critics)
         presets.save_layers(os.path.join(folder, presets.CRITICS_FILE), layers)

@@ -1,0 +1,141 @@
+"""Multi-scale InfoMax (`InfoBal(local_scales=...)`, AMDIM's 5x5 / 7x7 beside 8x8): R scored
+against each view's own locations and against their s x s average-pooled locations, each
+scale with its own critic, the view's term the mean over scales.
+
+References are numpy: the pooling is written out with loops, the critics' scores and the
+InfoNCE estimate come from `helpers.ref_critic_scores` / `ref_infonce` (the critics'
+weights, not their calls)."""
+
+import warnings
+
+import keras
+import numpy as np
+import pytest
+
+from helpers import optimizers, ref_critic_scores, ref_infonce, tiny
+from keras_infobal import InfoBal
+
+SHAPE = (32, 32, 3)  # TINY's trunk: an 8x8 map, two 4x8 row views
+
+
+def make(**kwargs):
+    base = dict(critic="infonce", infomin_weight=0.0, score_clip=20.0, image_shape=SHAPE,
+                local_scales=(1, 2, 4), view_weights=[1.0, 0.5])
+    return tiny(**{**base, **kwargs})
+
+
+def pool_by_loops(view, size):
+    """(B, h - s + 1, w - s + 1, C): the mean of every s x s window inside one view."""
+    b, h, w, c = view.shape
+    out = np.zeros((b, h - size + 1, w - size + 1, c))
+    for y in range(h - size + 1):
+        for x in range(w - size + 1):
+            out[:, y, x] = view[:, y:y + size, x:x + size].mean(axis=(1, 2))
+    return out
+
+
+@pytest.fixture(scope="module")
+def images():
+    return np.random.default_rng(0).integers(0, 256, size=(8,) + SHAPE, dtype=np.uint8)
+
+
+def test_each_view_term_is_the_mean_of_its_scales_by_hand(images):
+    model = make()
+    assert [c.name for c in model.scale_critics] == [
+        "infomax_critic_1_pool2", "infomax_critic_1_pool4",
+        "infomax_critic_2_pool2", "infomax_critic_2_pool4"]
+    for critic in model.infomax_critics + model.scale_critics:  # scores of clearly
+        for v in critic.trainable_variables:                     # different sizes per critic
+            v.assign(v * 3.0)
+    views = model.backbone.encoder(images, training=False)
+    v = np.asarray(views, dtype="float64")
+    r = np.asarray(model.backbone.aggregator(views, training=False), dtype="float64")
+    assert v.shape[1:] == (2, 4, 8, 16)
+    expected, per_scale = [], []
+    for i in range(2):
+        terms = [ref_infonce(ref_critic_scores(model.infomax_critics[i], r,
+                                               v[:, i].reshape(8, 32, 16)))]
+        for k, size in enumerate((2, 4)):
+            pooled = pool_by_loops(v[:, i], size)
+            assert pooled.shape[1:3] == (5 - size, 9 - size)  # 3x7 and 1x5 inside a view
+            terms.append(ref_infonce(ref_critic_scores(
+                model.scale_critics[2 * i + k], r, pooled.reshape(8, -1, 16))))
+        per_scale.append(terms)
+        expected.append(sum(terms) / 3.0)
+    assert len({round(t, 3) for terms in per_scale for t in terms}) == 6  # a swap would show
+    j, infomax = model._objective(views, training=False)
+    np.testing.assert_allclose([float(t) for t in infomax], expected, rtol=2e-4, atol=2e-4)
+    assert float(j) == pytest.approx(expected[0] + 0.5 * expected[1], rel=2e-4, abs=2e-4)
+
+
+def test_the_default_scores_the_views_own_locations_only(images):
+    model = make(local_scales=(1,))
+    assert model.scale_critics == []
+    views = model.backbone.encoder(images, training=False)
+    v = np.asarray(views, dtype="float64")
+    r = np.asarray(model.backbone.aggregator(views, training=False), dtype="float64")
+    _, infomax = model._objective(views, training=False)
+    ref = ref_infonce(ref_critic_scores(model.infomax_critics[0], r, v[:, 0].reshape(8, 32, 16)))
+    assert float(infomax[0]) == pytest.approx(ref, rel=2e-4, abs=2e-4)
+
+
+@pytest.mark.parametrize("bad", [(), (0, 1), (2, 4), (1, 1), (1, 2.0), (1, True), "1", 3])
+def test_bad_local_scales_say_what_is_expected(bad):
+    with pytest.raises(ValueError, match=r"`local_scales` must be distinct positive integer "
+                                         r"pooling sizes that include 1"):
+        make(local_scales=bad)
+
+
+def test_a_scale_larger_than_the_views_is_refused_at_build():
+    with pytest.raises(ValueError, match=r"pooling sizes \[5\] exceed the views' 4x8 "
+                                         r"locations; use sizes up to 4"):
+        make(local_scales=(1, 5))
+
+
+def test_critic_instances_cannot_be_given_scales():
+    from keras_infobal import JSDCritic
+
+    with pytest.raises(ValueError, match="needs a named `critic`"):
+        make(critic=JSDCritic(units=16), local_scales=(1, 2))
+
+
+@pytest.mark.backend
+def test_fit_trains_the_scale_critics_and_the_keras_file_keeps_them(images, tmp_path):
+    model = make(local_scales=(1, 2))
+    model.compile(**optimizers())
+    assert all(any(v is w for w in model.encoder_variables)
+               for c in model.scale_critics for v in c.trainable_variables)
+    before = [np.asarray(v) for c in model.scale_critics for v in c.trainable_variables]
+    model.fit(images, batch_size=4, epochs=1, verbose=0)
+    after = [np.asarray(v) for c in model.scale_critics for v in c.trainable_variables]
+    assert all(not np.allclose(a, b) for a, b in zip(before, after))
+    path = str(tmp_path / "scales.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert loaded.local_scales == (1, 2)
+    for a, b in zip(model.scale_critics, loaded.scale_critics):
+        for x, y in zip(a.get_weights(), b.get_weights()):
+            np.testing.assert_array_equal(x, y)
+    np.testing.assert_allclose(loaded.evaluate(images, batch_size=8, verbose=0),
+                               model.evaluate(images, batch_size=8, verbose=0),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_presets_keep_the_scale_critics_and_say_when_they_start_fresh(images, tmp_path):
+    model = make(local_scales=(1, 2))
+    model.save_to_preset(str(tmp_path / "p"))
+    loaded = InfoBal.from_preset(str(tmp_path / "p"))
+    assert loaded.local_scales == (1, 2)
+    for a, b in zip(model.infomax_critics + model.scale_critics,
+                    loaded.infomax_critics + loaded.scale_critics):
+        for x, y in zip(a.get_weights(), b.get_weights()):
+            np.testing.assert_array_equal(x, y)
+    with pytest.warns(UserWarning, match="critics of the pooled local scales start from a "
+                                         "random initialization"):
+        other = InfoBal.from_preset(str(tmp_path / "p"), local_scales=(1, 4))
+    for x, y in zip(model.infomax_critics[0].get_weights(),
+                    other.infomax_critics[0].get_weights()):
+        np.testing.assert_array_equal(x, y)  # the views' own critics still load
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        InfoBal.from_preset(str(tmp_path / "p"), local_scales=(1,))
