@@ -124,6 +124,18 @@ def test_benchmark_tables_are_the_committed_results(stem):
     assert not missing, f"docs/benchmarks.md lacks these rows of {path}: {missing[:3]}"
 
 
+@pytest.mark.parametrize("stem", ["lambda_study"])
+def test_study_tables_are_the_committed_results(stem):
+    """The InfoBal studies' tables and verdicts in docs/results.md are the lines their
+    `lambda_study.py report` wrote (regenerate both together)."""
+    text = open(os.path.join(ROOT, "docs", "results.md")).read()
+    path = os.path.join(ROOT, "benchmarks", "results", stem + ".md")
+    lines = [line for line in open(path).read().splitlines() if line.startswith(("| ", "- "))]
+    assert lines
+    missing = [line for line in lines if line not in text]
+    assert not missing, f"docs/results.md lacks these lines of {path}: {missing[:3]}"
+
+
 def test_readme_preset_table_is_the_committed_results():
     """The README's preset table is the one collect_results.py wrote, and it lists every
     built-in preset with the accuracies its metadata records."""
@@ -143,3 +155,19 @@ def test_readme_preset_table_is_the_committed_results():
 
 def test_readme_is_short():
     assert len(open(os.path.join(ROOT, "README.md")).read().splitlines()) < 200
+
+
+def test_relative_links_and_figures_in_the_docs_resolve():
+    import glob
+    import re
+
+    broken = []
+    for path in [os.path.join(ROOT, "README.md")] + glob.glob(os.path.join(ROOT, "docs", "*.md")):
+        text = open(path).read()
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if target.startswith(("http://", "https://", "#", "mailto:")):
+                continue
+            file = target.split("#")[0]
+            if not os.path.exists(os.path.join(os.path.dirname(path), file)):
+                broken.append(f"{os.path.relpath(path, ROOT)}: {target}")
+    assert not broken, broken
