@@ -124,7 +124,7 @@ def test_benchmark_tables_are_the_committed_results(stem):
     assert not missing, f"docs/benchmarks.md lacks these rows of {path}: {missing[:3]}"
 
 
-@pytest.mark.parametrize("stem", ["lambda_study"])
+@pytest.mark.parametrize("stem", ["lambda_study", "seeded_mid"])
 def test_study_tables_are_the_committed_results(stem):
     """The InfoBal studies' tables and verdicts in docs/results.md are the lines their
     `lambda_study.py report` wrote (regenerate both together)."""
