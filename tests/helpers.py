@@ -16,7 +16,7 @@ CIFAR_TAR = os.path.join(os.path.dirname(ROOT), "shared", "data", "cifar10-jpeg.
 TINY = dict(filters=(8, 16), conv_filters=16, fc_units=32, output_dim=8, critic_units=16,
             image_shape=(16, 16, 3))
 BACKBONE_KEYS = ("num_views", "split", "filters", "trunk", "aggregator", "conv_filters",
-                 "fc_units", "output_dim", "image_shape")
+                 "fc_units", "output_dim", "image_shape", "local_scales")
 
 
 def tiny(cls=None, **kwargs):

@@ -1,12 +1,10 @@
-"""Multi-scale InfoMax (`InfoBal(local_scales=...)`, AMDIM's 5x5 / 7x7 beside 8x8): R scored
+"""Multi-scale InfoMax (`InfoBalBackbone(local_scales=...)`, AMDIM's 5x5 / 7x7 beside 8x8): R scored
 against each view's own locations and against their s x s average-pooled locations, each
 scale with its own critic, the view's term the mean over scales.
 
 References are numpy: the pooling is written out with loops, the critics' scores and the
 InfoNCE estimate come from `helpers.ref_critic_scores` / `ref_infonce` (the critics'
 weights, not their calls)."""
-
-import warnings
 
 import keras
 import numpy as np
@@ -121,21 +119,18 @@ def test_fit_trains_the_scale_critics_and_the_keras_file_keeps_them(images, tmp_
                                rtol=1e-5, atol=1e-5)
 
 
-def test_presets_keep_the_scale_critics_and_say_when_they_start_fresh(images, tmp_path):
+def test_presets_keep_the_scales_and_their_critics(images, tmp_path):
+    from keras_infobal import InfoBalBackbone
+
     model = make(local_scales=(1, 2))
     model.save_to_preset(str(tmp_path / "p"))
+    assert InfoBalBackbone.from_preset(str(tmp_path / "p")).local_scales == (1, 2)
     loaded = InfoBal.from_preset(str(tmp_path / "p"))
     assert loaded.local_scales == (1, 2)
     for a, b in zip(model.infomax_critics + model.scale_critics,
-                    loaded.infomax_critics + loaded.scale_critics):
+                    loaded.infomax_critics + loaded.scale_critics, strict=True):
         for x, y in zip(a.get_weights(), b.get_weights()):
             np.testing.assert_array_equal(x, y)
-    with pytest.warns(UserWarning, match="critics of the pooled local scales start from a "
-                                         "random initialization"):
-        other = InfoBal.from_preset(str(tmp_path / "p"), local_scales=(1, 4))
-    for x, y in zip(model.infomax_critics[0].get_weights(),
-                    other.infomax_critics[0].get_weights()):
-        np.testing.assert_array_equal(x, y)  # the views' own critics still load
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        InfoBal.from_preset(str(tmp_path / "p"), local_scales=(1,))
+    # The scales are the backbone's architecture, not an objective override.
+    with pytest.raises(ValueError, match=r"objective overrides.*got \['local_scales'\]"):
+        InfoBal.from_preset(str(tmp_path / "p"), local_scales=(1, 4))

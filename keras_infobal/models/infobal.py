@@ -99,21 +99,6 @@ def load_infobal(path, safe_mode=True, **kwargs):
     return model
 
 
-def _check_local_scales(local_scales):
-    """`local_scales` as a tuple of distinct positive pooling sizes that includes 1."""
-    try:
-        sizes = tuple(local_scales)
-    except TypeError:
-        sizes = None
-    if (not sizes or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1
-                         for v in sizes) or len(set(sizes)) != len(sizes) or 1 not in sizes):
-        raise ValueError(
-            "`local_scales` must be distinct positive integer pooling sizes that include 1 "
-            "(the views' own locations), e.g. (1,) for DIM or (1, 2, 4) for the 8x8, 7x7 and "
-            f"5x5 grids of an 8x8 map; got {local_scales!r}.")
-    return tuple(sorted(int(v) for v in sizes))
-
-
 def _infomax_critics(critic, num_views, critic_units, score_clip):
     """(estimator name, the InfoMax critic layers) from InfoBal's `critic` argument."""
     if isinstance(critic, dict) or (isinstance(critic, list) and critic
@@ -183,12 +168,10 @@ class InfoBal(KerasSeams, Trainer, FeatureExtractor, keras.Model):
             images (`datasets.make_dataset(..., pairs=True)`); R of each is scored against the
             local views of the other (AMDIM's cross-view InfoMax). Prediction and features
             still take single images.
-        local_scales: the scales at which R is scored against each view's locations, as
-            pooling sizes (AMDIM's multi-scale InfoMax): 1 is the view's own locations; s > 1
-            also scores the s x s average-pooled locations of the view (stride 1, inside the
-            view, so views share nothing), each scale with its own critics. On DIM's 8x8 map,
-            (1, 2, 4) scores the 8x8, 7x7 and 5x5 grids. Each view's InfoMax term (logged
-            `mi_R_V<i>`) is the mean over its scales. Default (1,): DIM's local objective.
+        Multi-scale InfoMax (AMDIM's) comes from the backbone: with
+        `InfoBalBackbone(local_scales=(1, 2, 4))` R is also scored against each view's
+        pooled locations, one critic per view and pooled scale (`scale_critics`), each
+        view's term the mean over its scales.
 
     ```python
     model = InfoBal(InfoBalBackbone(num_views=2, split="rows"), critic="jsd",
@@ -204,7 +187,7 @@ class InfoBal(KerasSeams, Trainer, FeatureExtractor, keras.Model):
     def __init__(self, backbone=None, critic="jsd", infomin_critic=None, critic_units=512,
                  infomin_units=None, infomin_weight=1.0, view_weights=None,
                  correlation_weights=None, discriminator_steps=1, view_pooling="mean",
-                 score_clip="auto", augmented_pairs=False, local_scales=(1,), **kwargs):
+                 score_clip="auto", augmented_pairs=False, **kwargs):
         super().__init__(**kwargs)
         if isinstance(backbone, dict):
             # Keras' deserialization consumes nested configs: work on a copy.
@@ -240,13 +223,12 @@ class InfoBal(KerasSeams, Trainer, FeatureExtractor, keras.Model):
             raise ValueError(f"`view_pooling` must be 'mean' or 'flatten'; got {view_pooling!r}.")
         self.backbone = backbone
         self.score_clip = check_score_clip(score_clip)
-        self.local_scales = _check_local_scales(local_scales)
         estimator, self.infomax_critics = _infomax_critics(critic, num_views, critic_units,
                                                            self.score_clip)
         if self.local_scales != (1,) and not isinstance(critic, str):
             raise ValueError(
-                "`local_scales` other than (1,) needs a named `critic` (e.g. 'infonce'): each "
-                "scale gets critics of its own, built like the named ones; got a critic "
+                "A backbone with `local_scales` other than (1,) needs a named `critic` (e.g. "
+                "'infonce'): each scale gets critics of its own, built like the named ones; got a critic "
                 f"instance {type(critic).__name__}.")
         # The critics of the pooled scales, view-major: (view 1, scale s2), (view 1, s3), ...
         self.scale_critics = [
@@ -311,6 +293,10 @@ class InfoBal(KerasSeams, Trainer, FeatureExtractor, keras.Model):
         return self.backbone.image_shape
 
     @property
+    def local_scales(self):
+        return self.backbone.local_scales
+
+    @property
     def discriminator_active(self):
         """Whether the InfoMin discriminators train: lambda > 0, or a
         `discriminator_optimizer` was compiled (the monitor of the DIM baseline)."""
@@ -347,11 +333,6 @@ class InfoBal(KerasSeams, Trainer, FeatureExtractor, keras.Model):
         for critic in self.infomax_critics:
             if not critic.built:
                 critic.build([(b, self.backbone.output_dim), (b, vh * vw, c)])
-        too_large = [size for size in self.local_scales if size > min(vh, vw)]
-        if too_large:
-            raise ValueError(
-                f"`local_scales` {list(self.local_scales)}: pooling sizes {too_large} exceed "
-                f"the views' {vh}x{vw} locations; use sizes up to {min(vh, vw)}.")
         pooled_scales = [size for size in self.local_scales if size != 1]
         for k, critic in enumerate(self.scale_critics):
             size = pooled_scales[k % len(pooled_scales)]
@@ -692,7 +673,6 @@ class InfoBal(KerasSeams, Trainer, FeatureExtractor, keras.Model):
             "view_pooling": self.view_pooling,
             "score_clip": self.score_clip,
             "augmented_pairs": self.augmented_pairs,
-            "local_scales": list(self.local_scales),
         }
 
     def get_config(self):
@@ -736,13 +716,8 @@ class InfoBal(KerasSeams, Trainer, FeatureExtractor, keras.Model):
         if saved and os.path.exists(critics_path):
             now = model.objective_config()
             layers = []
-            saved_scales = saved.get("local_scales", [1])
             if all(now[k] == saved.get(k) for k in ("critic", "critic_units", "score_clip")):
-                layers += model.infomax_critics
-                if now["local_scales"] == saved_scales:
-                    layers += model.scale_critics
-                elif model.scale_critics:
-                    fresh.append("InfoMax critics of the pooled local scales")
+                layers += model.infomax_critics + model.scale_critics
             else:
                 fresh.append("InfoMax critics")
             if model.infomin_critics is not None:
