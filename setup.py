@@ -33,7 +33,9 @@ try:
 except ImportError:  # setuptools < 64 has no PEP 660 editable wheels
     editable_wheel = None
 
-if editable_wheel is not None:
+# `_select_strategy` is setuptools' own (64 to 84.2.1, the version tested): where it is
+# missing, editable installs go without the hook rather than failing.
+if editable_wheel is not None and hasattr(editable_wheel, "_select_strategy"):
 
     class _WithStartupHook:
         """Wraps setuptools' editable strategy: its files, then the .pth."""

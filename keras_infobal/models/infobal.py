@@ -228,13 +228,13 @@ class InfoBal(KerasSeams, Trainer, FeatureExtractor, keras.Model):
         if self.local_scales != (1,) and not isinstance(critic, str):
             raise ValueError(
                 "A backbone with `local_scales` other than (1,) needs a named `critic` (e.g. "
-                "'infonce'): each scale gets critics of its own, built like the named ones; got a critic "
-                f"instance {type(critic).__name__}.")
-        # The critics of the pooled scales, view-major: (view 1, scale s2), (view 1, s3), ...
+                "'infonce'): each scale gets critics of its own, built like the named ones; "
+                f"got a critic instance {type(critic).__name__}.")
+        # The critics of the pooled scales, view-major (`_scale_critic(i, k)` reads them).
         self.scale_critics = [
             get_critic(estimator, units=critic_units, score_clip=self.score_clip,
                        name=f"infomax_critic_{i + 1}_pool{size}")
-            for i in range(num_views) for size in self.local_scales if size != 1]
+            for i in range(num_views) for size in backbone.pooled_scales]
         self._critic_spec = (critic if isinstance(critic, str)
                              else keras.saving.serialize_keras_object(critic))
         infomin_critic = estimator if infomin_critic is None else infomin_critic
@@ -333,12 +333,12 @@ class InfoBal(KerasSeams, Trainer, FeatureExtractor, keras.Model):
         for critic in self.infomax_critics:
             if not critic.built:
                 critic.build([(b, self.backbone.output_dim), (b, vh * vw, c)])
-        pooled_scales = [size for size in self.local_scales if size != 1]
-        for k, critic in enumerate(self.scale_critics):
-            size = pooled_scales[k % len(pooled_scales)]
-            if not critic.built:
-                critic.build([(b, self.backbone.output_dim),
-                              (b, (vh - size + 1) * (vw - size + 1), c)])
+        for i in range(m):
+            for k, size in enumerate(self.backbone.pooled_scales):
+                critic = self._scale_critic(i, k)
+                if not critic.built:
+                    critic.build([(b, self.backbone.output_dim),
+                                  (b, (vh - size + 1) * (vw - size + 1), c)])
         pooled = (b, m, c if self.view_pooling == "mean" else vh * vw * c)
         if self.infomin_critics is not None and not self.infomin_critics.built:
             self.infomin_critics.build(pooled)
@@ -484,23 +484,26 @@ class InfoBal(KerasSeams, Trainer, FeatureExtractor, keras.Model):
     def _pair_logs(self, terms):
         return {f"mi_V{i + 1}_V{k + 1}": terms[p] for p, (i, k) in enumerate(self.pairs)}
 
+    def _scale_critic(self, i, k):
+        """The critic of view i at the k-th pooled scale."""
+        return self.scale_critics[i * len(self.backbone.pooled_scales) + k]
+
     def _infomax_terms(self, views, r, training):
         b, m, vh, vw, c = views.shape
         gather_fn = self._gather_fn()
         terms = []
         shared = len(self.infomax_critics) == 1
-        pooled_scales = [size for size in self.local_scales if size != 1]
         for i in range(m):
             critic = self.infomax_critics[0 if shared else i]
             local = ops.reshape(views[:, i], (-1, vh * vw, c))
             scale_terms = [critic([r, local], training=training, gather_fn=gather_fn)]
-            for k, size in enumerate(pooled_scales):
+            for k, size in enumerate(self.backbone.pooled_scales):
                 # Pooled inside the view (valid padding): the scale never mixes two views.
                 pooled = ops.average_pool(views[:, i], size, strides=1, padding="valid")
                 n = (vh - size + 1) * (vw - size + 1)
-                scale_critic = self.scale_critics[i * len(pooled_scales) + k]
-                scale_terms.append(scale_critic([r, ops.reshape(pooled, (-1, n, c))],
-                                                training=training, gather_fn=gather_fn))
+                scale_terms.append(self._scale_critic(i, k)(
+                    [r, ops.reshape(pooled, (-1, n, c))], training=training,
+                    gather_fn=gather_fn))
             terms.append(scale_terms[0] if len(scale_terms) == 1
                          else sum(scale_terms) / float(len(scale_terms)))
         return terms

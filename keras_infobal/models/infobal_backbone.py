@@ -242,6 +242,11 @@ class InfoBalBackbone(FeatureExtractor, keras.Model):
     def output_dim(self):
         return self.aggregator.output_dim
 
+    @property
+    def pooled_scales(self):
+        """The `local_scales` above 1: the pooled grids beside the views' own locations."""
+        return tuple(size for size in self.local_scales if size != 1)
+
     def build(self, input_shape):
         shape = tuple(input_shape)
         if self.image_shape is None:
