@@ -3,7 +3,9 @@
 A run's configuration has one schema, the same in a recipe, a `--config` file and
 `pretrain(...)`'s keywords:
 
-- `backbone`: `InfoBalBackbone` arguments; `task`: `InfoBal` arguments (the objective);
+- `backbone`: `InfoBalBackbone` arguments (with `init_from` a preset, the preset's
+  architecture with these few over it, e.g. `local_scales`); `task`: `InfoBal` arguments
+  (the objective);
   `augmentation`: `augmentation.augmentation_pipeline`'s `color_jitter`, `grayscale`,
   `translate`, `flip` (a Keras preprocessing pipeline). A recipe
   (`pretraining_recipes.json`) gives the three; the run's own sections update them key by key.
@@ -64,7 +66,12 @@ def resolve(**options):
         given = run[section] or {}
         if not isinstance(given, dict):
             raise ValueError(f"`{section}` must be a dict of arguments; got {given!r}.")
-        run[section] = {**recipe.get(section, {}), **given}
+        if section == "backbone" and run["init_from"]:
+            # A continued run's architecture is its preset's; the run's own backbone keys
+            # only change what keeps the weights (e.g. local_scales).
+            run[section] = dict(given)
+        else:
+            run[section] = {**recipe.get(section, {}), **given}
     bad = set(run["augmentation"]) - set(AUGMENTATION_KEYS)
     if bad:
         raise ValueError(f"Unknown augmentation options {sorted(bad)}; known: "
@@ -90,11 +97,17 @@ def _build_task(run, image_shape):
             if str(source).endswith(".keras"):
                 from keras_infobal.models import load_infobal
 
+                if run["backbone"]:
+                    raise ValueError(
+                        f"`backbone` options {sorted(run['backbone'])} need `init_from` to be "
+                        f"a preset (a name or folder); `{source}` is a .keras model, whose "
+                        "architecture is fixed. Continue from its run's preset/ folder.")
                 trained = load_infobal(source)
                 model = InfoBal.from_config(trained.get_config())
                 model.set_weights(trained.get_weights())
             else:
-                model = InfoBal.from_preset(source, **run["task"])
+                model = InfoBal.from_preset(source, backbone_overrides=run["backbone"],
+                                            **run["task"])
         else:
             backbone = InfoBalBackbone(**run["backbone"], image_shape=image_shape,
                                        name="backbone")

@@ -134,3 +134,55 @@ def test_presets_keep_the_scales_and_their_critics(images, tmp_path):
     # The scales are the backbone's architecture, not an objective override.
     with pytest.raises(ValueError, match=r"objective overrides.*got \['local_scales'\]"):
         InfoBal.from_preset(str(tmp_path / "p"), local_scales=(1, 4))
+
+
+def test_a_preset_continues_at_more_scales_keeping_its_weights_and_critics(images, tmp_path):
+    """`backbone_overrides` changes the scales of a saved backbone: the backbone's weights and
+    the shipped critics load, the critics of the new scale start fresh, with a warning."""
+    from keras_infobal import InfoBalBackbone
+
+    model = make(local_scales=(1, 2))
+    model.save_to_preset(str(tmp_path / "p"))
+    with pytest.warns(UserWarning, match=r"scales the preset lacks.*pool4"):
+        wider = InfoBal.from_preset(str(tmp_path / "p"),
+                                    backbone_overrides={"local_scales": [1, 2, 4]})
+    assert wider.local_scales == (1, 2, 4)
+    for x, y in zip(model.backbone.get_weights(), wider.backbone.get_weights(), strict=True):
+        np.testing.assert_array_equal(x, y)
+    kept = {c.name: c for c in model.infomax_critics + model.scale_critics}
+    for critic in wider.infomax_critics + wider.scale_critics:
+        if critic.name in kept:
+            for x, y in zip(kept[critic.name].get_weights(), critic.get_weights()):
+                np.testing.assert_array_equal(x, y)
+    assert sorted(c.name for c in wider.scale_critics if c.name not in kept) == [
+        "infomax_critic_1_pool4", "infomax_critic_2_pool4"]
+    assert InfoBalBackbone.from_preset(str(tmp_path / "p"),
+                                       local_scales=(1,)).local_scales == (1,)
+    with pytest.raises(ValueError, match=r"constructor arguments.*got \['scales'\]"):
+        InfoBalBackbone.from_preset(str(tmp_path / "p"), scales=(1, 2))
+    with pytest.raises(ValueError, match="same configuration"):
+        InfoBalBackbone.from_preset(str(tmp_path / "p"), filters=(8, 8))
+
+
+def test_a_continued_run_takes_only_its_own_backbone_keys():
+    """With `init_from`, the recipe's backbone section does not apply (the preset is the
+    architecture); the run's own keys are overrides of it."""
+    from keras_infobal.pretraining import resolve
+
+    fresh = resolve(recipe="dim_pairs", backbone={"local_scales": [1, 2]})
+    assert fresh["backbone"] == {"num_views": 2, "split": "rows", "local_scales": [1, 2]}
+    continued = resolve(recipe="dim_pairs", init_from="dim_pairs",
+                        backbone={"local_scales": [1, 2]})
+    assert continued["backbone"] == {"local_scales": [1, 2]}
+    assert resolve(recipe="dim_pairs", init_from="dim_pairs")["backbone"] == {}
+
+
+def test_backbone_keys_with_a_keras_model_to_continue_from_are_refused(tmp_path):
+    from keras_infobal.pretraining import _build_task, resolve
+
+    model = make(local_scales=(1,))
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    run = resolve(recipe="dim_pairs", init_from=path, backbone={"local_scales": [1, 2]})
+    with pytest.raises(ValueError, match=r"need `init_from` to be a preset.*preset/ folder"):
+        _build_task(run, SHAPE)

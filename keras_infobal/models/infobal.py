@@ -684,11 +684,13 @@ class InfoBal(KerasSeams, Trainer, FeatureExtractor, keras.Model):
                 **self.objective_config()}
 
     @classmethod
-    def from_preset(cls, preset, **overrides):
+    def from_preset(cls, preset, backbone_overrides=None, **overrides):
         """The pretraining task of a preset (name or folder), ready to `compile` and `fit` on
-        your own unlabeled images: its backbone, its objective (`task.json`) with
-        `overrides` over it, and its critics where the preset ships them and `overrides`
-        keep their kind and width (others start fresh, with a warning).
+        your own unlabeled images: its backbone (with `backbone_overrides`, see
+        `InfoBalBackbone.from_preset`), its objective (`task.json`) with `overrides` over it,
+        and its critics where the preset ships them and `overrides` keep their kind and
+        width (others, and the critics of scales the preset lacks, start fresh, with a
+        warning).
 
         ```python
         model = InfoBal.from_preset("dim_pairs_long", infomin_weight=0.03)
@@ -703,11 +705,12 @@ class InfoBal(KerasSeams, Trainer, FeatureExtractor, keras.Model):
         unknown = sorted(set(overrides) - allowed)
         if unknown:
             raise ValueError(
-                f"`from_preset` takes objective overrides {sorted(allowed)}; got {unknown}. The "
-                "architecture is the preset's backbone: for another one, build "
+                f"`from_preset` takes objective overrides {sorted(allowed)}; got {unknown}. "
+                "Architecture changes that keep the weights (e.g. local_scales) go in "
+                "`backbone_overrides`; for another architecture, build "
                 "InfoBal(backbone=InfoBalBackbone(...)) instead."
             )
-        backbone = InfoBalBackbone.from_preset(folder)
+        backbone = InfoBalBackbone.from_preset(folder, **(backbone_overrides or {}))
         task_path = os.path.join(folder, presets.TASK_FILE)
         saved = {}
         if os.path.exists(task_path):
@@ -720,7 +723,13 @@ class InfoBal(KerasSeams, Trainer, FeatureExtractor, keras.Model):
             now = model.objective_config()
             layers = []
             if all(now[k] == saved.get(k) for k in ("critic", "critic_units", "score_clip")):
-                layers += model.infomax_critics + model.scale_critics
+                layers += model.infomax_critics
+                # A preset continued at more local scales has no critics for the new ones.
+                shipped = presets.layer_names(critics_path)
+                layers += [c for c in model.scale_critics if c.name in shipped]
+                new_scales = [c.name for c in model.scale_critics if c.name not in shipped]
+                if new_scales:
+                    fresh.append(f"the critics of scales the preset lacks ({new_scales})")
             else:
                 fresh.append("InfoMax critics")
             if model.infomin_critics is not None:

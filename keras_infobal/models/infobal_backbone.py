@@ -1,6 +1,8 @@
 """InfoBalBackbone: images to M views and the global representation R, as one Keras model."""
 
 import copy
+import inspect
+import json
 import os
 import sys
 
@@ -342,18 +344,28 @@ class InfoBalBackbone(FeatureExtractor, keras.Model):
 
     # -- presets ------------------------------------------------------------------------------
     @classmethod
-    def from_preset(cls, preset, load_weights=True):
+    def from_preset(cls, preset, load_weights=True, **overrides):
         """A backbone from a built-in preset name (`presets.list_presets()`) or a preset
         folder written by `save_to_preset`; every file is checked against the sha256 in its
-        `metadata.json` first.
+        `metadata.json` first. `overrides` replace constructor arguments of the preset's
+        config; the weights must still fit (e.g. `local_scales`, which adds no weights).
 
         ```python
         backbone = InfoBalBackbone.from_preset("dim_pairs_long")
         backbone = InfoBalBackbone.from_preset("my_run/preset")
+        backbone = InfoBalBackbone.from_preset("dim_pairs", local_scales=(1, 2, 4))
         ```
         """
         folder = presets.checked_folder(preset)
-        backbone = presets.deserialize(os.path.join(folder, presets.CONFIG_FILE))
+        allowed = set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs"}
+        unknown = sorted(set(overrides) - allowed)
+        if unknown:
+            raise ValueError(f"`from_preset` overrides are constructor arguments "
+                             f"{sorted(allowed)}; got {unknown}.")
+        with open(os.path.join(folder, presets.CONFIG_FILE)) as f:
+            serialized = json.load(f)
+        serialized["config"].update(overrides)
+        backbone = keras.saving.deserialize_keras_object(serialized)
         if not isinstance(backbone, cls):
             raise ValueError(
                 f"The preset `{folder}` holds a {type(backbone).__name__}, not a {cls.__name__}."

@@ -184,6 +184,12 @@ def save_layers(path, layers):
                 group.create_dataset(str(i), data=np.asarray(w))
 
 
+def layer_names(path):
+    """The layer names a `save_layers` file holds."""
+    with h5py.File(path, "r") as f:
+        return set(f.keys())
+
+
 def load_layers(path, layers):
     """Loads `save_layers` weights into `layers` (matched by name); raises on a mismatch."""
     with h5py.File(path, "r") as f:

@@ -1,4 +1,8 @@
-"""Pilot (issue 22): a CIFAR-style ResNet trunk in the view encoder against DIM's two convs.
+"""Pilots (issue 22): backbone levers against DIM's backbone under the same recipe.
+
+Arms: `dim` (the `dim_pairs` backbone), `resnet` (a CIFAR-style ResNet trunk in the view
+encoder instead of DIM's two convs) and `scales` (AMDIM-style multi-scale InfoMax:
+`local_scales=(1, 2, 4)`, R also scored against each view's 2x2- and 4x4-pooled locations).
 
 Both arms run the `dim_pairs` recipe (InfoNCE, augmented pairs, colour, score clip 20, mixed
 bfloat16 when asked) for the same few epochs and are compared on the in-training linear
@@ -93,7 +97,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--summarize", metavar="FOLDER",
                    help="print the table of the runs under FOLDER and exit")
-    p.add_argument("--arm", choices=("dim", "resnet"))
+    p.add_argument("--arm", choices=("dim", "resnet", "scales"))
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mixed-precision", action="store_true")
@@ -108,6 +112,8 @@ def main(argv=None):
     backbone = {}
     if args.arm == "resnet":
         backbone["trunk"] = keras.saving.serialize_keras_object(resnet_trunk())
+    elif args.arm == "scales":
+        backbone["local_scales"] = [1, 2, 4]
     pretraining.pretrain(recipe="dim_pairs", backbone=backbone, epochs=args.epochs,
                          seed=args.seed, mixed_precision=args.mixed_precision,
                          probe_every=args.epochs, data=args.data, out=args.out,
