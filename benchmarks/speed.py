@@ -78,6 +78,8 @@ BF16 = "mixed_bfloat16"
 CONTENDERS = {
     # TensorFlow
     "dim_tf": _c("tensorflow", "step", "DIM(L), TF, float32", DIM, jit=False),
+    "dim_tf_fit": _c("tensorflow", "fit", "DIM(L), TF, float32, `fit` on a tf.data stream",
+                     DIM, jit=False),
     "dim_tf_xla": _c("tensorflow", "step", "DIM(L), TF + XLA, float32", DIM, jit=True),
     "dim_tf_bf16": _c("tensorflow", "step", "DIM(L), TF, mixed bfloat16", DIM, BF16, False),
     "dim_tf_xla_bf16": _c("tensorflow", "step", "DIM(L), TF + XLA, mixed bfloat16", DIM, BF16,
@@ -119,6 +121,8 @@ CONTENDERS = {
     # JAX (jit is Keras' default there)
     "dim_jax": _c("jax", "step", "DIM(L), JAX, float32", DIM, jit=True),
     "dim_jax_bf16": _c("jax", "step", "DIM(L), JAX, mixed bfloat16", DIM, BF16, True),
+    "dim_jax_fit": _c("jax", "fit", "DIM(L), JAX, float32, `fit` on a tf.data stream", DIM,
+                      jit=True),
     "dim2_jax": _c("jax", "step", "DIM M=2, JAX, float32", DIM2, jit=True),
     "dim2_jax_bf16": _c("jax", "step", "DIM M=2, JAX, mixed bfloat16", DIM2, BF16, True),
     "infobal_jax": _c("jax", "step", "InfoBal M=2, JAX, float32", INFOBAL, jit=True),
@@ -128,6 +132,8 @@ CONTENDERS = {
     "dim_torch": _c("torch", "step", "DIM(L), Keras on PyTorch, float32", DIM, jit=False),
     "dim_torch_bf16": _c("torch", "step", "DIM(L), Keras on PyTorch, mixed bfloat16", DIM,
                          BF16, False),
+    "dim_torch_fit": _c("torch", "fit", "DIM(L), Keras on PyTorch, float32, `fit` on a "
+                        "tf.data stream", DIM, jit=False),
     "dim2_torch": _c("torch", "step", "DIM M=2, Keras on PyTorch, float32", DIM2, jit=False),
     "infobal_torch": _c("torch", "step", "InfoBal M=2, Keras on PyTorch, float32", INFOBAL,
                         jit=False),
@@ -156,6 +162,39 @@ for _split in ("rows", "grid"):
         group="views")
 SETS = sorted({c["group"] for c in CONTENDERS.values()})
 
+# Instruction-set levels measured side by side (`--levels`): each level's contenders run in
+# their own worker processes with the vector kernels of oneDNN (TensorFlow's and PyTorch's),
+# ATen and MKL capped, so one AVX-512 host also measures the kernels an AVX2-only host runs.
+# A contender at a level other than native is named "name@level".
+LEVELS = {"native": {},
+          "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2",
+                   "MKL_ENABLE_INSTRUCTIONS": "AVX2"}}
+
+
+def spec(key):
+    """The contender `key` ("name" or "name@level") with its level's environment."""
+    name, _, level = key.partition("@")
+    c = dict(CONTENDERS[name], level=level or "native")
+    c["env"] = {**c["env"], **LEVELS[c["level"]]}
+    if level:
+        c["description"] = f"{c['description']} [{level}]"
+    return c
+
+
+def at_levels(names, levels):
+    """`names` at each of `levels`. TensorFlow's bfloat16 matmuls cannot run with oneDNN
+    capped below an AVX512_BF16 CPU's level (`tests/helpers.bf16_matmul_unavailable`):
+    those contenders are measured natively only; on a real AVX2 host bfloat16 is the slow
+    precision anyway."""
+    keys = []
+    for level in levels:
+        for name in names:
+            c = CONTENDERS[name]
+            if level != "native" and c["backend"] == "tensorflow" and c["policy"] == BF16:
+                continue
+            keys.append(name if level == "native" else f"{name}@{level}")
+    return keys
+
 MATMUL_FLOPS = 2 * 1024 ** 3
 MATMULS_PER_STEP = 8  # one "step" of a matmul contender; keeps its steps ~10-50 ms
 
@@ -180,7 +219,7 @@ def dim_step_flops(batch=64, units=UNITS, num_views=1, infomin=False, infomin_un
 
 
 def contender_flops(name, batch):
-    c = CONTENDERS[name]
+    c = spec(name)
     if c["kind"] == "matmul":
         return MATMULS_PER_STEP * MATMUL_FLOPS
     if c["kind"] == "reference":
@@ -194,7 +233,7 @@ def contender_flops(name, batch):
 
 
 def images_per_step(name, batch):
-    c = CONTENDERS[name]
+    c = spec(name)
     if c["kind"] == "matmul":
         return None
     if c["kind"] == "extract":
@@ -321,6 +360,8 @@ def _keras_step(spec, batch):
     model.compile(optimizer=keras.optimizers.Adam(1e-4, beta_1=0.5),
                   discriminator_optimizer=keras.optimizers.Adam(1e-4, beta_1=0.5),
                   jit_compile=spec["jit"])
+    if spec["kind"] == "fit":
+        return _fit_steps(model, rng, batch)
     x = rng.integers(0, 256, (batch, 32, 32, 3)).astype("uint8")
     # A pair batch (x1, x2) goes in as train_on_batch's x and y, which Keras hands to
     # train_step as the tuple `fit` gives it from a dataset of pairs.
@@ -333,12 +374,41 @@ def _keras_step(spec, batch):
     return step
 
 
+def _fit_steps(model, rng, batch):
+    """`fit` as a user runs it: uint8 images streamed by `datasets.make_dataset` (tf.data,
+    shuffled, no augmentation), so the input pipeline, the uint8 -> float rescale and
+    Keras' per-step loop are all inside the timed steps. The returned function runs `n`
+    steps of one `fit` call and returns their times, one batch end to the next (the first
+    step, which starts the epoch iterator, is not timed)."""
+    import keras
+
+    from keras_infobal import datasets
+
+    ds = datasets.make_dataset(rng.integers(0, 256, (64 * batch, 32, 32, 3)).astype("uint8"),
+                               batch_size=batch, shuffle=True, drop_remainder=True,
+                               seed=0).repeat()
+
+    class Timer(keras.callbacks.Callback):
+        def on_train_batch_end(self, step, logs=None):
+            float(logs["loss"])  # the step's result read back: no asynchronous work hides
+            self.ends.append(time.perf_counter())
+
+    def run(n):
+        timer = Timer()
+        timer.ends = []
+        model.fit(ds, epochs=1, steps_per_epoch=n + 1, verbose=0, callbacks=[timer])
+        return [b - a for a, b in zip(timer.ends, timer.ends[1:])]
+
+    run.timed_steps = True
+    return run
+
+
 def _build(name, batch):
-    spec = CONTENDERS[name]
-    bf16 = spec["policy"] == BF16
-    if spec["kind"] == "matmul":
-        return _matmul_step(spec["backend"], bf16)
-    if spec["kind"] == "reference":
+    contender = spec(name)
+    bf16 = contender["policy"] == BF16
+    if contender["kind"] == "matmul":
+        return _matmul_step(contender["backend"], bf16)
+    if contender["kind"] == "reference":
         import torch
 
         step = torch_dim_step(batch, UNITS)
@@ -350,7 +420,7 @@ def _build(name, batch):
                 return step()
 
         return step_bf16
-    return _keras_step(spec, batch)
+    return _keras_step(contender, batch)
 
 
 def _steal_ticks():
@@ -364,14 +434,19 @@ def worker(names, batch, warmup):
     steps = {}
     for name in names:
         steps[name] = _build(name, batch)
-        for _ in range(warmup):
-            steps[name]()
+        if getattr(steps[name], "timed_steps", False):
+            steps[name](warmup)
+        else:
+            for _ in range(warmup):
+                steps[name]()
     print(json.dumps({"ready": sorted(steps)}), flush=True)
     for line in sys.stdin:
         name, n = line.split()
         times = []
         cpu0, steal0 = os.times(), _steal_ticks()
-        for _ in range(int(n)):
+        if getattr(steps[name], "timed_steps", False):  # times its own steps (`fit`)
+            times = steps[name](int(n))
+        for _ in range(0 if times else int(n)):
             t0 = time.perf_counter()
             steps[name]()
             times.append(time.perf_counter() - t0)
@@ -492,7 +567,7 @@ def quantization(times):
 def start_workers(names, args):
     by_worker = {}  # one process per backend and environment
     for name in names:
-        c = CONTENDERS[name]
+        c = spec(name)
         key = (c["backend"], tuple(sorted(c["env"].items())))
         by_worker.setdefault(key, []).append(name)
     procs = {}
@@ -533,7 +608,9 @@ def run(args):
     for proc in set(procs.values()):
         proc.stdin.close()
         proc.wait()
-    out = {"machine": machine(), "batch": args.batch, "critic_units": UNITS,
+    out = {"machine": machine(), "levels": args.levels,
+           "level_environments": {k: LEVELS[k] for k in args.levels},
+           "batch": args.batch, "critic_units": UNITS,
            "rounds": args.rounds, "steps_per_round": args.steps, "settle_seconds": args.settle,
            "contenders": {}}
     for name in names:
@@ -542,8 +619,9 @@ def run(args):
                             statistics.median(r["rounds_per_second"]),
                             min(r["rounds_per_second"]))
         flops, imgs = contender_flops(name, args.batch), images_per_step(name, args.batch)
-        c = {"description": CONTENDERS[name]["description"], "kind": CONTENDERS[name]["kind"],
-             "backend": CONTENDERS[name]["backend"], "best_steps_per_second": best,
+        c = {"description": spec(name)["description"], "kind": spec(name)["kind"],
+             "backend": spec(name)["backend"], "level": spec(name)["level"],
+             "best_steps_per_second": best,
              "median_steps_per_second": med, "worst_steps_per_second": worst,
              "spread_best_over_worst": best / worst, **r, **quantization(r["step_seconds"])}
         if imgs:
@@ -559,6 +637,11 @@ def run(args):
 RATIOS = {
     "ours / PyTorch reference, float32 (TF)": ("dim_tf", "dim_torch_ref"),
     "ours / PyTorch reference, float32 (TF + XLA)": ("dim_tf_xla", "dim_torch_ref"),
+    "ours `fit` / PyTorch reference, float32 (TF)": ("dim_tf_fit", "dim_torch_ref"),
+    "ours `fit` / PyTorch reference, float32 (JAX)": ("dim_jax_fit", "dim_torch_ref"),
+    "ours `fit` / PyTorch reference, float32 (Keras on PyTorch)": ("dim_torch_fit",
+                                                                    "dim_torch_ref"),
+    "ours `fit` / our step, float32 (TF)": ("dim_tf_fit", "dim_tf"),
     "ours / PyTorch reference, float32 (JAX)": ("dim_jax", "dim_torch_ref"),
     "ours / PyTorch reference, float32 (Keras on PyTorch)": ("dim_torch", "dim_torch_ref"),
     "ours / PyTorch reference, float32 (TF, 1 inter-op thread)": ("dim_tf_interop1",
@@ -601,18 +684,38 @@ for _split in ("rows", "grid"):
         f"views_dim_m8_{_split}", f"views_infobal_m8_{_split}_u128")
 
 
+# The share of the float32 matmul ceiling (same backend, same rounds, same level) a
+# float32 step reaches (target: >= 80%).
+CEILING = {
+    "DIM(L) step / matmul ceiling, float32 (TF)": ("dim_tf", "matmul_tf"),
+    "DIM(L) step / matmul ceiling, float32 (plain PyTorch reference)": ("dim_torch_ref",
+                                                                        "matmul_torch"),
+}
+
+
 def ratios(out):
-    c = {k: v["best_steps_per_second"] for k, v in out["contenders"].items()}
-    res = {k: c[a] / c[b] for k, (a, b) in {**RATIOS, **COST}.items() if a in c and b in c}
-    steps = {k: v for k, v in c.items() if k.startswith("dim_") and "_ref" not in k
-             and "pairs" not in k}
-    for policy, tag in (("float32", ""), (BF16, "_bf16")):
-        ours = {k: v for k, v in steps.items()
-                if CONTENDERS[k]["policy"] == policy and CONTENDERS[k]["kind"] == "step"
-                # bf16 math is not a float32 step
-                and "ONEDNN_DEFAULT_FPMATH_MODE" not in CONTENDERS[k]["env"]}
-        if ours:
-            res[f"fastest DIM(L) step, {policy}"] = max(ours, key=ours.get)
+    """Each ratio at each level measured (labelled "[level]" below native)."""
+    best = {k: v["best_steps_per_second"] for k, v in out["contenders"].items()}
+    gflops = {k: v.get("best_gflops") for k, v in out["contenders"].items()}
+    res = {}
+    for level in out.get("levels", ["native"]):
+        at = "" if level == "native" else f"@{level}"
+        tag = "" if level == "native" else f" [{level}]"
+        for k, (a, b) in {**RATIOS, **COST}.items():
+            if a + at in best and b + at in best:
+                res[k + tag] = best[a + at] / best[b + at]
+        for k, (a, b) in CEILING.items():
+            if gflops.get(a + at) and gflops.get(b + at):
+                res[k + tag] = gflops[a + at] / gflops[b + at]
+        steps = {k: v for k, v in best.items() if k.startswith("dim_") and "_ref" not in k
+                 and "pairs" not in k and spec(k)["level"] == level}
+        for policy in ("float32", BF16):
+            ours = {k: v for k, v in steps.items()
+                    if spec(k)["policy"] == policy and spec(k)["kind"] == "step"
+                    # bf16 math is not a float32 step
+                    and "ONEDNN_DEFAULT_FPMATH_MODE" not in spec(k)["env"]}
+            if ours:
+                res[f"fastest DIM(L) step, {policy}{tag}"] = max(ours, key=ours.get)
     return res
 
 
@@ -622,7 +725,10 @@ def markdown(out):
           f"; python {m['python']}, keras {m['keras']}, tensorflow {m['tensorflow']}, jax "
           f"{m['jax']}, torch {m['torch']}. {out['rounds']} alternating rounds x "
           f"{out['steps_per_round']} timed steps per contender, batch {out['batch']}, "
-          f"{out['critic_units']} critic units; best round (median, worst).", "",
+          f"{out['critic_units']} critic units; best round (median, worst).",
+          "Levels: " + "; ".join(
+              f"{k} ({', '.join(f'{a}={b}' for a, b in v.items()) or 'no caps'})"
+              for k, v in out.get("level_environments", {"native": {}}).items()) + ".", "",
           "| contender | images/s best (median, worst) | GFLOP/s (best) | cores used | "
           "steal s/round | quantized |", "|---|---|---|---|---|---|"]
     for c in out["contenders"].values():
@@ -668,6 +774,9 @@ def main():
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--settle", type=float, default=0.3,
                    help="seconds of pause before each contender's turn")
+    p.add_argument("--levels", nargs="+", choices=list(LEVELS), default=["native"],
+                   help="instruction-set levels, measured in the same alternating rounds "
+                        "(avx2: oneDNN, ATen and MKL capped at AVX2)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
     p.add_argument("--out", default=RESULTS)
     p.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
@@ -678,6 +787,7 @@ def main():
         return worker(args.worker, args.batch, args.warmup)
     if not args.contenders:
         args.contenders = [n for n, c in CONTENDERS.items() if c["group"] == args.set]
+    args.contenders = at_levels(args.contenders, args.levels)
     stem = "speed" if args.set == "main" else f"{args.set}_speed"
     out = run(args)
     out["set"] = args.set

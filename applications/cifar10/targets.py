@@ -1,0 +1,101 @@
+"""Scores presets against issue 22's three targets for a default encoder, on full test sets.
+
+    python applications/cifar10/targets.py --data ../shared/data/cifar10-jpeg.tar.gz \
+        --fashion-mnist /tmp/fmnist --presets infobal_pairs_long infobal_scales_long \
+        --out applications/cifar10/targets.json
+
+For each preset (features extracted once per dataset):
+- **classifier**: its shipped classifier (`InfoBalCIFAR(preset=...)`, head and feature layer
+  chosen on validation at export) on the full CIFAR-10 test set; target >= 76%.
+- **kNN**: weighted kNN (k = 200, temperature 0.1, cosine) on `fc` (and `conv`), the memory
+  bank all 50,000 training images, scored on the full test set; target >= 66% on `fc`.
+- **transfer**: a converged linear probe on `conv` features of Fashion-MNIST (28x28 grayscale
+  brought to 32x32 and tiled to RGB, as `keras-infobal evaluate --resize 32 32` does), fitted
+  on its 60,000 training images and scored on its 10,000 test images, against the same
+  architecture with random weights (`--random-init`, seed 0); target >= random + 4 points.
+`--fashion-mnist` is a folder with train.npz and test.npz (`applications/fashion_mnist/prepare.py`).
+Nothing here chooses anything: the presets were chosen on validation splits before.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+TARGETS = {"classifier": 0.76, "knn_fc": 0.66, "transfer_gain": 0.04}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", required=True, help="CIFAR-10 (a train/test folder or .tar.gz)")
+    p.add_argument("--fashion-mnist", required=True,
+                   help="folder with Fashion-MNIST's train.npz and test.npz")
+    p.add_argument("--presets", nargs="+", required=True)
+    p.add_argument("--out", required=True, help="JSON results (a .md table beside it)")
+    p.add_argument("--limit", type=int, default=0,
+                   help="a quick check on every Nth image only (not a result)")
+    args = p.parse_args(argv)
+    import keras
+    import numpy as np
+
+    import keras_infobal  # noqa: F401
+    from keras_infobal import datasets
+    from keras_infobal.applications import InfoBalCIFAR
+    from keras_infobal.evaluation import train_classifier
+    from keras_infobal.knn import knn_accuracy
+    from keras_infobal.models import InfoBal
+
+    x_tr, y_tr, _ = datasets.load_cifar10("train", source=args.data)
+    x_te, y_te, _ = datasets.load_cifar10("test", source=args.data)
+    fm = {s: datasets.load_images(os.path.join(args.fashion_mnist, f"{s}.npz"), resize=(32, 32))
+          for s in ("train", "test")}
+    if args.limit:
+        x_tr, y_tr, x_te, y_te = (a[::args.limit] for a in (x_tr, y_tr, x_te, y_te))
+        fm = {s: (v[0][::args.limit], v[1][::args.limit]) for s, v in fm.items()}
+
+    def transfer(model):
+        f = {s: model.extract_features(fm[s][0], layers=("conv",))["conv"] for s in fm}
+        return train_classifier(f["train"], fm["train"][1], f["test"], fm["test"][1])
+
+    results = {}
+    for name in args.presets:
+        pred = InfoBalCIFAR(preset=name).predict(x_te, batch_size=500, verbose=0).argmax(-1)
+        model = InfoBal.from_preset(name)
+        f_tr = model.extract_features(x_tr, layers=("conv", "fc"))
+        f_te = model.extract_features(x_te, layers=("conv", "fc"))
+        keras.utils.set_random_seed(0)
+        random = InfoBal.from_config(model.get_config())  # same architecture, fresh weights
+        r = {"classifier": float(np.mean(pred == y_te)),
+             "knn_fc": knn_accuracy(f_tr["fc"], y_tr, f_te["fc"], y_te, k=200),
+             "knn_conv": knn_accuracy(f_tr["conv"], y_tr, f_te["conv"], y_te, k=200),
+             "transfer_conv": transfer(model), "transfer_conv_random_init": transfer(random)}
+        r["transfer_gain"] = r["transfer_conv"] - r["transfer_conv_random_init"]
+        r["meets"] = {k: r[k] >= v for k, v in TARGETS.items()}
+        results[name] = r
+        print(name, json.dumps(r), flush=True)
+    out = {"targets": TARGETS, "every_nth_image": args.limit or 1, "cifar10_test_images": int(len(y_te)),
+           "fashion_mnist_images": {s: int(len(fm[s][1])) for s in fm},
+           "keras": keras.__version__, "backend": keras.backend.backend(), "presets": results}
+    with open(args.out, "w") as f:
+        json.dump(out, f, indent=2)
+        f.write("\n")
+    md = ["| preset | shipped classifier, CIFAR-10 test | kNN fc (conv) | Fashion-MNIST "
+          "probe conv: pretrained / random init (gain) |", "|---|---|---|---|"]
+    for name, r in results.items():
+        md.append(f"| `{name}` | {100 * r['classifier']:.2f} | {100 * r['knn_fc']:.2f} "
+                  f"({100 * r['knn_conv']:.2f}) | {100 * r['transfer_conv']:.2f} / "
+                  f"{100 * r['transfer_conv_random_init']:.2f} "
+                  f"({100 * r['transfer_gain']:+.2f}) |")
+    md.append(f"| target | >= {100 * TARGETS['classifier']:.0f} | >= "
+              f"{100 * TARGETS['knn_fc']:.0f} on fc | gain >= "
+              f"{100 * TARGETS['transfer_gain']:+.0f} |")
+    with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
+        f.write("\n".join(md) + "\n")
+    print("\n".join(md))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
