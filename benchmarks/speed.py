@@ -4,6 +4,10 @@
     python benchmarks/speed.py            # ~15 min; writes benchmarks/results/speed.{json,md}
     python benchmarks/speed.py --set views  # ~5 min; DIM vs InfoBal at M = 2, 4, 8 views
     python benchmarks/speed.py --rounds 2 --steps 2 --contenders dim_tf dim_torch_ref --no-memory
+    # both instruction-set levels in the same rounds (issue 23; ~10 min):
+    python benchmarks/speed.py --levels native avx2 --name levels_speed --no-memory \
+        --rounds 4 --steps 8 --contenders dim_tf dim_tf_fit dim_tf_bf16 dim2_tf infobal_tf \
+        dim_jax dim_torch dim_torch_ref dim_torch_ref_bf16 matmul_tf matmul_tf_bf16 matmul_torch
 
 What it measures, in one run on one machine:
 - images/s of a DIM(L) training step (batch 64, 512 critic units, JSD) and an InfoBal step
@@ -779,6 +783,7 @@ def main():
                         "(avx2: oneDNN, ATen and MKL capped at AVX2)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
     p.add_argument("--out", default=RESULTS)
+    p.add_argument("--name", help="results file stem (default: speed, or <set>_speed)")
     p.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
@@ -788,7 +793,7 @@ def main():
     if not args.contenders:
         args.contenders = [n for n, c in CONTENDERS.items() if c["group"] == args.set]
     args.contenders = at_levels(args.contenders, args.levels)
-    stem = "speed" if args.set == "main" else f"{args.set}_speed"
+    stem = args.name or ("speed" if args.set == "main" else f"{args.set}_speed")
     out = run(args)
     out["set"] = args.set
     if not args.no_memory and args.set == "main":

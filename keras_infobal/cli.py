@@ -78,7 +78,9 @@ def build_parser():
     pre.add_argument("--init-from", help="continue from a preset (name or folder) or a "
                      ".keras InfoBal model")
     pre.add_argument("--mixed-precision", action="store_true", default=None,
-                     help="train under mixed_bfloat16 (fast with AVX512_BF16; slow on AVX2)")
+                     help="train under mixed_bfloat16 (the default where the CPU has "
+                          "AVX512_BF16 or AMX, 4x slower on AVX2; --set mixed_precision=false "
+                          "trains in float32)")
 
     ev = sub.add_parser("evaluate", help="linear-probe and kNN table of a model's features")
     ev.add_argument("--model", required=True,

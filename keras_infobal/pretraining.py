@@ -42,11 +42,34 @@ SECTIONS = ("backbone", "task", "augmentation")
 AUGMENTATION_KEYS = ("color_jitter", "grayscale", "translate", "flip")
 
 DEFAULTS = dict(recipe="infobal", backbone=None, task=None, augmentation=None,
-                mixed_precision=False, epochs=30, batch_size=64, lr=3e-4,
+                mixed_precision="auto", epochs=30, batch_size=64, lr=3e-4,
                 probe_every=5, probe_train=10000, seed=0, threads=0, limit=0,
                 data=None, resize=None, out=None, skip_final_probe=False, verbose=2, init_from=None,
                 probe_layers=feature_registry.probe_layers(),
                 final_probe_layers=feature_registry.NAMES)
+
+
+# oneDNN ISA caps (ONEDNN_MAX_CPU_ISA) at or above native bfloat16 compute.
+_BF16_ISAS = ("AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX10", "ALL",
+              "DEFAULT")
+
+
+def bfloat16_is_fast(cpuinfo="/proc/cpuinfo", environ=None):
+    """Whether mixed bfloat16 is the faster precision for training on this CPU: it has
+    AVX512_BF16 or AMX and oneDNN is not capped below them (`ONEDNN_MAX_CPU_ISA`). There
+    the DIM(L) step is about 1.4x faster than float32 (docs/benchmarks.md); on AVX2-only
+    CPUs bfloat16 is emulated and about 4x slower. What `mixed_precision="auto"` uses."""
+    environ = os.environ if environ is None else environ
+    cap = environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
+    if cap and not cap.startswith(_BF16_ISAS):
+        return False
+    try:
+        with open(cpuinfo) as f:
+            flags = next((line.split(":", 1)[1].split() for line in f
+                          if line.startswith("flags")), [])
+    except OSError:  # not Linux: no flags to read, float32 is the safe choice
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def resolve(**options):
@@ -72,6 +95,13 @@ def resolve(**options):
             run[section] = dict(given)
         else:
             run[section] = {**recipe.get(section, {}), **given}
+    if run["mixed_precision"] == "auto":
+        # The run records what it trains under, so its config reruns the same anywhere.
+        run["mixed_precision"] = bfloat16_is_fast()
+    elif not isinstance(run["mixed_precision"], bool):
+        raise ValueError("`mixed_precision` must be True, False or 'auto' (mixed bfloat16 "
+                         "where the CPU computes it natively); got "
+                         f"{run['mixed_precision']!r}.")
     bad = set(run["augmentation"]) - set(AUGMENTATION_KEYS)
     if bad:
         raise ValueError(f"Unknown augmentation options {sorted(bad)}; known: "
