@@ -1,6 +1,7 @@
 """Where the DIM(L) step's time goes, ours (TensorFlow) against the plain PyTorch reference.
 
     python benchmarks/profile_step.py     # ~3 min on an idle machine; writes results/profile_step.{json,md}
+    python benchmarks/profile_step.py --level avx2   # the kernels of an AVX2-only CPU
 
 The step is cut into cumulative parts, each timed as its own compiled function (tf.function
 for ours, eager PyTorch for the reference), alternating between the two frameworks in
@@ -12,7 +13,7 @@ rounds (best round kept, as in `speed.py`):
 - `step`: + the Adam update (the whole training step).
 
 Differences between consecutive parts give each part's cost. Batch 64, 512 critic units,
-float32, JSD, one view (DIM(L)), both frameworks on all cores.
+float32 (`--bf16`: mixed bfloat16 against autocast), JSD, one view (DIM(L)), both frameworks on all cores.
 """
 
 import argparse
@@ -27,7 +28,7 @@ sys.path.insert(0, HERE)  # speed.py: the PyTorch reference and the machine reco
 PARTS = ("trunk forward", "forward", "forward + backward", "step")
 
 
-def ours(batch):
+def ours(batch, bf16=False):
     import keras
     import numpy as np
     import tensorflow as tf
@@ -35,8 +36,12 @@ def ours(batch):
     from keras_infobal import InfoBal, InfoBalBackbone
 
     keras.utils.set_random_seed(0)
-    model = InfoBal(InfoBalBackbone(num_views=1, image_shape=(32, 32, 3)), infomin_weight=0.0,
-                    critic_units=512)
+    keras.mixed_precision.set_global_policy("mixed_bfloat16" if bf16 else "float32")
+    try:
+        model = InfoBal(InfoBalBackbone(num_views=1, image_shape=(32, 32, 3)),
+                        infomin_weight=0.0, critic_units=512)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
     opt = keras.optimizers.Adam(1e-4, beta_1=0.5)
     model.compile(optimizer=opt)
     x = tf.constant(np.random.default_rng(0).integers(0, 256, (batch, 32, 32, 3)), tf.uint8)
@@ -69,12 +74,22 @@ def ours(batch):
     return dict(zip(PARTS, [lambda f=f: float(f()) for f in (trunk, forward, backward, step)]))
 
 
-def reference(batch):
+def reference(batch, bf16=False):
     import torch
 
     from speed import torch_dim_reference
 
     trunk_fn, loss_fn, opt = torch_dim_reference(batch)
+    if bf16:  # torch.autocast, as speed.py's bfloat16 reference
+        plain_trunk, plain_loss = trunk_fn, loss_fn
+
+        def trunk_fn():
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return plain_trunk()
+
+        def loss_fn():
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return plain_loss()
 
     def trunk():
         with torch.no_grad():
@@ -104,11 +119,24 @@ def main():
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--out", default=os.path.join(HERE, "results"))
+    p.add_argument("--level", choices=("native", "avx2"), default="native",
+                   help="instruction-set level (speed.LEVELS: avx2 caps oneDNN, ATen and MKL); "
+                        "writes profile_step[_avx2].{json,md}")
+    p.add_argument("--bf16", action="store_true",
+                   help="ours under mixed_bfloat16, the reference under torch.autocast "
+                        "bfloat16 (adds _bf16 to the file names)")
     args = p.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from speed import machine
+    from speed import LEVELS, machine
 
-    fns = {"ours (TF)": ours(args.batch), "PyTorch reference": reference(args.batch)}
+    # Before TensorFlow or PyTorch load their kernels: both read the caps at first use.
+    os.environ.update(LEVELS[args.level])
+    stem = ("profile_step" + ("" if args.level == "native" else f"_{args.level}")
+            + ("_bf16" if args.bf16 else ""))
+    precision = "mixed bfloat16 (ours) / autocast bfloat16 (reference)" if args.bf16 else "float32"
+
+    fns = {"ours (TF)": ours(args.batch, args.bf16),
+           "PyTorch reference": reference(args.batch, args.bf16)}
     for parts in fns.values():
         for f in parts.values():
             for _ in range(3):
@@ -123,12 +151,15 @@ def main():
                 for _ in range(args.steps):
                     f()
                 best[who, part].append((time.perf_counter() - t0) / args.steps * 1000)
-    out = {"machine": machine(), "batch": args.batch, "rounds": args.rounds,
+    out = {"machine": machine(), "level": args.level, "precision": precision, "environment": LEVELS[args.level],
+           "batch": args.batch, "rounds": args.rounds,
            "steps_per_round": args.steps,
            "ms": {f"{who} / {part}": {"best": min(v), "median": statistics.median(v)}
                   for (who, part), v in best.items()}}
-    md = [f"CPU: {out['machine'].get('cpu_model')} ({out['machine']['cores']} cores). DIM(L) "
-          f"step parts, batch {args.batch}, float32; best of {args.rounds} alternating rounds "
+    caps = ", ".join(f"{k}={v}" for k, v in LEVELS[args.level].items()) or "no caps"
+    md = [f"CPU: {out['machine'].get('cpu_model')} ({out['machine']['cores']} cores; flags "
+          f"{', '.join(out['machine'].get('cpu_flags', []))}; level {args.level}: {caps}). DIM(L) "
+          f"step parts, batch {args.batch}, {precision}; best of {args.rounds} alternating rounds "
           f"x {args.steps} calls (ms per call; the part's own cost in brackets).", "",
           "| part (cumulative) | ours (TF) | PyTorch reference | ours / reference |",
           "|---|---|---|---|"]
@@ -142,9 +173,9 @@ def main():
         ratio = min(best["ours (TF)", part]) / min(best["PyTorch reference", part])
         md.append(f"| {part} | {cells[0]} | {cells[1]} | {ratio:.2f} |")
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "profile_step.json"), "w") as f:
+    with open(os.path.join(args.out, stem + ".json"), "w") as f:
         json.dump(out, f, indent=2)
-    with open(os.path.join(args.out, "profile_step.md"), "w") as f:
+    with open(os.path.join(args.out, stem + ".md"), "w") as f:
         f.write("\n".join(md) + "\n")
     print("\n".join(md))
 

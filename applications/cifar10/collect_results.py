@@ -2,7 +2,8 @@
 
     python applications/cifar10/collect_results.py
 
-Reads applications/cifar10/runs/{infobal,dim,dim_pairs,dim_pairs_long,infobal_pairs_long}/
+Reads applications/cifar10/runs/{infobal,dim,dim_pairs,dim_pairs_long,infobal_pairs_long,
+infobal_scales_long}/
 {results,export,config}.json and
 log.csv, and benchmarks/results/reference_encoders.json; writes applications/cifar10/results.{json,md}
 and applications/cifar10/mi_vs_accuracy.png.
@@ -20,7 +21,10 @@ VARIANTS = (("dim", "DIM baseline (lambda = 0)"), ("infobal", "InfoBal (lambda =
             ("dim_pairs", "dim_pairs: DIM, InfoNCE, augmented pairs (lambda = 0)"),
             ("dim_pairs_long", "dim_pairs_long: dim_pairs continued 28 epochs (lambda = 0)"),
             ("infobal_pairs_long", "infobal_pairs_long: dim_pairs continued 28 epochs with "
-                                   "InfoMin (adversarial InfoNCE, lambda = 0.03)"))
+                                   "InfoMin (adversarial InfoNCE, lambda = 0.03)"),
+            ("infobal_scales_long", "infobal_scales_long: the same continuation at local "
+                                    "scales 1, 2, 4"))
+CONTINUED = ("dim_pairs_long", "infobal_pairs_long", "infobal_scales_long")
 
 
 def load(path):
@@ -48,7 +52,7 @@ def main():
 
     first = len(read_log(os.path.join(HERE, "runs", "dim_pairs", "log.csv"))["epoch"])
     continued = {}
-    for name in ("dim_pairs_long", "infobal_pairs_long"):
+    for name in CONTINUED:
         continued[name] = read_log(os.path.join(HERE, "runs", name, "log.csv"))
         continued[name]["epoch"] = [first + e for e in continued[name]["epoch"]]
 
@@ -116,8 +120,7 @@ def main():
                          "InfoBal": os.path.join(HERE, "runs", "infobal", "log.csv"),
                          "dim_pairs": os.path.join(HERE, "runs", "dim_pairs", "log.csv"),
                          # Continued from dim_pairs' 36 epochs: drawn after them.
-                         "dim_pairs_long": continued["dim_pairs_long"],
-                         "infobal_pairs_long": continued["infobal_pairs_long"]},
+                         **continued},
                         os.path.join(HERE, "mi_vs_accuracy.png"),
                         title="CIFAR-10 pretraining: MI estimates and probe accuracy (held-out "
                               "train split)")
