@@ -169,8 +169,9 @@ SETS = sorted({c["group"] for c in CONTENDERS.values()})
 # Instruction-set levels measured side by side (`--levels`): each level's contenders run in
 # their own worker processes with the vector kernels of oneDNN (TensorFlow's and PyTorch's),
 # ATen, MKL and XLA's CPU code generation (JAX, TF + XLA) capped, so one AVX-512 host also
-# measures the kernels an AVX2-only host runs. Eigen's kernels in TensorFlow are compiled
-# for AVX2 on every host. A contender at a level other than native is named "name@level".
+# measures the kernels an AVX2-only host runs. Eigen's kernels in the TensorFlow wheel are
+# compiled for one baseline ISA on every host. A contender at a level other than native is
+# named "name@level".
 LEVELS = {"native": {},
           "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2",
                    "MKL_ENABLE_INSTRUCTIONS": "AVX2", "XLA_FLAGS": "--xla_cpu_max_isa=AVX2"}}
