@@ -112,7 +112,7 @@ def test_readme_test_commands_are_what_ci_runs():
 
 
 @pytest.mark.parametrize("stem", ["speed", "views_speed", "xla_conv", "profile_step",
-                                  "conv_layout"])
+                                  "conv_layout", "levels_speed"])
 def test_benchmark_tables_are_the_committed_results(stem):
     """Every table row of a committed benchmark result appears verbatim in docs/benchmarks.md,
     so its speed numbers are the ones its command wrote (regenerate both together)."""
@@ -171,3 +171,27 @@ def test_relative_links_and_figures_in_the_docs_resolve():
             if not os.path.exists(os.path.join(os.path.dirname(path), file)):
                 broken.append(f"{os.path.relpath(path, ROOT)}: {target}")
     assert not broken, broken
+
+
+def test_targets_table_is_the_committed_results():
+    """docs/results.md's table of issue 22's targets is the one targets.py wrote."""
+    text = open(os.path.join(ROOT, "docs", "results.md")).read()
+    path = os.path.join(ROOT, "applications", "cifar10", "targets.md")
+    rows = [line for line in open(path).read().splitlines() if line.startswith("| ")]
+    assert len(rows) >= 4
+    missing = [row for row in rows if row not in text]
+    assert not missing, f"docs/results.md lacks these rows of {path}: {missing[:3]}"
+
+
+def test_readme_speed_table_is_the_committed_results():
+    """The README's speed rows (its "Speed" section) are rows of the committed benchmark at
+    both instruction-set levels, whose CPU line the README quotes."""
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    section = readme.split("## Speed", 1)[1].split("\n## ", 1)[0]
+    results = open(os.path.join(ROOT, "benchmarks", "results", "levels_speed.md")).read()
+    rows = [line for line in section.splitlines() if line.startswith("| ")][2:]
+    assert len(rows) >= 4
+    missing = [row for row in rows if row not in results]
+    assert not missing, f"benchmarks/results/levels_speed.md lacks these README rows: {missing}"
+    cpu = results.splitlines()[0].split(";")[0]  # "CPU: <model> (<cores>; flags ..."
+    assert cpu in section
