@@ -54,10 +54,14 @@ def triton_library():
     return library if os.path.exists(library) else None
 
 
-def preload_triton():
-    """Loads libtriton.so now when the backend is torch and Triton is not loaded yet;
-    returns True when it did."""
-    if os.name != "posix" or "triton" in sys.modules or configured_backend() != "torch":
+def preload_triton(any_backend=False):
+    """Loads libtriton.so now when the backend is torch (or, with `any_backend`, whatever
+    it is: a process that uses TensorFlow and PyTorch side by side, as
+    `benchmarks/profile_step.py` does) and Triton is not loaded yet; returns True when it
+    did. Call it before TensorFlow is imported."""
+    if os.name != "posix" or "triton" in sys.modules:
+        return False
+    if not any_backend and configured_backend() != "torch":
         return False
     library = triton_library()
     if library is None:

@@ -131,6 +131,11 @@ def main():
 
     # Before TensorFlow or PyTorch load their kernels: both read the caps at first use.
     os.environ.update(LEVELS[args.level])
+    # Both frameworks in one process: Triton's LLVM must load before TensorFlow's
+    # (keras_infobal_startup explains), or PyTorch's import dies with SIGSEGV.
+    import keras_infobal_startup
+
+    keras_infobal_startup.preload_triton(any_backend=True)
     stem = ("profile_step" + ("" if args.level == "native" else f"_{args.level}")
             + ("_bf16" if args.bf16 else ""))
     precision = "mixed bfloat16 (ours) / autocast bfloat16 (reference)" if args.bf16 else "float32"

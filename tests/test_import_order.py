@@ -99,6 +99,10 @@ def test_the_startup_hook_loads_triton_only_on_the_torch_backend(monkeypatch):
     monkeypatch.setattr(hook, "triton_library", lambda: "/lib/libtriton.so")
     assert hook.preload_triton() is False
     assert loaded == ["/lib/libtriton.so"]
+    monkeypatch.delitem(sys.modules, "triton")
+    monkeypatch.setattr(hook, "configured_backend", lambda: "tensorflow")
+    assert hook.preload_triton(any_backend=True) is True  # TF and PyTorch in one process
+    assert loaded == ["/lib/libtriton.so"] * 2
 
 
 def test_tensorflow_imported_and_used_first_then_training_on_torch_without_the_hook():
