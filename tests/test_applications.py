@@ -303,7 +303,8 @@ def test_from_preset_continues_pretraining_with_the_shipped_critics(builtin_dir)
         for a, b in zip(m.infomax_critics[0].get_weights(),
                         source.infomax_critics[0].get_weights()):
             np.testing.assert_array_equal(a, b)
-    with pytest.raises(ValueError, match="architecture is the preset's backbone"):
+    with pytest.raises(ValueError, match=r"objective overrides.*got \['num_views'\].*"
+                                         r"`backbone_overrides`"):
         InfoBal.from_preset("p", num_views=4)
     with open(builtin_dir / "p" / presets.CRITICS_FILE, "ab") as f:
         f.write(b"x")
