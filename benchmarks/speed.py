@@ -452,10 +452,11 @@ def worker(names, batch, warmup):
         cpu0, steal0 = os.times(), _steal_ticks()
         if getattr(steps[name], "timed_steps", False):  # times its own steps (`fit`)
             times = steps[name](int(n))
-        for _ in range(0 if times else int(n)):
-            t0 = time.perf_counter()
-            steps[name]()
-            times.append(time.perf_counter() - t0)
+        else:
+            for _ in range(int(n)):
+                t0 = time.perf_counter()
+                steps[name]()
+                times.append(time.perf_counter() - t0)
         cpu1, steal1 = os.times(), _steal_ticks()
         cpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
         print(json.dumps({"times": times, "cpu_seconds": cpu,
@@ -625,8 +626,8 @@ def run(args):
                             statistics.median(r["rounds_per_second"]),
                             min(r["rounds_per_second"]))
         flops, imgs = contender_flops(name, args.batch), images_per_step(name, args.batch)
-        c = {"description": spec(name)["description"], "kind": spec(name)["kind"],
-             "backend": spec(name)["backend"], "level": spec(name)["level"],
+        contender = spec(name)
+        c = {**{k: contender[k] for k in ("description", "kind", "backend", "level")},
              "best_steps_per_second": best,
              "median_steps_per_second": med, "worst_steps_per_second": worst,
              "spread_best_over_worst": best / worst, **r, **quantization(r["step_seconds"])}
