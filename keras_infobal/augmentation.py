@@ -2,7 +2,7 @@
 
 `augmentation_pipeline(...)` is a `keras.layers.Pipeline` of Keras' own image layers (no
 hand-written image code): random translation with reflection (DIM's pad-and-crop), a
-horizontal flip, SimCLR-style colour jitter and random grayscale. It runs
+horizontal flip, optional random resized crops, SimCLR-style colour jitter and random grayscale. It runs
 
 - in `tf.data` on the CPU, whatever the backend (`make_dataset` maps it over batches; Keras
   preprocessing layers switch to TensorFlow ops inside `tf.data`), or
@@ -21,7 +21,7 @@ is jittered (`make_dataset` rounds back to uint8).
 import keras
 
 
-def check_options(color_jitter=0.0, grayscale=0.0, translate=0.125):
+def check_options(color_jitter=0.0, grayscale=0.0, translate=0.125, crop=0.0):
     """Raises a ValueError naming the bad option and what it takes."""
     if not (isinstance(color_jitter, (int, float)) and color_jitter >= 0):
         raise ValueError(f"`color_jitter` is a strength >= 0 (SimCLR's s, 0 = off); got "
@@ -31,6 +31,10 @@ def check_options(color_jitter=0.0, grayscale=0.0, translate=0.125):
     if not (isinstance(translate, (int, float)) and 0 <= translate < 1):
         raise ValueError(f"`translate` is a fraction of the image size in [0, 1) (0.125 = 4 "
                          f"pixels of a 32x32 image); got {translate!r}.")
+    if not (isinstance(crop, (int, float)) and 0 <= crop < 1):
+        raise ValueError(f"`crop` is the most a crop may shrink each side, as a fraction in "
+                         f"[0, 1) (0.5: crops down to a quarter of the area, scaled back "
+                         f"up; 0 = off); got {crop!r}.")
 
 
 def _saturation_range(low, high):
@@ -40,7 +44,7 @@ def _saturation_range(low, high):
 
 
 def augmentation_pipeline(color_jitter=0.0, grayscale=0.0, translate=0.125, flip=True,
-                          seed=None, name="augmentation"):
+                          crop=0.0, seed=None, name="augmentation"):
     """The augmentation of pretraining as a `keras.layers.Pipeline`.
 
     Args:
@@ -51,9 +55,13 @@ def augmentation_pipeline(color_jitter=0.0, grayscale=0.0, translate=0.125, flip
         translate: the largest shift, as a fraction of the image's height and width, with
             reflection at the borders (0.125: DIM's 4-pixel pad-and-crop of 32x32 images).
         flip: random horizontal flips.
+        crop: random resized crops (SimCLR's and AMDIM's strongest augmentation), as the most
+            each side may shrink: a crop of (1 - c) to 1 of the height and width, same
+            aspect, around the translated centre, scaled back to the image size
+            (bilinear). 0 = off; 0.5 crops down to a quarter of the area.
         seed: an int for reproducible draws (each layer gets its own seed from it).
     """
-    check_options(color_jitter, grayscale, translate)
+    check_options(color_jitter, grayscale, translate, crop)
     seeds = iter(range(8) if seed is None else range(seed * 8, seed * 8 + 8))
 
     def next_seed():
@@ -70,6 +78,13 @@ def augmentation_pipeline(color_jitter=0.0, grayscale=0.0, translate=0.125, flip
     if flip:
         layers.append(keras.layers.RandomFlip("horizontal", seed=next_seed(), dtype="uint8",
                                               name="flip"))
+    if crop:
+        # Keras' zoom with a negative factor zooms in: a central crop of (1 + f) of each
+        # side, resized back. After the translation, so the crop's centre moves too. Last of
+        # the spatial layers: it interpolates, so it works in float32.
+        layers.append(keras.layers.RandomZoom(
+            (-float(crop), 0.0), None, fill_mode="reflect", interpolation="bilinear",
+            seed=next_seed(), name="crop"))
     if color_jitter:
         s = float(color_jitter)
         # In [0, 1]: RandomSaturation clips the HSV saturation to `value_range`, which is

@@ -416,11 +416,12 @@ def load_cifar10(split="train", source=None, cache_dir=None):
 
 def make_dataset(images, labels=None, batch_size=64, shuffle=False, augment_images=False,
                  drop_remainder=False, seed=None, pairs=False, color_jitter=0.0,
-                 grayscale=0.0, translate=0.125, flip=True, augmentation=None):
+                 grayscale=0.0, translate=0.125, flip=True, crop=0.0,
+                 augmentation=None):
     """A batched `tf.data.Dataset` of uint8 images (and labels), augmented per batch.
 
     The augmentation is a Keras preprocessing pipeline (`augmentation.augmentation_pipeline`
-    of `color_jitter`, `grayscale`, `translate` and `flip`, or your own Keras layer as
+    of `color_jitter`, `grayscale`, `translate`, `flip` and `crop`, or your own Keras layer as
     `augmentation`), run here in `tf.data` on every backend. `pairs=True` yields `(x1, x2)`:
     two independent augmentations of the same images, the input of
     `InfoBal(augmented_pairs=True)`.
@@ -451,10 +452,11 @@ def make_dataset(images, labels=None, batch_size=64, shuffle=False, augment_imag
             "`color_jitter`, `grayscale` and `augmentation` are part of the augmentation: "
             "also pass augment_images=True (or pairs=True)."
         )
-    check_options(color_jitter, grayscale, translate)
+    check_options(color_jitter, grayscale, translate, crop)
     if augmentation is None and (augment_images or pairs):
         augmentation = augmentation_pipeline(color_jitter=color_jitter, grayscale=grayscale,
-                                             translate=translate, flip=flip, seed=seed)
+                                             translate=translate, flip=flip, crop=crop,
+                                             seed=seed)
 
     def aug(x):
         # Back to uint8: 4x less to hold in the prefetch buffer, and the model's input

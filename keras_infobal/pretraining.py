@@ -7,7 +7,7 @@ A run's configuration has one schema, the same in a recipe, a `--config` file an
   architecture with these few over it, e.g. `local_scales`); `task`: `InfoBal` arguments
   (the objective);
   `augmentation`: `augmentation.augmentation_pipeline`'s `color_jitter`, `grayscale`,
-  `translate`, `flip` (a Keras preprocessing pipeline). A recipe
+  `translate`, `flip`, `crop` (a Keras preprocessing pipeline). A recipe
   (`pretraining_recipes.json`) gives the three; the run's own sections update them key by key.
 - the training options in `DEFAULTS` (epochs, batch size, learning rate, ...).
 
@@ -39,7 +39,7 @@ with open(RECIPES_FILE) as _f:
     RECIPES = json.load(_f)
 SECTIONS = ("backbone", "task", "augmentation")
 # augmentation.augmentation_pipeline's options (the seed is the run's).
-AUGMENTATION_KEYS = ("color_jitter", "grayscale", "translate", "flip")
+AUGMENTATION_KEYS = ("color_jitter", "grayscale", "translate", "flip", "crop")
 
 DEFAULTS = dict(recipe="infobal", backbone=None, task=None, augmentation=None,
                 mixed_precision="auto", epochs=30, batch_size=64, lr=3e-4,

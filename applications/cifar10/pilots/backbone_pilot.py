@@ -2,9 +2,10 @@
 
 Arms: `dim` (the `dim_pairs` backbone), `resnet` (a CIFAR-style ResNet trunk in the view
 encoder instead of DIM's two convs) and `scales` (AMDIM-style multi-scale InfoMax:
-`local_scales=(1, 2, 4)`, R also scored against each view's 2x2- and 4x4-pooled locations).
+`local_scales=(1, 2, 4)`, R also scored against each view's 2x2- and 4x4-pooled locations)
+and `crop` (DIM's backbone with stronger augmentation: random resized crops, `crop=0.4`).
 
-Both arms run the `dim_pairs` recipe (InfoNCE, augmented pairs, colour, score clip 20, mixed
+All arms run the `dim_pairs` recipe (InfoNCE, augmented pairs, colour, score clip 20, mixed
 bfloat16 when asked) for the same few epochs and are compared on the in-training linear
 probe (10,000 training images, scored on 5,000 held-out training images; never the test set).
 
@@ -97,7 +98,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--summarize", metavar="FOLDER",
                    help="print the table of the runs under FOLDER and exit")
-    p.add_argument("--arm", choices=("dim", "resnet", "scales"))
+    p.add_argument("--arm", choices=("dim", "resnet", "scales", "crop"))
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mixed-precision", action="store_true")
@@ -109,12 +110,15 @@ def main(argv=None):
         return 0
     if not (args.arm and args.data and args.out):
         p.error("--arm, --data and --out are required to run a pilot")
-    backbone = {}
+    backbone, augmentation = {}, {}
     if args.arm == "resnet":
         backbone["trunk"] = keras.saving.serialize_keras_object(resnet_trunk())
     elif args.arm == "scales":
         backbone["local_scales"] = [1, 2, 4]
-    pretraining.pretrain(recipe="dim_pairs", backbone=backbone, epochs=args.epochs,
+    elif args.arm == "crop":
+        augmentation["crop"] = 0.4  # crops of 60-100% of each side: 36-100% of the area
+    pretraining.pretrain(recipe="dim_pairs", backbone=backbone, augmentation=augmentation,
+                         epochs=args.epochs,
                          seed=args.seed, mixed_precision=args.mixed_precision,
                          probe_every=args.epochs, data=args.data, out=args.out,
                          skip_final_probe=True)
