@@ -106,6 +106,10 @@ def resolve(**options):
     if bad:
         raise ValueError(f"Unknown augmentation options {sorted(bad)}; known: "
                          f"{', '.join(AUGMENTATION_KEYS)} (augmentation.augmentation_pipeline).")
+    # Bad values fail here, before the data loads, not an epoch's set-up later.
+    from keras_infobal.augmentation import check_options
+
+    check_options(**{k: v for k, v in run["augmentation"].items() if k != "flip"})
     return run
 
 

@@ -48,6 +48,30 @@ def test_flip_only_mirrors():
     assert 4 < sum(flipped) < 28
 
 
+def test_crop_is_a_centred_zoom_that_keeps_the_aspect():
+    # Bilinear resizing keeps a linear image linear: a crop of a fraction f of each side,
+    # scaled back up around the centre, multiplies both slopes by f and keeps the mean.
+    # So each output's fitted slopes give its f, which must lie in [1 - crop, 1], be the
+    # same along both axes (aspect kept) and differ from image to image.
+    yy, xx = np.mgrid[0:32, 0:32]
+    ramp = (2 * yy + 3 * xx + 10).astype(np.float32)
+    x = np.repeat(ramp[None, :, :, None], 3, axis=-1).repeat(32, axis=0)
+    out = run(augmentation_pipeline(translate=0, flip=False, crop=0.4, seed=3), x)
+    design = np.stack([yy.ravel(), xx.ravel(), np.ones(yy.size)], axis=1)
+    fractions = []
+    for image in out:
+        coef, *_ = np.linalg.lstsq(design, image[..., 0].ravel(), rcond=None)
+        np.testing.assert_allclose(design @ coef, image[..., 0].ravel(), atol=1e-3)
+        np.testing.assert_allclose(coef[0] / 2, coef[1] / 3, rtol=1e-5)
+        np.testing.assert_allclose(image.mean(), ramp.mean(), rtol=1e-5)
+        fractions.append(coef[1] / 3)
+    assert min(fractions) >= 0.6 - 1e-5 and max(fractions) <= 1 + 1e-5
+    # Uniform draws over [0.6, 1]: 32 of them all above 0.7 has odds 0.75 ** 32 < 1e-4.
+    assert min(fractions) < 0.7 and max(fractions) > 0.9
+    with pytest.raises(ValueError, match="`crop` is the most a crop may shrink"):
+        augmentation_pipeline(crop=1.0)
+
+
 def test_colour_jitter_per_image_and_in_range():
     # A flat grey image stays flat and grey under contrast and saturation; brightness
     # shifts it by at most 0.4 s of 255 (s = 0.5: 51), clipped to [0, 255].
@@ -80,6 +104,17 @@ def test_bad_options_name_what_they_take():
     with pytest.raises(ValueError, match="fraction of the image size"):
         datasets.make_dataset(np.zeros((4, 8, 8, 3), np.uint8), augment_images=True,
                               translate=4)
+
+
+def test_pretraining_takes_the_crop_and_refuses_bad_values_before_loading_data():
+    from keras_infobal.pretraining import resolve
+
+    run = resolve(recipe="dim_pairs", augmentation={"crop": 0.4})
+    assert run["augmentation"] == {"color_jitter": 0.5, "grayscale": 0.2, "crop": 0.4}
+    with pytest.raises(ValueError, match="`crop` is the most"):
+        resolve(recipe="dim_pairs", augmentation={"crop": 2}, data="/nonexistent")
+    with pytest.raises(ValueError, match="Unknown augmentation options \\['zoom'\\]"):
+        resolve(recipe="dim_pairs", augmentation={"zoom": 0.4})
 
 
 @pytest.mark.backend
