@@ -62,19 +62,34 @@ def fold_standardization(kernel, bias, mean, std):
 
 def train_classifier(f_train, y_train, f_test, y_test, protocol="converged", head="linear",
                      classes=10, validation_fraction=0.1, max_epochs=100, patience=5,
-                     learning_rate=1e-3, batch_size=256, seed=0, return_model=False):
+                     learning_rate=1e-3, batch_size=256, seed=0, return_model=False,
+                     train_views=()):
     """Trains a classifier on cached features; returns test accuracy (and the model).
 
     `protocol="note"`: one linear layer (or `head`), 4 epochs, Adam 1e-4, no validation.
     `protocol="converged"`: trains until the accuracy on a validation split carved out of the
     training features stops improving (`patience` epochs), restores the best epoch, and only
     then touches the test features once.
+
+    `train_views`: features of augmented copies of the training images (e.g. mirrored), each
+    row-aligned with `f_train`. They join the fitting rows only: the early-stopping split
+    holds no copy of an image it fits on, and the standardization is `f_train`'s.
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"`protocol` must be one of {PROTOCOLS}; got {protocol!r}.")
-    (f_train, f_test), norm = standardize(f_train.astype("float32"), f_test.astype("float32"))
+    for view in train_views:
+        if np.shape(view) != np.shape(f_train):
+            raise ValueError(f"Each of `train_views` is row-aligned with `f_train` "
+                             f"{np.shape(f_train)} (the same images, augmented); got "
+                             f"{np.shape(view)}.")
+    (f_train, f_test, *train_views), norm = standardize(
+        f_train.astype("float32"), f_test.astype("float32"),
+        *(np.asarray(v, "float32") for v in train_views))
+    y_train = np.asarray(y_train)
     model = _make_classifier(f_train.shape[1], classes, head, seed)
     if protocol == "note":
+        f_train = np.concatenate([f_train, *train_views])
+        y_train = np.concatenate([y_train] * (1 + len(train_views)))
         model.compile(keras.optimizers.Adam(1e-4),
                       keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                       metrics=["accuracy"])
@@ -87,15 +102,17 @@ def train_classifier(f_train, y_train, f_test, y_test, protocol="converged", hea
         model.compile(keras.optimizers.Adam(learning_rate),
                       keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                       metrics=["accuracy"])
+        fit_x = np.concatenate([f_train[tr]] + [v[tr] for v in train_views])
+        fit_y = np.concatenate([y_train[tr]] * (1 + len(train_views)))
         # On small data an epoch is a step or two: smaller batches, and stop early only after
         # ~300 steps.
-        batch_size = int(min(batch_size, max(16, len(tr) // 10)))
-        steps_per_epoch = max(1, -(-len(tr) // batch_size))
+        batch_size = int(min(batch_size, max(16, len(fit_x) // 10)))
+        steps_per_epoch = max(1, -(-len(fit_x) // batch_size))
         warmup = -(-300 // steps_per_epoch)
         stop = keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max",
                                              patience=patience, restore_best_weights=True,
                                              start_from_epoch=warmup)
-        model.fit(f_train[tr], y_train[tr], validation_data=(f_train[val], y_train[val]),
+        model.fit(fit_x, fit_y, validation_data=(f_train[val], y_train[val]),
                   epochs=max(max_epochs, warmup + patience), batch_size=batch_size,
                   callbacks=[stop], verbose=0)
     logits = model.predict(f_test, batch_size=1024, verbose=0)

@@ -8,6 +8,8 @@ training images (the split `export_weights.py` uses) and touching the test set o
     python applications/cifar10/pilots/head_protocol.py \
         --run applications/cifar10/runs/dim_pairs_long --data ../shared/data/cifar10-jpeg.tar.gz
     python applications/cifar10/pilots/head_protocol.py --preset dim_pairs --data ...
+    python applications/cifar10/pilots/head_protocol.py --preset infobal_scales_long \
+        --layers fc conv --heads mlp --flip --data ...   # + heads fitted on mirrored copies too
 
 Writes `pilots/head_protocol/<run or preset name>.json`. Budget: feature extraction (~2 min) plus
 2 heads x len(--layers) classifiers on 45,000 x D features (~1-3 min each on 2 cores).
@@ -31,6 +33,10 @@ def main(argv=None):
     p.add_argument("--data", default=os.environ.get("KERAS_INFOBAL_CIFAR10"))
     p.add_argument("--layers", nargs="+", default=["conv", "fc"])
     p.add_argument("--heads", nargs="+", default=["linear", "mlp"])
+    p.add_argument("--flip", action="store_true",
+                   help="also score each head trained with the features of the mirrored "
+                        "training images beside the plain ones (evaluation.train_classifier's "
+                        "train_views); writes <name>_flip.json")
     args = p.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
@@ -56,6 +62,7 @@ def main(argv=None):
     x_te, y_te, _ = datasets.load_cifar10("test", source=args.data)
     f_tr = features(x_tr, layers=args.layers)
     f_te = features(x_te, layers=args.layers)
+    f_flip = features(x_tr[:, :, ::-1], layers=args.layers) if args.flip else None
     del x_tr, x_te
     # The same 5,000 held-out training images as export_weights.py.
     order = np.random.default_rng(0).permutation(len(y_tr))
@@ -63,16 +70,21 @@ def main(argv=None):
     cells = []
     for layer in args.layers:
         for head in args.heads:
-            t0 = time.time()
-            val_acc = train_classifier(f_tr[layer][fit], y_tr[fit], f_tr[layer][val], y_tr[val],
-                                       head=head)
-            test_acc = train_classifier(f_tr[layer], y_tr, f_te[layer], y_te, head=head)
-            cells.append({"layer": layer, "head": head, "dim": int(f_tr[layer].shape[1]),
-                          "validation_accuracy": val_acc, "test_accuracy": test_acc,
-                          "seconds": round(time.time() - t0, 1)})
-            print(json.dumps(cells[-1]), flush=True)
+            for flip in (False, True) if args.flip else (False,):
+                t0 = time.time()
+                views = (lambda rows: (f_flip[layer][rows],)) if flip else (lambda rows: ())
+                val_acc = train_classifier(f_tr[layer][fit], y_tr[fit], f_tr[layer][val],
+                                           y_tr[val], head=head, train_views=views(fit))
+                test_acc = train_classifier(f_tr[layer], y_tr, f_te[layer], y_te, head=head,
+                                            train_views=views(slice(None)))
+                cells.append({"layer": layer, "head": head, "mirrored_copies": flip,
+                              "dim": int(f_tr[layer].shape[1]),
+                              "validation_accuracy": val_acc, "test_accuracy": test_acc,
+                              "seconds": round(time.time() - t0, 1)})
+                print(json.dumps(cells[-1]), flush=True)
     best = max(cells, key=lambda c: c["validation_accuracy"])
     name = os.path.basename(args.run.rstrip("/")) if args.run else args.preset
+    name += "_flip" if args.flip else ""
     out = {"run": (os.path.relpath(args.run, os.path.dirname(os.path.dirname(HERE)))
                    if args.run else None), "preset": args.preset,
            "protocol": "converged (early stopping on 10% of the fitting images); validation = "
