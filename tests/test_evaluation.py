@@ -162,3 +162,39 @@ def test_early_stopping_monitors_a_split_of_the_training_features(monkeypatch):
     assert len(seen["val"]) == 20 and len(seen["x"]) == 180
     assert rows(seen["val"]) | rows(seen["x"]) == rows(std_tr)
     assert not rows(seen["val"]) & rows(seen["x"])
+
+
+def test_train_views_join_the_fitting_rows_only(monkeypatch):
+    # Mirrored copies (here: each row negated, standing in for a mirrored image's features)
+    # are fitted on beside their originals, but the early-stopping rows keep no copy in the
+    # fitting data, and the normalization stays the originals' own.
+    f, y = blobs(260, dim=8, seed=4)
+    f_tr, y_tr, f_te, y_te = f[:200], y[:200], f[200:], y[200:]
+    copies = -f_tr
+    seen = {}
+    real_fit = keras.Model.fit
+
+    def spy(self, x=None, y=None, validation_data=None, **kw):
+        seen.update(x=np.array(x), y=np.array(y), val=np.array(validation_data[0]))
+        return real_fit(self, x, y, validation_data=validation_data, **{**kw, "epochs": 1})
+
+    monkeypatch.setattr(keras.Model, "fit", spy)
+    _, _, (mean, std) = train_classifier(f_tr, y_tr, f_te, y_te, classes=3,
+                                         return_model=True, train_views=(copies,))
+    np.testing.assert_allclose(mean[0], f_tr.mean(0), rtol=1e-5, atol=1e-6)
+    rows = lambda a: {tuple(np.round(r, 4)) for r in a}  # noqa: E731
+    std_tr = (f_tr - mean) / std
+    std_copies = (copies - mean) / std
+    val = rows(seen["val"])
+    assert len(seen["x"]) == 2 * 180 and len(val) == 20 and val <= rows(std_tr)
+    fitted_originals = rows(std_tr) - val
+    # The fitting rows: the 180 originals outside the validation rows and exactly their
+    # copies, each with its original's label.
+    index = {tuple(np.round(r, 4)): i for i, r in enumerate(std_tr)}
+    twins = {tuple(np.round(std_copies[index[r]], 4)) for r in fitted_originals}
+    assert rows(seen["x"]) == fitted_originals | twins
+    label = {tuple(np.round(r, 4)): y_tr[i] for i, r in enumerate(std_copies)}
+    label.update({k: y_tr[i] for k, i in index.items()})
+    assert all(label[tuple(np.round(r, 4))] == t for r, t in zip(seen["x"], seen["y"]))
+    with pytest.raises(ValueError, match="row-aligned with `f_train`"):
+        train_classifier(f_tr, y_tr, f_te, y_te, classes=3, train_views=(copies[:10],))
