@@ -9,7 +9,7 @@ training images (the split `export_weights.py` uses) and touching the test set o
         --run applications/cifar10/runs/dim_pairs_long --data ../shared/data/cifar10-jpeg.tar.gz
     python applications/cifar10/pilots/head_protocol.py --preset dim_pairs --data ...
     python applications/cifar10/pilots/head_protocol.py --preset infobal_scales_long \
-        --layers fc conv --heads mlp --flip --data ...   # + heads fitted on mirrored copies too
+        --layers fc --heads mlp --copies 4 --data ...  # + heads fitted on augmented copies
 
 Writes `pilots/head_protocol/<run or preset name>.json`. Budget: feature extraction (~2 min) plus
 2 heads x len(--layers) classifiers on 45,000 x D features (~1-3 min each on 2 cores).
@@ -33,10 +33,12 @@ def main(argv=None):
     p.add_argument("--data", default=os.environ.get("KERAS_INFOBAL_CIFAR10"))
     p.add_argument("--layers", nargs="+", default=["conv", "fc"])
     p.add_argument("--heads", nargs="+", default=["linear", "mlp"])
-    p.add_argument("--flip", action="store_true",
-                   help="also score each head trained with the features of the mirrored "
-                        "training images beside the plain ones (evaluation.train_classifier's "
-                        "train_views); writes <name>_flip.json")
+    p.add_argument("--copies", type=int, default=0,
+                   help="also score each head fitted on the features of K augmented copies of "
+                        "the training images beside the plain ones (evaluation."
+                        "train_classifier's train_views): the mirror image, then K - 1 draws "
+                        "of pretraining's spatial augmentation (shifts up to 4 pixels with "
+                        "mirrored borders, flips); writes <name>_copies<K>.json")
     args = p.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
@@ -62,7 +64,17 @@ def main(argv=None):
     x_te, y_te, _ = datasets.load_cifar10("test", source=args.data)
     f_tr = features(x_tr, layers=args.layers)
     f_te = features(x_te, layers=args.layers)
-    f_flip = features(x_tr[:, :, ::-1], layers=args.layers) if args.flip else None
+    copies = []
+    if args.copies:
+        from keras_infobal.augmentation import augmentation_pipeline
+
+        copies.append(features(x_tr[:, :, ::-1], layers=args.layers))
+        for k in range(1, args.copies):
+            spatial = augmentation_pipeline(seed=k)
+            shifted = np.concatenate([
+                np.asarray(keras.ops.convert_to_numpy(spatial(x_tr[i:i + 1000], training=True)))
+                for i in range(0, len(x_tr), 1000)]).astype(np.uint8)
+            copies.append(features(shifted, layers=args.layers))
     del x_tr, x_te
     # The same 5,000 held-out training images as export_weights.py.
     order = np.random.default_rng(0).permutation(len(y_tr))
@@ -70,21 +82,24 @@ def main(argv=None):
     cells = []
     for layer in args.layers:
         for head in args.heads:
-            for flip in (False, True) if args.flip else (False,):
+            for n_copies in sorted({0, args.copies}):
                 t0 = time.time()
-                views = (lambda rows: (f_flip[layer][rows],)) if flip else (lambda rows: ())
+
+                def views(rows):
+                    return tuple(c[layer][rows] for c in copies[:n_copies])
+
                 val_acc = train_classifier(f_tr[layer][fit], y_tr[fit], f_tr[layer][val],
                                            y_tr[val], head=head, train_views=views(fit))
                 test_acc = train_classifier(f_tr[layer], y_tr, f_te[layer], y_te, head=head,
                                             train_views=views(slice(None)))
-                cells.append({"layer": layer, "head": head, "mirrored_copies": flip,
+                cells.append({"layer": layer, "head": head, "augmented_copies": n_copies,
                               "dim": int(f_tr[layer].shape[1]),
                               "validation_accuracy": val_acc, "test_accuracy": test_acc,
                               "seconds": round(time.time() - t0, 1)})
                 print(json.dumps(cells[-1]), flush=True)
     best = max(cells, key=lambda c: c["validation_accuracy"])
     name = os.path.basename(args.run.rstrip("/")) if args.run else args.preset
-    name += "_flip" if args.flip else ""
+    name += f"_copies{args.copies}" if args.copies else ""
     out = {"run": (os.path.relpath(args.run, os.path.dirname(os.path.dirname(HERE)))
                    if args.run else None), "preset": args.preset,
            "protocol": "converged (early stopping on 10% of the fitting images); validation = "
