@@ -45,6 +45,27 @@ def _make_classifier(dim, classes, head, seed):
     return keras.Model(inputs, outputs)
 
 
+def augmented_copies(images, count, batch_size=1000):
+    """`count` augmented copies of uint8 images, for a classifier's `train_views`: the mirror
+    image first, then `count - 1` draws of pretraining's spatial augmentation (shifts of up to
+    12.5% with mirrored borders, flips; `augmentation_pipeline(seed=k)`, so they repeat)."""
+    from keras_infobal.augmentation import augmentation_pipeline
+
+    images = np.asarray(images)
+    if images.ndim != 4 or images.dtype != np.uint8:
+        raise ValueError(f"Expected uint8 images (N, H, W, C); got {images.dtype} "
+                         f"{images.shape}.")
+    if not (isinstance(count, int) and count >= 0):
+        raise ValueError(f"`count` is a number of copies >= 0; got {count!r}.")
+    out = [images[:, :, ::-1]][:count]
+    for k in range(1, count):
+        spatial = augmentation_pipeline(seed=k)
+        out.append(np.concatenate([
+            keras.ops.convert_to_numpy(spatial(images[i:i + batch_size], training=True))
+            for i in range(0, len(images), batch_size)]).astype(np.uint8))
+    return out
+
+
 def standardize(train, *others):
     """Per-feature standardization fitted on `train` (applied to all)."""
     mean = train.mean(0, keepdims=True)

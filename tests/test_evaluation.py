@@ -198,3 +198,26 @@ def test_train_views_join_the_fitting_rows_only(monkeypatch):
     assert all(label[tuple(np.round(r, 4))] == t for r, t in zip(seen["x"], seen["y"]))
     with pytest.raises(ValueError, match="row-aligned with `f_train`"):
         train_classifier(f_tr, y_tr, f_te, y_te, classes=3, train_views=(copies[:10],))
+
+
+def test_augmented_copies_are_the_mirror_then_seeded_mirrored_shifts():
+    from keras_infobal.evaluation import augmented_copies
+
+    x = np.random.default_rng(5).integers(0, 256, (12, 16, 16, 3)).astype(np.uint8)
+    copies = augmented_copies(x, 3, batch_size=5)
+    assert len(copies) == 3 and all(c.dtype == np.uint8 and c.shape == x.shape for c in copies)
+    np.testing.assert_array_equal(copies[0], x[:, :, ::-1])
+    # Each later copy: the image or its mirror shifted by at most 2 pixels (12.5% of 16),
+    # borders mirrored (numpy's "symmetric" pad), and the draws repeat.
+    for copy in copies[1:]:
+        for a, b in zip(x, copy):
+            hits = [(dy, dx, f) for f in (a, a[:, ::-1])
+                    for padded in [np.pad(f, ((2, 2), (2, 2), (0, 0)), mode="symmetric")]
+                    for dy in range(5) for dx in range(5)
+                    if np.array_equal(padded[dy:dy + 16, dx:dx + 16], b)]
+            assert hits
+    np.testing.assert_array_equal(augmented_copies(x, 3, batch_size=5)[2], copies[2])
+    assert not np.array_equal(copies[1], copies[2])
+    assert augmented_copies(x, 0) == []
+    with pytest.raises(ValueError, match="uint8 images"):
+        augmented_copies(x.astype("float32"), 1)

@@ -6,8 +6,9 @@
 
 Steps: load OUT/model.keras; pick the feature layer and head (linear, or DIM's evaluation
 classifier "mlp") that score best on a validation split of the training set (never the test
-set); train that head on all training features (standardization folded into its first
-dense layer); write `keras_infobal/presets/<preset>/` (`InfoBal.save_to_preset`: config.json,
+set), then with `--copies K` the same head fitted with K augmented copies of the images
+beside them, kept if it scores better there; train the chosen head on all training features
+(standardization folded into its first dense layer); write `keras_infobal/presets/<preset>/` (`InfoBal.save_to_preset`: config.json,
 model.weights.h5, task.json, critics.weights.h5 with --with-critics, plus
 classifier.weights.h5; float16 arrays) with its metadata (validation and test accuracy,
 command, run), and OUT/export.json.
@@ -34,6 +35,10 @@ def main(argv=None):
     p.add_argument("--heads", nargs="+", default=["linear", "mlp"],
                    help="classifier heads to choose from on the validation split (mlp: DIM's "
                         "evaluation classifier)")
+    p.add_argument("--copies", type=int, default=0,
+                   help="also score the chosen layer and head fitted with K augmented copies "
+                        "of the training images (evaluation.augmented_copies: the mirror, "
+                        "then shifts) and ship that head if it scores better on validation")
     p.add_argument("--data", default=os.environ.get("KERAS_INFOBAL_CIFAR10"))
     args = p.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -44,7 +49,11 @@ def main(argv=None):
     from keras_infobal import datasets, features
     from keras_infobal.applications import InfoBalCIFAR
     from keras_infobal.applications.infobal_cifar import _top
-    from keras_infobal.evaluation import fold_standardization, train_classifier
+    from keras_infobal.evaluation import (
+        augmented_copies,
+        fold_standardization,
+        train_classifier,
+    )
     from keras_infobal.models import presets
 
     model = keras.models.load_model(os.path.join(args.run, "model.keras"))
@@ -61,8 +70,17 @@ def main(argv=None):
                                         head=h)
                for k in layers for h in args.heads}
     best, best_head = max(val_acc, key=val_acc.get)
+    # Then, for that layer and head only, the same head fitted with augmented copies of the
+    # training images beside them (chosen on the same validation images, which have none).
+    copies = [model.extract_features(c, layers=[best])[best]
+              for c in augmented_copies(x_tr, args.copies)]
+    copies_val = (train_classifier(f_tr[best][fit], y_tr[fit], f_tr[best][val], y_tr[val],
+                                   head=best_head, train_views=[c[fit] for c in copies])
+                  if copies else None)
+    use_copies = copies_val is not None and copies_val > val_acc[best, best_head]
     acc, head, (mean, std) = train_classifier(f_tr[best], y_tr, f_te[best], y_te,
-                                              head=best_head, return_model=True)
+                                              head=best_head, return_model=True,
+                                              train_views=copies if use_copies else ())
     # The standardization (x - mean) / std folds into the first dense layer of the head.
     first = "head_dense" if best_head == "mlp" else "logits"
     w_folded, b_folded = fold_standardization(*head.get_layer(first).get_weights(), mean, std)
@@ -94,11 +112,15 @@ def main(argv=None):
         run_config = json.load(f)
     metadata = dict(
         name=args.preset, description=args.description,
-        validation_accuracy=val_acc[best, best_head],
+        validation_accuracy=copies_val if use_copies else val_acc[best, best_head],
         validation_note=f"{best_head} head on the {best!r} features, scored on 5,000 held-out "
                         "training images after fitting on the other 45,000; chosen over "
-                        + ", ".join(f"{k}/{h} {a:.4f}" for (k, h), a in val_acc.items()),
-        classifier={"feature_layer": best, "head": best_head, "classes": 10},
+                        + ", ".join(f"{k}/{h} {a:.4f}" for (k, h), a in val_acc.items())
+                        + (f"; then fitted with {args.copies} augmented copies of each image "
+                           f"({copies_val:.4f}, {'kept' if use_copies else 'not kept'})"
+                           if copies else ""),
+        classifier={"feature_layer": best, "head": best_head, "classes": 10,
+                    "augmented_copies": args.copies if use_copies else 0},
         recipe={"augmentation": run_config.get("augmentation", {})},
         command=args.command, run=os.path.relpath(args.run, ROOT))
     presets.write_metadata(folder, **metadata)
@@ -109,6 +131,8 @@ def main(argv=None):
     report = {"preset": args.preset,
               "validation_accuracy": {f"{k}/{h}": a for (k, h), a in val_acc.items()},
               "feature_layer": best, "head": best_head,
+              "augmented_copies": {"count": args.copies, "validation_accuracy": copies_val,
+                                   "kept": use_copies},
               "head_test_accuracy_float32": acc, "shipped_test_accuracy_float16": shipped_acc}
     with open(os.path.join(args.run, "export.json"), "w") as f:
         json.dump(report, f, indent=2)

@@ -46,7 +46,7 @@ def main(argv=None):
 
     import keras_infobal  # noqa: F401
     from keras_infobal import datasets
-    from keras_infobal.evaluation import train_classifier
+    from keras_infobal.evaluation import augmented_copies, train_classifier
 
     if args.run:
         model = keras.models.load_model(os.path.join(args.run, "model.keras"))
@@ -64,17 +64,7 @@ def main(argv=None):
     x_te, y_te, _ = datasets.load_cifar10("test", source=args.data)
     f_tr = features(x_tr, layers=args.layers)
     f_te = features(x_te, layers=args.layers)
-    copies = []
-    if args.copies:
-        from keras_infobal.augmentation import augmentation_pipeline
-
-        copies.append(features(x_tr[:, :, ::-1], layers=args.layers))
-        for k in range(1, args.copies):
-            spatial = augmentation_pipeline(seed=k)
-            shifted = np.concatenate([
-                np.asarray(keras.ops.convert_to_numpy(spatial(x_tr[i:i + 1000], training=True)))
-                for i in range(0, len(x_tr), 1000)]).astype(np.uint8)
-            copies.append(features(shifted, layers=args.layers))
+    copies = [features(c, layers=args.layers) for c in augmented_copies(x_tr, args.copies)]
     del x_tr, x_te
     # The same 5,000 held-out training images as export_weights.py.
     order = np.random.default_rng(0).permutation(len(y_tr))
