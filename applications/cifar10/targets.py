@@ -3,6 +3,7 @@
     python applications/cifar10/targets.py --data ../shared/data/cifar10-jpeg.tar.gz \
         --fashion-mnist /tmp/fmnist --presets infobal_pairs_long infobal_scales_long \
         --out applications/cifar10/targets.json
+    python applications/cifar10/targets.py ... --presets NEW --keep   # add one preset's row
 
 For each preset (features extracted once per dataset):
 - **classifier**: its shipped classifier (`InfoBalCIFAR(preset=...)`, head and feature layer
@@ -34,6 +35,9 @@ def main(argv=None):
                    help="folder with Fashion-MNIST's train.npz and test.npz")
     p.add_argument("--presets", nargs="+", required=True)
     p.add_argument("--out", required=True, help="JSON results (a .md table beside it)")
+    p.add_argument("--keep", action="store_true",
+                   help="keep the results of other presets already in --out (scored by the "
+                        "same script before) and add or replace these presets' rows")
     p.add_argument("--limit", type=int, default=0,
                    help="a quick check on every Nth image only (not a result)")
     args = p.parse_args(argv)
@@ -60,6 +64,13 @@ def main(argv=None):
         return train_classifier(f["train"], fm["train"][1], f["test"], fm["test"][1])
 
     results = {}
+    if args.keep and os.path.exists(args.out):
+        with open(args.out) as f:
+            before = json.load(f)
+        if before.get("every_nth_image") != (args.limit or 1):
+            raise SystemExit(f"{args.out} was scored on every {before.get('every_nth_image')}th "
+                             f"image, this run on every {args.limit or 1}th: drop --keep.")
+        results = {k: v for k, v in before["presets"].items() if k not in args.presets}
     for name in args.presets:
         pred = InfoBalCIFAR(preset=name).predict(x_te, batch_size=500, verbose=0).argmax(-1)
         model = InfoBal.from_preset(name)
