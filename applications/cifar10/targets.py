@@ -51,6 +51,15 @@ def main(argv=None):
     from keras_infobal.knn import knn_accuracy
     from keras_infobal.models import InfoBal
 
+    # Checked before the data loads.
+    results = {}
+    if args.keep and os.path.exists(args.out):
+        with open(args.out) as f:
+            before = json.load(f)
+        if before.get("every_nth_image") != (args.limit or 1):
+            raise SystemExit(f"{args.out} was scored on every {before.get('every_nth_image')}th "
+                             f"image, this run on every {args.limit or 1}th: drop --keep.")
+        results = {k: v for k, v in before["presets"].items() if k not in args.presets}
     x_tr, y_tr, _ = datasets.load_cifar10("train", source=args.data)
     x_te, y_te, _ = datasets.load_cifar10("test", source=args.data)
     fm = {s: datasets.load_images(os.path.join(args.fashion_mnist, f"{s}.npz"), resize=(32, 32))
@@ -63,14 +72,6 @@ def main(argv=None):
         f = {s: model.extract_features(fm[s][0], layers=("conv",))["conv"] for s in fm}
         return train_classifier(f["train"], fm["train"][1], f["test"], fm["test"][1])
 
-    results = {}
-    if args.keep and os.path.exists(args.out):
-        with open(args.out) as f:
-            before = json.load(f)
-        if before.get("every_nth_image") != (args.limit or 1):
-            raise SystemExit(f"{args.out} was scored on every {before.get('every_nth_image')}th "
-                             f"image, this run on every {args.limit or 1}th: drop --keep.")
-        results = {k: v for k, v in before["presets"].items() if k not in args.presets}
     for name in args.presets:
         pred = InfoBalCIFAR(preset=name).predict(x_te, batch_size=500, verbose=0).argmax(-1)
         model = InfoBal.from_preset(name)
