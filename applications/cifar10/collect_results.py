@@ -89,8 +89,11 @@ def main():
         if cfg.get("infomin_weight") and cfg.get("infomin_critic") not in (None, cfg["critic"]):
             objective += f" ({cfg['infomin_critic']})"
         name = f"`{variant}`" + (" (default)" if variant == default else "")
+        head = metadata["classifier"]["head"]
+        if metadata["classifier"].get("augmented_copies"):
+            head += f", fitted with {metadata['classifier']['augmented_copies']} copies"
         md.append(f"| {name} | {objective} | {metadata['classifier']['feature_layer']} | "
-                  f"{metadata['classifier']['head']} | "
+                  f"{head} | "
                   f"{100 * metadata['validation_accuracy']:.2f} | "
                   f"{100 * metadata['test_accuracy']:.2f} |")
     # The same frozen encoders under both heads (pilots/head_protocol.py).
@@ -99,11 +102,15 @@ def main():
         md += ["", "| encoder | layer | linear head: validation / test | DIM's classifier "
                "(mlp): validation / test |", "|---|---|---|---|"]
         out["head_protocol"] = {}
+        with_copies = []
         for path in pilots:
             pilot = load(path)
             name = os.path.basename(path)[:-len(".json")]
             out["head_protocol"][name] = pilot
-            cells = {(c["layer"], c["head"]): c for c in pilot["cells"]}
+            cells = {(c["layer"], c["head"]): c for c in pilot["cells"]
+                     if not c.get("augmented_copies")}
+            with_copies += [(name, c, cells.get((c["layer"], c["head"])))
+                            for c in pilot["cells"] if c.get("augmented_copies")]
             for layer in dict.fromkeys(c["layer"] for c in pilot["cells"]):
                 row = [f"| `{name}` | {layer} |"]
                 for head in ("linear", "mlp"):
@@ -111,6 +118,15 @@ def main():
                     row.append(f" {100 * c['validation_accuracy']:.2f} / "
                                f"{100 * c['test_accuracy']:.2f} |" if c else " - |")
                 md.append("".join(row))
+        if with_copies:
+            md += ["", "| encoder | layer, head | fitted on the images: validation / test | "
+                   "with K augmented copies too: validation / test |", "|---|---|---|---|"]
+            for name, c, plain in with_copies:
+                md.append(f"| `{name}` | {c['layer']}, {c['head']} | "
+                          f"{100 * plain['validation_accuracy']:.2f} / "
+                          f"{100 * plain['test_accuracy']:.2f} | K = {c['augmented_copies']}: "
+                          f"{100 * c['validation_accuracy']:.2f} / "
+                          f"{100 * c['test_accuracy']:.2f} |")
     out["default_preset"] = default
     with open(os.path.join(HERE, "results.json"), "w") as f:
         json.dump(out, f, indent=2)
