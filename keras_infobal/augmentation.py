@@ -2,7 +2,8 @@
 
 `augmentation_pipeline(...)` is a `keras.layers.Pipeline` of Keras' own image layers (no
 hand-written image code): random translation with reflection (DIM's pad-and-crop), a
-horizontal flip, optional random resized crops, SimCLR-style colour jitter and random grayscale. It runs
+horizontal flip, optional random resized crops, SimCLR-style colour jitter and random
+grayscale. It runs
 
 - in `tf.data` on the CPU, whatever the backend (`make_dataset` maps it over batches; Keras
   preprocessing layers switch to TensorFlow ops inside `tf.data`), or

@@ -8,10 +8,10 @@ Steps: load OUT/model.keras; pick the feature layer and head (linear, or DIM's e
 classifier "mlp") that score best on a validation split of the training set (never the test
 set), then with `--copies K` the same head fitted with K augmented copies of the images
 beside them, kept if it scores better there; train the chosen head on all training features
-(standardization folded into its first dense layer); write `keras_infobal/presets/<preset>/` (`InfoBal.save_to_preset`: config.json,
-model.weights.h5, task.json, critics.weights.h5 with --with-critics, plus
-classifier.weights.h5; float16 arrays) with its metadata (validation and test accuracy,
-command, run), and OUT/export.json.
+(standardization folded into its first dense layer); write
+`keras_infobal/presets/<preset>/` (`InfoBal.save_to_preset`: config.json, model.weights.h5,
+task.json, critics.weights.h5 with --with-critics, plus classifier.weights.h5; float16
+arrays) with its metadata (validation and test accuracy, command, run), and OUT/export.json.
 """
 
 import argparse
