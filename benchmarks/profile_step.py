@@ -17,7 +17,6 @@ float32 (`--bf16`: mixed bfloat16 against autocast), JSD, one view (DIM(L)), bot
 """
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -127,7 +126,7 @@ def main():
                         "bfloat16 (adds _bf16 to the file names)")
     args = p.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from speed import LEVELS, machine
+    from speed import LEVELS, machine, write_results
 
     # Before TensorFlow or PyTorch load their kernels: both read the caps at first use.
     os.environ.update(LEVELS[args.level])
@@ -177,12 +176,7 @@ def main():
             prev[who] = ms
         ratio = min(best["ours (TF)", part]) / min(best["PyTorch reference", part])
         md.append(f"| {part} | {cells[0]} | {cells[1]} | {ratio:.2f} |")
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, stem + ".json"), "w") as f:
-        json.dump(out, f, indent=2)
-    with open(os.path.join(args.out, stem + ".md"), "w") as f:
-        f.write("\n".join(md) + "\n")
-    print("\n".join(md))
+    write_results(args.out, stem, out, md)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ view, both on all cores. Writes results/profile_torch[_avx2].{json,md}.
 """
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -131,12 +130,7 @@ def main(argv=None):
         md += ["", f"Top ops, {who}: " + ", ".join(
             f"{o.split('::')[-1]} {ms:.1f} ms ({c} calls)" for o, ms, c in top[who][:8])]
     stem = "profile_torch" + ("" if args.level == "native" else "_" + args.level)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, stem + ".json"), "w") as f:
-        json.dump(out, f, indent=2)
-    with open(os.path.join(args.out, stem + ".md"), "w") as f:
-        f.write("\n".join(md) + "\n")
-    print("\n".join(md))
+    speed.write_results(args.out, stem, out, md)
 
 
 if __name__ == "__main__":

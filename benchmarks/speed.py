@@ -526,6 +526,17 @@ def memory():
 
 
 # --------------------------------------------------------------------------- driver
+def write_results(folder, stem, out, md):
+    """FOLDER/STEM.json (the measurements) and FOLDER/STEM.md (the table, `md`'s lines),
+    printed too: the record every benchmark here leaves."""
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, stem + ".json"), "w") as f:
+        json.dump(out, f, indent=2)
+    with open(os.path.join(folder, stem + ".md"), "w") as f:
+        f.write("\n".join(md) + "\n")
+    print("\n".join(md))
+
+
 def machine():
     info = {"cores": os.cpu_count(), "platform": platform.platform(),
             "python": platform.python_version()}
