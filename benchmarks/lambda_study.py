@@ -32,6 +32,15 @@ benchmarks/results/<study>.{json,md,png}. Runs (models, logs) go to benchmarks/r
       python benchmarks/lambda_study.py run --study seeded_mid --route club --lambdas 0.03 --seeds $s --epochs 5 --limit 0 --knn
     done
     python benchmarks/lambda_study.py report --study seeded_mid
+
+    # the same at the default preset's recipe (multi-scale InfoMax, local_scales 1 2 4)
+    for s in 0 1 2; do
+      for arm in "none --lambdas 0" "adversarial --lambdas 0.03" "club --lambdas 0.03"; do
+        python benchmarks/lambda_study.py run --study seeded_scales --route $arm --seeds $s \\
+            --epochs 5 --limit 0 --knn --local-scales 1 2 4
+      done
+    done
+    python benchmarks/lambda_study.py report --study seeded_scales
 """
 
 import argparse
@@ -159,6 +168,8 @@ def run(args):
             if lam:
                 task["infomin_critic"] = ROUTES[args.route]
             cfg = dict(recipe="dim_pairs" if lam == 0 else "infobal_pairs", task=task)
+            if args.local_scales:
+                cfg["backbone"] = dict(local_scales=list(args.local_scales))
             t0 = time.time()
             pretrain(**cfg, epochs=args.epochs, limit=limit, seed=seed,
                              data=args.data, out=run_dir, threads=args.threads,
@@ -321,6 +332,9 @@ def main():
     r.add_argument("--threads", type=int, default=0)
     r.add_argument("--data", default=os.environ.get("KERAS_INFOBAL_CIFAR10"))
     r.add_argument("--knn", action="store_true", help="also score weighted kNN (fc, conv)")
+    r.add_argument("--local-scales", type=int, nargs="+", default=None,
+                   help="the backbone's local_scales, e.g. 1 2 4 (AMDIM's multi-scale "
+                        "InfoMax, the default preset's recipe); default: the recipe's (1)")
     for sp in (r, sub.add_parser("report")):
         sp.add_argument("--study", default="lambda_study",
                         help="names the results and runs folders (default: lambda_study)")
