@@ -14,6 +14,7 @@ import tempfile
 import keras
 import numpy as np
 import pytest
+from keras import ops
 
 
 def _map(fn, data):
@@ -133,8 +134,8 @@ def run_saving_test(layer, input_data, compare_outputs=True, atol=1e-5):
     for a, b in zip(model.weights, loaded.weights):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     if compare_outputs:
-        np.testing.assert_allclose(np.asarray(loaded(input_data, training=False)),
-                                   np.asarray(model(input_data, training=False)), atol=atol)
+        np.testing.assert_allclose(ops.convert_to_numpy(loaded(input_data, training=False)),
+                                   ops.convert_to_numpy(model(input_data, training=False)), atol=atol)
 
 
 # ----------------------------------------------------------------- models (keras-hub's shape)

@@ -69,6 +69,33 @@ def optimizers(lr=1e-3):
                 discriminator_optimizer=keras.optimizers.Adam(lr))
 
 
+def gradients(fn, variables):
+    """d fn() / d variables as numpy arrays, on whichever backend runs the tests."""
+    import keras
+    from keras import ops
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            loss = fn()
+        grads = tape.gradient(loss, variables)
+    elif backend == "torch":
+        import torch
+
+        grads = torch.autograd.grad(fn(), [v.value for v in variables])
+    else:
+        import jax
+
+        def pure(values):
+            with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+                return fn()
+
+        grads = jax.grad(pure)([v.value for v in variables])
+    return [ops.convert_to_numpy(g) for g in grads]
+
+
 # ----------------------------------------------------------------- numpy MI references
 # Written with explicit loops over the entries, independently of keras_infobal.estimators'
 # masks and reductions, so a wrong denominator or a wrong positive index shows up.

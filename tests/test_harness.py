@@ -15,6 +15,7 @@ from keras_infobal import (
     ViewAggregator,
     ViewEncoder,
 )
+from keras_infobal.layers import BatchNormalization
 from keras_infobal.layers.club import CLUB
 from keras_infobal.layers.pair_critics import PairCLUB, PairCritics
 from keras_infobal.models import InfoBal, InfoBalBackbone, presets
@@ -67,6 +68,13 @@ def test_critics(cls, kwargs):
                    expected_num_trainable_weights=2 * (6 + n_norm) + concat,
                    expected_num_non_trainable_weights=4 if norm == "batch" else 0,
                    mixed_output_dtype="float32", atol=1e-4)
+
+
+@pytest.mark.parametrize("kwargs", [{}, dict(center=False, momentum=0.9)])
+def test_batch_normalization(kwargs):
+    run_layer_test(BatchNormalization, kwargs, VIEWS, VIEWS.shape,
+                   expected_num_trainable_weights=1 if kwargs else 2,
+                   expected_num_non_trainable_weights=2, mixed_output_dtype="bfloat16")
 
 
 @pytest.mark.parametrize("sampled", [False, True])

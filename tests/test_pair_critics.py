@@ -12,7 +12,7 @@ import pytest
 from keras import ops
 
 from harness import run_mixed_precision_test, run_serialization_test
-from helpers import optimizers, tiny
+from helpers import gradients, optimizers, tiny
 from keras_infobal import load_infobal
 from keras_infobal.layers import PairCLUB, PairCritics
 from keras_infobal.layers.club import club_estimate
@@ -20,31 +20,6 @@ from keras_infobal.layers.critics import get_infomin_critic, get_pair_critics
 
 PAIRS = [(0, 1), (0, 2), (1, 2), (2, 0)]
 ESTIMATORS = ["jsd", "dv", "infonce", "nwj", "club", "club_sampled"]
-
-
-def gradients(fn, variables):
-    """d fn() / d variables, on whichever backend runs the tests."""
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        with tf.GradientTape() as tape:
-            loss = fn()
-        grads = tape.gradient(loss, variables)
-    elif backend == "torch":
-        import torch
-
-        grads = torch.autograd.grad(fn(), [v.value for v in variables])
-    else:
-        import jax
-        from keras.src.backend import StatelessScope
-
-        def pure(values):
-            with StatelessScope(state_mapping=list(zip(variables, values))):
-                return fn()
-
-        grads = jax.grad(pure)([v.value for v in variables])
-    return [ops.convert_to_numpy(g) for g in grads]
 
 
 def _per_pair_and_batched(estimator, score_clip, units=6, dim=5, views=3):

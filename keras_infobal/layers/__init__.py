@@ -1,5 +1,6 @@
 """Layers of keras_infobal: view encoder, view aggregator, MI critics."""
 
+from keras_infobal.layers.batch_normalization import BatchNormalization
 from keras_infobal.layers.critics import (
     DVCritic,
     InfoNCECritic,

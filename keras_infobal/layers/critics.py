@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_infobal import estimators
+from keras_infobal.layers.batch_normalization import BatchNormalization
 
 PACKAGE = "keras_infobal"
 
@@ -65,7 +66,7 @@ class _Encoder(keras.layers.Layer):
     def build(self, input_shape):
         self.hidden = keras.layers.Dense(self.units, name="hidden")
         if self.normalization in ("batch", "sync_batch"):
-            self.norm = keras.layers.BatchNormalization(
+            self.norm = BatchNormalization(
                 synchronized=self.normalization == "sync_batch", name="norm")
         elif self.normalization == "layer":
             self.norm = keras.layers.LayerNormalization(name="norm")

@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_infobal import features as feature_registry
+from keras_infobal.layers.batch_normalization import BatchNormalization
 
 PACKAGE = "keras_infobal"
 MODES = ("concat", "mean", "attention")
@@ -78,13 +79,13 @@ class ViewAggregator(keras.layers.Layer):
         self.num_views, self.view_channels = m, c
         self.conv = keras.layers.Conv2D(self.conv_filters, 4, strides=2, padding="same",
                                         name="conv")
-        self.conv_norm = keras.layers.BatchNormalization(name="conv_norm")
+        self.conv_norm = BatchNormalization(name="conv_norm")
         self.conv.build((None, h, w, c))
         _, ch, cw, cf = self._conv_shape(shape)
         self.conv_norm.build((None, ch, cw, cf))
         per_view = ch * cw * cf
         self.fc = keras.layers.Dense(self.fc_units, name="fc")
-        self.fc_norm = keras.layers.BatchNormalization(name="fc_norm")
+        self.fc_norm = BatchNormalization(name="fc_norm")
         self.fc.build((None, m * per_view) if self.mode == "concat" else (None, m, per_view))
         self.fc_norm.build((None, self.fc_units))
         if self.mode == "attention":

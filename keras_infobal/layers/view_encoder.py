@@ -5,6 +5,8 @@ import math
 import keras
 from keras import ops
 
+from keras_infobal.layers.batch_normalization import BatchNormalization
+
 PACKAGE = "keras_infobal"
 
 
@@ -243,7 +245,7 @@ class ViewEncoder(keras.layers.Layer):
             layers.append(
                 keras.layers.Conv2D(f, 4, strides=2, padding="same", name=f"{prefix}conv{i}")
             )
-            layers.append(keras.layers.BatchNormalization(name=f"{prefix}bn{i}"))
+            layers.append(BatchNormalization(name=f"{prefix}bn{i}"))
         return layers
 
     def _make_backbone_trunk(self, index):
