@@ -107,7 +107,7 @@ def test_readme_test_commands_are_what_ci_runs():
                 if "pytest" in line or ".ci/floors" in line]
 
     assert commands(commands_block) == commands(ci)
-    assert "python -m pytest -q -m slow" in commands(ci)
+    assert "python -m pytest -q -n auto -m slow" in commands(ci)
     assert "bash .ci/floors" in commands(ci)
 
 
