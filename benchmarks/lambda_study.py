@@ -263,7 +263,11 @@ def report(args):
             f"difference {100 * diff:+.2f} points, larger seed std {100 * spread:.2f}): "
             + ("beats lambda = 0 beyond the seed spread." if beats else
                "does not beat lambda = 0 beyond the seed spread."))
-    md = [f"Budget per run: {budget['epochs']} epochs x {budget['images']} images, batch "
+    first = next(iter(cells.values()))[0]
+    scales = first["config"].get("backbone", {}).get("local_scales")
+    recipe = "dim_pairs recipe" + (f", local_scales {tuple(scales)}" if scales else "")
+    md = [f"Recipe: {recipe}. "
+          f"Budget per run: {budget['epochs']} epochs x {budget['images']} images, batch "
           f"{budget['batch_size']} pairs, mixed bfloat16, {budget['threads'] or 'all'} "
           "thread(s). Accuracy: converged linear probe (%) fitted on 10,000 training images; "
           "`val` = 5,000 held-out training images (models are chosen on it), `test` = the "
@@ -282,7 +286,7 @@ def report(args):
     with open(os.path.join(RESULTS, f"{args.study}.md"), "w") as f:
         f.write("\n".join(md) + "\n")
     plot(summary, os.path.join(RESULTS, f"{args.study}.png"),
-         f"{budget['epochs']} epochs x {budget['images']} images")
+         f"{recipe}, {budget['epochs']} epochs x {budget['images']} images")
     print("\n".join(md))
 
 
@@ -314,7 +318,7 @@ def plot(summary, path, budget):
         ax.set_xlabel("lambda (0 plotted at 0.01)")
         ax.legend()
         ax.grid(alpha=0.3)
-    fig.suptitle(f"InfoBal lambda study (dim_pairs recipe, {budget} per run)")
+    fig.suptitle(f"InfoBal lambda study ({budget} per run)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
