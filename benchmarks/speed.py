@@ -70,6 +70,10 @@ def build_model(model):
                    **{k: v for k, v in model.items() if k not in BACKBONE_KEYS})
 
 
+# Set in a worker's environment: its models use Keras' composed BatchNormalization.
+COMPOSED_BN = "KERAS_INFOBAL_BENCH_COMPOSED_BN"
+
+
 def _c(backend, kind, description, model=None, policy="float32", jit=None, env=None,
        group="main"):
     """A contender; `env` runs it in its own worker process with these environment variables
@@ -134,6 +138,11 @@ CONTENDERS = {
                            True),
     # Keras on PyTorch (eager; torch.compile would cost minutes of compilation per run)
     "dim_torch": _c("torch", "step", "DIM(L), Keras on PyTorch, float32", DIM, jit=False),
+    # The same step with Keras' composed BatchNormalization instead of the fused one
+    # (layers/batch_normalization.py): what the fused kernels save.
+    "dim_torch_keras_bn": _c("torch", "step", "DIM(L), Keras on PyTorch, float32, Keras' "
+                             "composed BatchNormalization", DIM, jit=False,
+                             env={COMPOSED_BN: "1"}),
     "dim_torch_bf16": _c("torch", "step", "DIM(L), Keras on PyTorch, mixed bfloat16", DIM,
                          BF16, False),
     "dim_torch_fit": _c("torch", "fit", "DIM(L), Keras on PyTorch, float32, `fit` on a "
@@ -349,6 +358,10 @@ def _keras_step(spec, batch):
     import numpy as np
 
     keras.utils.set_random_seed(0)
+    if os.environ.get(COMPOSED_BN):
+        from keras_infobal.layers.batch_normalization import BatchNormalization
+
+        BatchNormalization._fused = lambda self, *args: False
     keras.mixed_precision.set_global_policy(spec["policy"])
     try:
         model = build_model(spec["model"])
@@ -669,6 +682,8 @@ RATIOS = {
     "ours `fit` / our step, float32 (TF)": ("dim_tf_fit", "dim_tf"),
     "ours / PyTorch reference, float32 (JAX)": ("dim_jax", "dim_torch_ref"),
     "ours / PyTorch reference, float32 (Keras on PyTorch)": ("dim_torch", "dim_torch_ref"),
+    "ours with Keras' composed BatchNormalization / PyTorch reference, float32 (Keras on "
+    "PyTorch)": ("dim_torch_keras_bn", "dim_torch_ref"),
     "ours / PyTorch reference, float32 (TF, 1 inter-op thread)": ("dim_tf_interop1",
                                                                   "dim_torch_ref"),
     "ours / PyTorch reference, float32 (TF, oneDNN off)": ("dim_tf_eigen", "dim_torch_ref"),
@@ -738,7 +753,8 @@ def ratios(out):
             ours = {k: v for k, v in steps.items()
                     if spec(k)["policy"] == policy and spec(k)["kind"] == "step"
                     # bf16 math is not a float32 step
-                    and "ONEDNN_DEFAULT_FPMATH_MODE" not in spec(k)["env"]}
+                    and "ONEDNN_DEFAULT_FPMATH_MODE" not in spec(k)["env"]
+                    and COMPOSED_BN not in spec(k)["env"]}
             if ours:
                 res[f"fastest DIM(L) step, {policy}{tag}"] = max(ours, key=ours.get)
     return res
