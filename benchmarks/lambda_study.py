@@ -253,16 +253,19 @@ def report(args):
             continue
         best = max(cands, key=lambda n: cands[n]["val_fc"][0])
         b, d = cands[best], base
-        stds = [x for x in (b["val_fc"][1], d["val_fc"][1]) if x == x]
-        spread = max(stds) if stds else 0.0
         diff = b["val_fc"][0] - d["val_fc"][0]
-        beats = diff > spread
-        verdict.append(
-            f"- {route}: best lambda on validation = {b['infomin_weight']:g} "
-            f"(fc {100 * b['val_fc'][0]:.2f} vs DIM {100 * d['val_fc'][0]:.2f}, "
-            f"difference {100 * diff:+.2f} points, larger seed std {100 * spread:.2f}): "
-            + ("beats lambda = 0 beyond the seed spread." if beats else
-               "does not beat lambda = 0 beyond the seed spread."))
+        head = (f"- {route}: best lambda on validation = {b['infomin_weight']:g} "
+                f"(fc {100 * b['val_fc'][0]:.2f} vs DIM {100 * d['val_fc'][0]:.2f}, "
+                f"difference {100 * diff:+.2f} points, ")
+        if min(len(b["seeds"]), len(d["seeds"])) < 2:
+            # One run has no spread: any difference would "beat" a spread of zero.
+            verdict.append(head + f"seeds {len(b['seeds'])} and {len(d['seeds'])}): not "
+                           "judged, a seed spread needs at least 2 seeds per arm.")
+            continue
+        spread = max(b["val_fc"][1], d["val_fc"][1])
+        verdict.append(head + f"larger seed std {100 * spread:.2f}): "
+                       + ("beats lambda = 0 beyond the seed spread." if diff > spread else
+                          "does not beat lambda = 0 beyond the seed spread."))
     first = next(iter(cells.values()))[0]
     scales = first["config"].get("backbone", {}).get("local_scales")
     recipe = "dim_pairs recipe" + (f", local_scales {tuple(scales)}" if scales else "")

@@ -113,7 +113,8 @@ def test_readme_test_commands_are_what_ci_runs():
 
 @pytest.mark.parametrize("stem", ["speed", "views_speed", "xla_conv", "profile_step",
                                   "conv_layout", "levels_speed", "profile_step_avx2",
-                                  "profile_step_bf16"])
+                                  "profile_step_bf16", "profile_torch", "profile_torch_avx2",
+                                  "torch_bn_speed"])
 def test_benchmark_tables_are_the_committed_results(stem):
     """Every table row of a committed benchmark result appears verbatim in docs/benchmarks.md,
     so its speed numbers are the ones its command wrote (regenerate both together)."""
@@ -125,7 +126,7 @@ def test_benchmark_tables_are_the_committed_results(stem):
     assert not missing, f"docs/benchmarks.md lacks these rows of {path}: {missing[:3]}"
 
 
-@pytest.mark.parametrize("stem", ["lambda_study", "seeded_mid"])
+@pytest.mark.parametrize("stem", ["lambda_study", "seeded_mid", "seeded_scales"])
 def test_study_tables_are_the_committed_results(stem):
     """The InfoBal studies' tables and verdicts in docs/results.md are the lines their
     `lambda_study.py report` wrote (regenerate both together)."""
