@@ -155,6 +155,23 @@ def test_readme_preset_table_is_the_committed_results():
         assert f"| {100 * meta['validation_accuracy']:.2f} | {100 * meta['test_accuracy']:.2f} |" in row
 
 
+
+def test_preset_check_covers_every_preset():
+    """applications/cifar10/preset_check.json (check_presets.py on the full test set) scored
+    every built-in preset's classifier, and found each at the accuracy its metadata records."""
+    import json
+
+    from keras_infobal.models import presets
+
+    with open(os.path.join(ROOT, "applications", "cifar10", "preset_check.json")) as f:
+        check = json.load(f)
+    assert check["test_images"] == 10000
+    assert sorted(check["presets"]) == sorted(presets.list_presets())
+    for name, r in check["presets"].items():
+        recorded = presets.load_metadata(name)["test_accuracy"]
+        assert r["recorded"] == recorded, name
+        assert abs(r["measured"] - recorded) <= check["tolerance"], name
+
 def test_readme_is_short():
     assert len(open(os.path.join(ROOT, "README.md")).read().splitlines()) < 200
 
