@@ -72,6 +72,35 @@ def knn_accuracy(train_features, train_labels, test_features, test_labels, k=200
     return float(np.mean(scores.argmax(-1) == test_labels))
 
 
+
+def knn_select_layer(features, labels, validation, k=200, temperature=0.1):
+    """Chooses the feature layer for kNN on a validation split of the training set.
+
+    `features`: {layer: (N, ...) features of the N training images}; `labels`: (N,);
+    `validation`: indices of the held-out rows. Each held-out row is classified with the
+    other rows as the memory bank (never with itself or another held-out row), so the test
+    set is not touched. Returns `(best_layer, {layer: validation accuracy})`.
+    """
+    labels = np.asarray(labels).reshape(-1)
+    validation = np.unique(np.asarray(validation, dtype="int64"))
+    if not features:
+        raise ValueError("`features` is empty: pass {layer: training features}.")
+    if len(validation) == 0 or validation[0] < 0 or validation[-1] >= len(labels):
+        raise ValueError(f"`validation` must hold indices into the {len(labels)} training rows; "
+                         f"got {len(validation)} indices in [{validation.min(initial=0)}, "
+                         f"{validation.max(initial=0)}].")
+    bank = np.setdiff1d(np.arange(len(labels)), validation)
+    if len(bank) == 0:
+        raise ValueError("Every row is in `validation`: keep some rows as the memory bank.")
+    scores = {}
+    for layer, f in features.items():
+        if len(f) != len(labels):
+            raise ValueError(f"Layer {layer!r} has {len(f)} rows for {len(labels)} labels.")
+        f = np.asarray(f)
+        scores[layer] = knn_accuracy(f[bank], labels[bank], f[validation], labels[validation],
+                                     k=k, temperature=temperature)
+    return max(scores, key=scores.get), scores
+
 def knn_evaluate(model, train, test, layers=("fc",), k=200, temperature=0.1):
     """{layer: kNN accuracy} of a model with `extract_features(images, layers)`.
 

@@ -5,7 +5,13 @@ import math
 import numpy as np
 import pytest
 
-from keras_infobal.knn import KNNMonitor, knn_accuracy, knn_evaluate, knn_predict
+from keras_infobal.knn import (
+    KNNMonitor,
+    knn_accuracy,
+    knn_evaluate,
+    knn_predict,
+    knn_select_layer,
+)
 
 # Unit-norm training features with cosine similarities 1, 0.8, 0.8, 0 to the query [1, 0].
 TRAIN = np.array([[1.0, 0.0], [0.8, 0.6], [0.8, -0.6], [0.0, 1.0]])
@@ -81,3 +87,55 @@ def test_monitor_logs_every_n_epochs():
     assert logs["knn_fc"] == 1.0  # k=1 on the training set itself
     assert monitor.history == [{"epoch": 2, "knn_fc": 1.0}]
     assert knn_evaluate(_Features(), (x_tr, LABELS), (x_tr, LABELS), k=1) == {"fc": 1.0}
+
+
+def _brute_force_knn_accuracy(bank, bank_labels, queries, query_labels, k, temperature):
+    """Weighted kNN written out row by row: a full sort, no batching, no argpartition."""
+    correct = 0
+    for q, y in zip(queries, query_labels):
+        sims = [float(np.dot(q, b) / (np.linalg.norm(q) * np.linalg.norm(b))) for b in bank]
+        order = sorted(range(len(bank)), key=lambda i: -sims[i])[:k]
+        votes = {}
+        for i in order:
+            votes[bank_labels[i]] = votes.get(bank_labels[i], 0.0) + math.exp(sims[i] / temperature)
+        correct += max(votes, key=votes.get) == y
+    return correct / len(queries)
+
+
+def test_select_layer_scores_held_out_rows_against_the_rest():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 120)
+    signal = np.eye(4)[labels] + 0.3 * rng.normal(size=(120, 4))
+    noise = rng.normal(size=(120, 6))
+    validation = rng.choice(120, 30, replace=False)
+    best, scores = knn_select_layer({"noise": noise, "signal": signal}, labels, validation,
+                                    k=7, temperature=0.5)
+    bank = np.setdiff1d(np.arange(120), validation)
+    for name, f in (("noise", noise), ("signal", signal)):
+        expected = _brute_force_knn_accuracy(f[bank], labels[bank], f[validation],
+                                             labels[validation], k=7, temperature=0.5)
+        assert scores[name] == pytest.approx(expected)
+    assert best == "signal" and scores["signal"] > scores["noise"]
+
+
+def test_select_layer_never_finds_a_held_out_row_in_the_bank():
+    # Random features and labels: with k = 1 a held-out row that were also in the memory bank
+    # would be its own nearest neighbour and always right.
+    rng = np.random.default_rng(1)
+    features = {"x": rng.normal(size=(400, 16))}
+    labels = rng.integers(0, 10, 400)
+    _, scores = knn_select_layer(features, labels, np.arange(0, 400, 4), k=1)
+    assert scores["x"] < 0.3
+
+
+def test_select_layer_bad_input_says_what_to_fix():
+    f = {"fc": np.ones((10, 3))}
+    y = np.arange(10) % 2
+    with pytest.raises(ValueError, match="features.*empty"):
+        knn_select_layer({}, y, [0, 1])
+    with pytest.raises(ValueError, match="indices into the 10 training rows"):
+        knn_select_layer(f, y, [3, 10])
+    with pytest.raises(ValueError, match="memory bank"):
+        knn_select_layer(f, y, np.arange(10))
+    with pytest.raises(ValueError, match="'fc' has 9 rows for 10 labels"):
+        knn_select_layer({"fc": np.ones((9, 3))}, y, [0])
