@@ -197,6 +197,55 @@ def mean_std(values):
     return statistics.mean(values), statistics.stdev(values)
 
 
+def difference(arm, base):
+    """(mean(arm) - mean(base), its standard error) for two lists of per-seed values, Welch's
+    (unequal variances): sqrt(s_arm^2 / n_arm + s_base^2 / n_base). The error is nan when an
+    arm has fewer than 2 seeds (no spread to estimate)."""
+    if not arm or not base:
+        raise ValueError("difference() needs at least one value per arm.")
+    diff = statistics.mean(arm) - statistics.mean(base)
+    if min(len(arm), len(base)) < 2:
+        return diff, float("nan")
+    return diff, (statistics.variance(arm) / len(arm)
+                  + statistics.variance(base) / len(base)) ** 0.5
+
+
+# The measures the difference table compares, with their per-run key and scale.
+MEASURES = (("val fc", ("val", "fc"), 100.0), ("val conv", ("val", "conv"), 100.0),
+            ("test fc", ("test", "fc"), 100.0), ("test conv", ("test", "conv"), 100.0),
+            ("kNN val fc", ("knn_val", "fc"), 100.0), ("kNN test fc", ("knn_test", "fc"), 100.0),
+            ("monitor I(V1;V2)", ("monitor_view_mi",), 1.0))
+
+
+def difference_table(cells, names):
+    """Rows `| route (lambda) | difference ± standard error, per measure |` of each named
+    cell against lambda = 0 ("dim"); `*` marks |difference| > 2 standard errors."""
+    base = cells["dim"]
+
+    def values(rs, key, scale):
+        out = []
+        for r in rs:
+            v = r
+            for k in key:
+                v = v.get(k) if isinstance(v, dict) else None
+            out.append(None if v is None else scale * v)
+        return None if None in out else out
+
+    measures = [m for m in MEASURES if all(values(cells[n], m[1], m[2]) is not None
+                                           for n in ["dim", *names])]
+    lines = ["| arm against lambda = 0 | " + " | ".join(m[0] for m in measures) + " |",
+             "|---" * (1 + len(measures)) + "|"]
+    for name in names:
+        rs = cells[name]
+        row = [f"{rs[0]['route']} ({rs[0]['infomin_weight']:g})"]
+        for _, key, scale in measures:
+            d, se = difference(values(rs, key, scale), values(base, key, scale))
+            row.append(f"{d:+.2f}" if se != se else
+                       f"{d:+.2f} ± {se:.2f}" + (" *" if abs(d) > 2 * se else ""))
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
 def fmt(values, scale=100.0):
     m, s = mean_std([scale * v for v in values])
     return f"{m:.2f}" if s != s else f"{m:.2f} ± {s:.2f}"
@@ -246,12 +295,13 @@ def report(args):
                f"{fmt([r['knn_test']['fc'] for r in rs])} | " if knn else "")
             + f"{fmt([r['monitor_view_mi'] for r in rs], 1.0)} | {min(ms):.0f} |")
     base = summary.get("dim")
-    verdict = []
+    verdict, best_cells = [], []
     for route in ("adversarial", "club", "club_sampled"):
         cands = {n: s for n, s in summary.items() if s["route"] == route}
         if not cands or not base:
             continue
         best = max(cands, key=lambda n: cands[n]["val_fc"][0])
+        best_cells.append(best)
         b, d = cands[best], base
         diff = b["val_fc"][0] - d["val_fc"][0]
         head = (f"- {route}: best lambda on validation = {b['infomin_weight']:g} "
@@ -280,12 +330,19 @@ def report(args):
           + ("kNN val fc | kNN test fc | " if knn else "")
           + "monitor I(V1;V2) | ms/step (best epoch) |",
           "|---" * (11 if knn else 9) + "|"] + rows + ["", *verdict]
+    if best_cells:
+        md += ["", "Each route's best lambda (on validation) against lambda = 0: difference of "
+               "the means ± its standard error (Welch, from the seeds' spreads; none with one "
+               "seed); * where the difference exceeds 2 standard errors.", "",
+               *difference_table(cells, best_cells)]
     if knn:
         md.insert(1, "kNN: weighted (k = 200, t = 0.1, cosine), memory bank the 45,000 training "
                      "images outside the validation split.")
     os.makedirs(RESULTS, exist_ok=True)
     with open(os.path.join(RESULTS, f"{args.study}.json"), "w") as f:
-        json.dump({"budget": budget, "cells": summary, "verdict": verdict}, f, indent=2)
+        json.dump({"budget": budget, "cells": summary, "verdict": verdict,
+                   "differences": difference_table(cells, best_cells) if best_cells else []},
+                  f, indent=2)
     with open(os.path.join(RESULTS, f"{args.study}.md"), "w") as f:
         f.write("\n".join(md) + "\n")
     plot(summary, os.path.join(RESULTS, f"{args.study}.png"),

@@ -1,0 +1,63 @@
+"""The InfoBal studies' report (benchmarks/lambda_study.py): the seeds' statistics and the
+verdicts it writes, on per-run results made up here."""
+
+import json
+import math
+import os
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "benchmarks"))
+import lambda_study  # noqa: E402
+
+
+def test_difference_is_welch_standard_error():
+    a, b = [0.61, 0.63, 0.60], [0.58, 0.59, 0.585, 0.57]
+    d, se = lambda_study.difference(a, b)
+    assert d == pytest.approx(np.mean(a) - np.mean(b))
+    assert se == pytest.approx(math.sqrt(np.var(a, ddof=1) / 3 + np.var(b, ddof=1) / 4))
+    d, se = lambda_study.difference([0.7], [0.5, 0.6])
+    assert d == pytest.approx(0.15) and math.isnan(se)
+    with pytest.raises(ValueError, match="at least one value"):
+        lambda_study.difference([], [0.5])
+
+
+def _write_runs(root, cell, route, lam, val_fc, mi):
+    for seed, (acc, m) in enumerate(zip(val_fc, mi)):
+        path = os.path.join(root, "study", cell, f"seed{seed}.json")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            json.dump({"route": route, "infomin_weight": lam, "seed": seed,
+                       "val": {"fc": acc, "conv": 0.5}, "test": {"fc": acc, "conv": 0.5},
+                       "monitor_view_mi": m, "seconds_per_epoch": [10.0, 8.0],
+                       "config": {"recipe": "dim_pairs"},
+                       "budget": {"epochs": 2, "images": 640, "batch_size": 64,
+                                  "threads": 1}}, f)
+
+
+def test_report_judges_each_route_against_lambda_zero(tmp_path, monkeypatch):
+    monkeypatch.setattr(lambda_study, "RESULTS", str(tmp_path))
+    _write_runs(tmp_path, "dim", "none", 0.0, [0.50, 0.51, 0.49], [4.0, 4.1, 3.9])
+    # CLUB's best lambda (0.1) clearly higher on val fc, with lower view MI; adversarial higher by between one
+    # and two standard errors, which the table does not mark.
+    _write_runs(tmp_path, "club_lambda0.03", "club", 0.03, [0.55, 0.56, 0.54], [3.5, 3.6, 3.4])
+    _write_runs(tmp_path, "club_lambda0.1", "club", 0.1, [0.60, 0.61, 0.59], [3.0, 3.1, 2.9])
+    _write_runs(tmp_path, "adversarial_lambda0.03", "adversarial", 0.03, [0.522, 0.512, 0.502],
+                [4.0, 4.1, 3.9])
+    lambda_study.report(type("Args", (), {"study": "study"})())
+    md = open(tmp_path / "study.md").read()
+    assert ("- club: best lambda on validation = 0.1 (fc 60.00 vs DIM 50.00, difference "
+            "+10.00 points, larger seed std 1.00): beats lambda = 0 beyond the seed spread.") in md
+    rows = {line.split(" | ")[0]: line for line in md.splitlines()
+            if line.startswith(("| adversarial (", "| club ("))}
+    # Welch's error of two 3-seed arms with std 1 point each: sqrt(2 / 3) = 0.82.
+    assert rows["| club (0.1)"].startswith("| club (0.1) | +10.00 ± 0.82 * |")
+    assert rows["| club (0.1)"].endswith("| -1.00 ± 0.08 * |")  # monitor, nats
+    assert rows["| adversarial (0.03)"].startswith("| adversarial (0.03) | +1.20 ± 0.82 | ")
+    assert " *" not in rows["| adversarial (0.03)"]
+    assert "kNN" not in md  # no kNN column when the runs have no kNN
+    saved = json.load(open(tmp_path / "study.json"))
+    assert saved["differences"][2:] == [rows["| adversarial (0.03)"], rows["| club (0.1)"]]
