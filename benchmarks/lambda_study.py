@@ -18,9 +18,10 @@ upper bound ("club"); lambda = 0 is DIM. After training, with the encoder frozen
   mean-pooled views of 20,000 training images and evaluated on the validation split (nats,
   a lower bound, at most log 256 = 5.55);
 - the cost per training step (ms), from the epoch times in the run's log.
-- with `--knn`, weighted kNN (k = 200, t = 0.1, cosine) on `fc` and `conv`, its memory bank the
-  45,000 training images outside the validation split, scored on the validation split and on
-  the full test set.
+- with `--knn`, weighted kNN (k = 200, t = 0.1, cosine) on `conv`, `fc` and `R`, its memory
+  bank the 45,000 training images outside the validation split, scored on the validation
+  split and on the full test set. `rescore` adds the layers an older run did not score
+  (`R`, since session 12) from the run's saved model.
 Per-run results go to benchmarks/results/<study>/<cell>/seed<k>.json; `report` writes
 benchmarks/results/<study>.{json,md,png}. Runs (models, logs) go to benchmarks/runs/<study>/.
 `--study` (default `lambda_study`) names a study, so another budget keeps its own files:
@@ -41,6 +42,8 @@ benchmarks/results/<study>.{json,md,png}. Runs (models, logs) go to benchmarks/r
       done
     done
     python benchmarks/lambda_study.py report --study seeded_scales
+    # kNN on the layers a study's older runs did not score, from their saved models
+    python benchmarks/lambda_study.py rescore --study seeded_scales
 """
 
 import argparse
@@ -55,6 +58,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
 ROUTES = {"none": None, "adversarial": "infonce", "club": "club", "club_sampled": "club_sampled"}
 MONITOR_BATCH = 256
+KNN_LAYERS = ("conv", "fc", "R")
 
 
 def cell_name(route, lam):
@@ -127,18 +131,8 @@ def evaluate(run_dir, x_train, y_train, x_test, y_test, seed, knn=False):
         out["test"][layer] = train_classifier(f_tr[layer], y_train[probe_tr], f_te[layer],
                                               y_test, seed=seed)
     if knn:
-        import numpy as np
-
-        from keras_infobal.knn import knn_accuracy
-
-        bank = np.setdiff1d(np.arange(len(x_train)), val)
-        f_bank = model.extract_features(x_train[bank], layers=layers)
-        out["knn_val"], out["knn_test"] = {}, {}
-        for layer in layers:
-            out["knn_val"][layer] = knn_accuracy(f_bank[layer], y_train[bank], f_val[layer],
-                                                 y_train[val])
-            out["knn_test"][layer] = knn_accuracy(f_bank[layer], y_train[bank], f_te[layer],
-                                                  y_test)
+        out["knn_val"], out["knn_test"] = knn_scores(model, x_train, y_train, x_test, y_test,
+                                                     KNN_LAYERS)
     out["monitor_view_mi"] = monitor_view_mi(model, x_train[monitor_fit], x_train[val],
                                              seed=seed)
     with open(os.path.join(run_dir, "log.csv")) as f:
@@ -147,6 +141,62 @@ def evaluate(run_dir, x_train, y_train, x_test, y_test, seed, knn=False):
     out["final_log"] = {k: float(v) for k, v in rows[-1].items()
                         if k.startswith(("mi_", "objective", "discriminator"))}
     return out
+
+
+def knn_scores(model, x_train, y_train, x_test, y_test, layers):
+    """Weighted kNN on `layers`, the bank the training images outside the validation split:
+    ({layer: validation accuracy}, {layer: test accuracy})."""
+    import numpy as np
+
+    from keras_infobal.knn import knn_accuracy
+
+    val = split_indices(len(x_train))[0]
+    bank = np.setdiff1d(np.arange(len(x_train)), val)
+    f_bank = model.extract_features(x_train[bank], layers=layers)
+    f_val = model.extract_features(x_train[val], layers=layers)
+    f_te = model.extract_features(x_test, layers=layers)
+    return ({k: knn_accuracy(f_bank[k], y_train[bank], f_val[k], y_train[val]) for k in layers},
+            {k: knn_accuracy(f_bank[k], y_train[bank], f_te[k], y_test) for k in layers})
+
+
+def rescore(args):
+    """Adds kNN on the layers of KNN_LAYERS that a study's per-run results lack, from each
+    run's saved model (benchmarks/runs/<study>/<cell>/seed<k>/model.keras)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    paths = sorted(glob.glob(os.path.join(RESULTS, args.study, "*", "seed*.json")))
+    todo = []
+    for path in paths:
+        with open(path) as f:
+            r = json.load(f)
+        if "knn_test" not in r:
+            continue  # a study run without --knn stays without it
+        missing = [k for k in KNN_LAYERS if k not in r["knn_test"] or k not in r["knn_val"]]
+        if missing:
+            cell, seed = os.path.basename(os.path.dirname(path)), r["seed"]
+            model_path = os.path.join(HERE, "runs", args.study, cell, f"seed{seed}",
+                                      "model.keras")
+            if not os.path.exists(model_path):
+                raise SystemExit(f"{path} lacks kNN on {missing}, and its model {model_path} "
+                                 "is not on this machine: run the cell again to score them.")
+            todo.append((path, r, model_path, missing))
+    if not todo:
+        print(f"Every run of {args.study!r} has kNN on {KNN_LAYERS}.")
+        return
+    import keras_infobal  # noqa: F401
+    from keras_infobal import datasets
+    from keras_infobal.models.infobal import load_infobal
+
+    x_train, y_train, _ = datasets.load_cifar10("train", source=args.data)
+    x_test, y_test, _ = datasets.load_cifar10("test", source=args.data)
+    for path, r, model_path, missing in todo:
+        knn_val, knn_test = knn_scores(load_infobal(model_path), x_train, y_train, x_test,
+                                       y_test, tuple(missing))
+        r["knn_val"].update(knn_val)
+        r["knn_test"].update(knn_test)
+        r["knn_rescored"] = sorted(set(r.get("knn_rescored", [])) | set(missing))
+        with open(path, "w") as f:
+            json.dump(r, f, indent=2)
+        print(path, "kNN test", knn_test, flush=True)
 
 
 def run(args):
@@ -214,6 +264,7 @@ def difference(arm, base):
 MEASURES = (("val fc", ("val", "fc"), 100.0), ("val conv", ("val", "conv"), 100.0),
             ("test fc", ("test", "fc"), 100.0), ("test conv", ("test", "conv"), 100.0),
             ("kNN val fc", ("knn_val", "fc"), 100.0), ("kNN test fc", ("knn_test", "fc"), 100.0),
+            ("kNN val R", ("knn_val", "R"), 100.0), ("kNN test R", ("knn_test", "R"), 100.0),
             ("monitor I(V1;V2)", ("monitor_view_mi",), 1.0))
 
 
@@ -268,6 +319,10 @@ def report(args):
 
     rows, summary = [], {}
     budget = next(iter(cells.values()))[0]["budget"]
+    runs = [r for rs in cells.values() for r in rs]
+    knn = all("knn_test" in r for r in runs)
+    # The kNN layers every run scored (fc in every study with kNN; R since session 12).
+    knn_layers = [k for k in ("fc", "R") if knn and all(k in r["knn_test"] for r in runs)]
     for name, rs in sorted(cells.items(), key=key):
         steps = budget["images"] // budget["batch_size"]
         # The fastest epoch of each run: the host is shared and noisy, a slow epoch says
@@ -283,16 +338,16 @@ def report(args):
             "monitor_view_mi": mean_std([r["monitor_view_mi"] for r in rs]),
             "ms_per_step": mean_std(ms),
         }
-        knn = all("knn_test" in r for r in rs)
-        if knn:
+        for layer in knn_layers:
             for split in ("val", "test"):
-                summary[name][f"knn_{split}_fc"] = mean_std([r[f"knn_{split}"]["fc"] for r in rs])
+                summary[name][f"knn_{split}_{layer}"] = mean_std(
+                    [r[f"knn_{split}"][layer] for r in rs])
         rows.append(
             f"| {rs[0]['route']} | {rs[0]['infomin_weight']:g} | {len(rs)} | "
             f"{fmt([r['val']['fc'] for r in rs])} | {fmt([r['val']['conv'] for r in rs])} | "
             f"{fmt([r['test']['fc'] for r in rs])} | {fmt([r['test']['conv'] for r in rs])} | "
-            + (f"{fmt([r['knn_val']['fc'] for r in rs])} | "
-               f"{fmt([r['knn_test']['fc'] for r in rs])} | " if knn else "")
+            + "".join(f"{fmt([r['knn_val'][k] for r in rs])} | "
+                      f"{fmt([r['knn_test'][k] for r in rs])} | " for k in knn_layers)
             + f"{fmt([r['monitor_view_mi'] for r in rs], 1.0)} | {min(ms):.0f} |")
     base = summary.get("dim")
     verdict, best_cells = [], []
@@ -327,9 +382,9 @@ def report(args):
           "full test set. View MI: an independent InfoNCE monitor trained on the frozen "
           "views after training (nats). Mean ± std over seeds.", "",
           "| route | lambda | seeds | val fc | val conv | test fc | test conv | "
-          + ("kNN val fc | kNN test fc | " if knn else "")
+          + "".join(f"kNN val {k} | kNN test {k} | " for k in knn_layers)
           + "monitor I(V1;V2) | ms/step (best epoch) |",
-          "|---" * (11 if knn else 9) + "|"] + rows + ["", *verdict]
+          "|---" * (9 + 2 * len(knn_layers)) + "|"] + rows + ["", *verdict]
     if best_cells:
         md += ["", "Each route's best lambda (on validation) against lambda = 0: difference of "
                "the means ± its standard error (Welch, from the seeds' spreads; none with one "
@@ -395,15 +450,17 @@ def main():
     r.add_argument("--batch-size", type=int, default=64)
     r.add_argument("--threads", type=int, default=0)
     r.add_argument("--data", default=os.environ.get("KERAS_INFOBAL_CIFAR10"))
-    r.add_argument("--knn", action="store_true", help="also score weighted kNN (fc, conv)")
+    r.add_argument("--knn", action="store_true", help="also score weighted kNN (conv, fc, R)")
     r.add_argument("--local-scales", type=int, nargs="+", default=None,
                    help="the backbone's local_scales, e.g. 1 2 4 (AMDIM's multi-scale "
                         "InfoMax, the default preset's recipe); default: the recipe's (1)")
-    for sp in (r, sub.add_parser("report")):
+    rs = sub.add_parser("rescore")
+    rs.add_argument("--data", default=os.environ.get("KERAS_INFOBAL_CIFAR10"))
+    for sp in (r, sub.add_parser("report"), rs):
         sp.add_argument("--study", default="lambda_study",
                         help="names the results and runs folders (default: lambda_study)")
     args = p.parse_args()
-    run(args) if args.command == "run" else report(args)
+    {"run": run, "report": report, "rescore": rescore}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -61,3 +61,51 @@ def test_report_judges_each_route_against_lambda_zero(tmp_path, monkeypatch):
     assert "kNN" not in md  # no kNN column when the runs have no kNN
     saved = json.load(open(tmp_path / "study.json"))
     assert saved["differences"][2:] == [rows["| adversarial (0.03)"], rows["| club (0.1)"]]
+
+
+def test_rescore_adds_the_missing_knn_layers_from_the_saved_model(tmp_path, monkeypatch):
+    import keras
+
+    import keras_infobal as kib
+    from keras_infobal import datasets
+    from keras_infobal.knn import knn_accuracy
+    from test_datasets import make_folder
+
+    monkeypatch.setenv("KERAS_INFOBAL_CACHE", str(tmp_path / "cache"))
+    data = make_folder(str(tmp_path / "data"), n_per_class=4, classes=("a", "b", "c"))
+    monkeypatch.setattr(lambda_study, "RESULTS", str(tmp_path / "results"))
+    monkeypatch.setattr(lambda_study, "HERE", str(tmp_path))
+    val = np.array([0, 5, 7])  # 3 of the 12 training images held out
+    monkeypatch.setattr(lambda_study, "split_indices", lambda n: (val, None, None))
+    x_tr, y_tr, _ = datasets.load_cifar10("train", source=data)
+    x_te, y_te, _ = datasets.load_cifar10("test", source=data)
+
+    keras.utils.set_random_seed(0)
+    model = kib.InfoBal(kib.InfoBalBackbone(num_views=2, split="rows"), critic_units=8)
+    model.extract_features(x_tr[:2])  # builds it
+    run = tmp_path / "runs" / "study" / "dim" / "seed0"
+    run.mkdir(parents=True)
+    model.save(str(run / "model.keras"))
+    result = tmp_path / "results" / "study" / "dim" / "seed0.json"
+    result.parent.mkdir(parents=True)
+    before = {"seed": 0, "knn_val": {"fc": 0.25}, "knn_test": {"fc": 0.5}}
+    result.write_text(json.dumps(before))
+
+    lambda_study.rescore(type("Args", (), {"study": "study", "data": data})())
+    after = json.loads(result.read_text())
+    assert after["knn_val"]["fc"] == 0.25 and after["knn_test"]["fc"] == 0.5  # kept
+    assert after["knn_rescored"] == ["R", "conv"]
+    bank = np.setdiff1d(np.arange(12), val)
+    f_tr = model.extract_features(x_tr, layers=("conv", "R"))
+    f_te = model.extract_features(x_te, layers=("conv", "R"))
+    for layer in ("conv", "R"):
+        assert after["knn_val"][layer] == pytest.approx(knn_accuracy(
+            f_tr[layer][bank], y_tr[bank], f_tr[layer][val], y_tr[val]))
+        assert after["knn_test"][layer] == pytest.approx(knn_accuracy(
+            f_tr[layer][bank], y_tr[bank], f_te[layer], y_te))
+
+    # A run whose model is gone cannot be rescored: the error names the file.
+    result.write_text(json.dumps(before))
+    os.remove(run / "model.keras")
+    with pytest.raises(SystemExit, match="model.keras is not on this machine"):
+        lambda_study.rescore(type("Args", (), {"study": "study", "data": data})())
