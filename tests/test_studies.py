@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                "benchmarks"))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import lambda_study  # noqa: E402
 
 
@@ -109,3 +109,97 @@ def test_rescore_adds_the_missing_knn_layers_from_the_saved_model(tmp_path, monk
     os.remove(run / "model.keras")
     with pytest.raises(SystemExit, match="model.keras is not on this machine"):
         lambda_study.rescore(type("Args", (), {"study": "study", "data": data})())
+
+
+def test_transfer_pilot_scores_held_out_rows_against_random_init(tmp_path, monkeypatch):
+    """The transfer pilot fits the probe on the training rows it does not score on, and puts
+    each model beside the same architecture with seed-0 weights (scored once per
+    architecture)."""
+    import keras
+
+    import keras_infobal as kib
+    from keras_infobal import datasets, evaluation
+
+    sys.path.insert(0, os.path.join(ROOT, "applications", "cifar10", "pilots"))
+    import transfer_pilot
+
+    def train_classifier(f_train, y_train, f_test, y_test, **kwargs):
+        """A stand-in for the converged probe (tested in test_evaluation), too slow to fit a
+        dozen times here: a fingerprint of its inputs, so another row, label order, layer or
+        weight changes it. The pilot's wiring is what this test checks."""
+        f_train, f_test = np.asarray(f_train, "float64"), np.asarray(f_test, "float64")
+        w = lambda a: np.arange(1, len(a) + 1) / len(a)  # noqa: E731  (row order matters)
+        return float(w(f_train) @ f_train.sum(1) + 2 * w(f_test) @ f_test.sum(1)
+                     + 3 * w(y_train) @ np.asarray(y_train) + 5 * w(y_test) @ np.asarray(y_test))
+
+    monkeypatch.setattr(evaluation, "train_classifier", train_classifier)
+
+    fit, held = transfer_pilot.validation_split(40, 8)
+    assert len(held) == 8 and len(fit) == 32
+    assert sorted(np.concatenate([fit, held]).tolist()) == list(range(40))
+    with pytest.raises(ValueError, match="between 0 and the 40"):
+        transfer_pilot.validation_split(40, 40)
+
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (40, 28, 28), dtype=np.uint8)  # grayscale, as Fashion-MNIST
+    labels = np.arange(40) % 4
+    (tmp_path / "fm").mkdir()
+    np.savez(tmp_path / "fm" / "train.npz", images=images, labels=labels)
+    paths = []
+    for seed in (3, 4):
+        keras.utils.set_random_seed(seed)
+        model = kib.InfoBal(kib.InfoBalBackbone(num_views=2, split="rows"), critic_units=8)
+        model.extract_features(np.zeros((2, 32, 32, 3), "uint8"))  # builds it
+        paths.append(str(tmp_path / f"m{seed}.keras"))
+        model.save(paths[-1])
+    out = tmp_path / "transfer.json"
+    transfer_pilot.main(["--fashion-mnist", str(tmp_path / "fm"), "--held-out", "8",
+                         "--models", f"a={paths[0]}", f"b={paths[1]}", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["held_out"] == 8 and saved["fitted"] == 32
+
+    x, y, _ = datasets.load_images(str(tmp_path / "fm" / "train.npz"), resize=(32, 32))
+
+    def probe(model):
+        f = model.extract_features(x, layers=("conv",))["conv"]
+        return train_classifier(f[fit], y[fit], f[held], y[held])
+
+    keras.utils.set_random_seed(0)
+    model = kib.InfoBal(kib.InfoBalBackbone(num_views=2, split="rows"), critic_units=8)
+    model.extract_features(np.zeros((2, 32, 32, 3), "uint8"))
+    random_init = probe(model)
+    for name, path in zip("ab", paths):
+        r = saved["models"][name]
+        assert r["pretrained"] == pytest.approx(probe(keras.saving.load_model(path)))
+        assert r["random_init"] == pytest.approx(random_init)
+        assert r["gain"] == pytest.approx(r["pretrained"] - r["random_init"])
+
+    # --cifar10: the studies' validation columns, on the studies' splits (3 of 12 held out).
+    from keras_infobal.knn import knn_accuracy
+    from test_datasets import make_folder
+
+    data = make_folder(str(tmp_path / "cifar"), n_per_class=4, classes=("a", "b", "c"))
+    val, probe_tr = np.array([0, 5, 7]), np.array([1, 2, 3, 4, 6, 8])
+    monkeypatch.setattr(lambda_study, "split_indices", lambda n: (val, probe_tr, None))
+    monkeypatch.setenv("KERAS_INFOBAL_CACHE", str(tmp_path / "cache"))
+    transfer_pilot.main(["--fashion-mnist", str(tmp_path / "fm"), "--held-out", "8",
+                         "--models", f"a={paths[0]}", "--out", str(out), "--cifar10", data])
+    saved = json.loads(out.read_text())
+    assert set(saved["models"]) == {"a", "b"}  # b kept
+    xc, yc, _ = datasets.load_cifar10("train", source=data)
+    f = keras.saving.load_model(paths[0]).extract_features(xc, layers=("conv", "fc", "R"))
+    bank = np.setdiff1d(np.arange(12), val)
+    expected = {f"probe_{k}": train_classifier(f[k][probe_tr], yc[probe_tr], f[k][val], yc[val])
+                for k in ("conv", "fc")}
+    expected["knn_R"] = knn_accuracy(f["R"][bank], yc[bank], f["R"][val], yc[val])
+    assert saved["models"]["a"]["cifar10_validation"] == pytest.approx(expected)
+
+    with pytest.raises(SystemExit, match="another split"):
+        transfer_pilot.main(["--fashion-mnist", str(tmp_path / "fm"), "--held-out", "10",
+                             "--models", f"a={paths[0]}", "--out", str(out)])
+    with pytest.raises(SystemExit):  # NAME=MODEL is the form
+        transfer_pilot.main(["--fashion-mnist", str(tmp_path / "fm"), "--models", paths[0],
+                             "--out", str(out)])
+    with pytest.raises(FileNotFoundError, match="No model file"):
+        transfer_pilot.main(["--fashion-mnist", str(tmp_path / "fm"), "--held-out", "8",
+                             "--models", f"c={tmp_path / 'gone.keras'}", "--out", str(out)])

@@ -32,6 +32,16 @@ TARGETS = {"classifier": 0.76, "knn": 0.66, "transfer_gain": 0.04}
 KNN_LAYERS = ("conv", "fc", "R")
 
 
+def fashion_mnist_probe(model, train, test, layer="conv"):
+    """The transfer probe: a converged linear probe on `model`'s `layer` features of
+    `train` = (images, labels), scored on `test`."""
+    from keras_infobal.evaluation import train_classifier
+
+    f = {s: model.extract_features(x, layers=(layer,))[layer] for s, (x, _) in
+         (("train", train), ("test", test))}
+    return train_classifier(f["train"], train[1], f["test"], test[1])
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", required=True, help="CIFAR-10 (a train/test folder or .tar.gz)")
@@ -51,7 +61,6 @@ def main(argv=None):
     import keras_infobal  # noqa: F401
     from keras_infobal import datasets
     from keras_infobal.applications import InfoBalCIFAR
-    from keras_infobal.evaluation import train_classifier
     from keras_infobal.knn import knn_accuracy, knn_select_layer
     from keras_infobal.models import InfoBal
 
@@ -76,8 +85,7 @@ def main(argv=None):
         fm = {s: (v[0][::args.limit], v[1][::args.limit]) for s, v in fm.items()}
 
     def transfer(model):
-        f = {s: model.extract_features(fm[s][0], layers=("conv",))["conv"] for s in fm}
-        return train_classifier(f["train"], fm["train"][1], f["test"], fm["test"][1])
+        return fashion_mnist_probe(model, fm["train"], fm["test"])
 
     # The split the shipped heads were chosen on (export_weights.py): kNN's layer is chosen
     # on the same 5,000 images.
