@@ -203,3 +203,24 @@ def test_transfer_pilot_scores_held_out_rows_against_random_init(tmp_path, monke
     with pytest.raises(FileNotFoundError, match="No model file"):
         transfer_pilot.main(["--fashion-mnist", str(tmp_path / "fm"), "--held-out", "8",
                              "--models", f"c={tmp_path / 'gone.keras'}", "--out", str(out)])
+
+
+def test_transfer_pilot_summary_means_each_arm_over_its_seeds(tmp_path):
+    sys.path.insert(0, os.path.join(ROOT, "applications", "cifar10", "pilots"))
+    import transfer_pilot
+
+    cifar = {"probe_conv": 0.6, "probe_fc": 0.5, "knn_R": 0.4}
+    models = {"x_seed0": {"pretrained": 0.91, "random_init": 0.88, "gain": 0.03,
+                          "cifar10_validation": cifar},
+              "x_seed1": {"pretrained": 0.90, "random_init": 0.88, "gain": 0.02},
+              "y_seed0": {"pretrained": 0.85, "random_init": 0.88, "gain": -0.03}}
+    (tmp_path / "t.json").write_text(json.dumps({"held_out": 6000, "models": models}))
+    rows = {line.split(" | ")[0]: line for line in
+            transfer_pilot.summarize(str(tmp_path / "t.json")).splitlines()}
+    assert rows["| y_seed0"] == "| y_seed0 | 85.00 | 88.00 | -3.00 | - | - | - |"
+    assert rows["| x_seed0"].endswith("| +3.00 | 60.00 | 50.00 | 40.00 |")
+    gains = [3.0, 2.0]
+    mean = rows["| x, mean ± std of 2"].split(" | ")
+    assert mean[3] == f"+{np.mean(gains):.2f} ± {np.std(gains, ddof=1):.2f}"
+    assert mean[4:] == ["-", "-", "- |"]  # x_seed1 has no CIFAR-10 scores: no mean of one
+    assert not any(k.startswith("| y, mean") for k in rows)  # one seed: no mean row

@@ -1,7 +1,8 @@
 """Pilots (issue 22): backbone levers against DIM's backbone under the same recipe.
 
 Arms: `dim` (the `dim_pairs` backbone), `resnet` (a CIFAR-style ResNet trunk in the view
-encoder instead of DIM's two convs), `scales` (AMDIM-style multi-scale InfoMax:
+encoder instead of DIM's two convs), `resnet_scales` (that trunk with the `scales` arm's
+multi-scale InfoMax, the default's recipe), `scales` (AMDIM-style multi-scale InfoMax:
 `local_scales=(1, 2, 4)`, R also scored against each view's 2x2- and 4x4-pooled locations),
 `scales14` (only the 4x4-pooled scale beside the full map), `crop` and `crop02` (random resized
 crops, `crop=0.4` and 0.2) and `lr6e4` (the cosine schedule from twice the peak rate): `ARMS`.
@@ -114,7 +115,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--summarize", metavar="FOLDER",
                    help="print the table of the runs under FOLDER and exit")
-    p.add_argument("--arm", choices=("resnet",) + tuple(ARMS))
+    p.add_argument("--arm", choices=("resnet", "resnet_scales") + tuple(ARMS))
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mixed-precision", action="store_true")
@@ -127,8 +128,10 @@ def main(argv=None):
     if not (args.arm and args.data and args.out):
         p.error("--arm, --data and --out are required to run a pilot")
     backbone, augmentation, options = {}, {}, {}
-    if args.arm == "resnet":
+    if args.arm.startswith("resnet"):
         backbone["trunk"] = keras.saving.serialize_keras_object(resnet_trunk())
+        if args.arm == "resnet_scales":
+            backbone["local_scales"] = ARMS["scales"][0]["local_scales"]
     else:
         backbone, augmentation, options = (dict(part) for part in ARMS[args.arm])
     pretraining.pretrain(recipe="dim_pairs", backbone=backbone, augmentation=augmentation,

@@ -12,6 +12,9 @@ architecture with random weights (seed 0), the baseline the target is measured a
                  shipped=infobal_scales_long \
         --out applications/cifar10/pilots/transfer/transfer.json
 
+    python applications/cifar10/pilots/transfer_pilot.py \
+        --summarize applications/cifar10/pilots/transfer/transfer.json   # the markdown table
+
 A model is a `.keras` file, a preset folder or a shipped preset's name. `--out` keeps the
 rows of models it already holds (scored on the same split) and adds or replaces these.
 
@@ -65,6 +68,46 @@ def cifar10_validation(model, x_train, y_train):
     return out
 
 
+def summarize(path):
+    """The markdown table of a results file: one row per model, then the mean (and the
+    sample standard deviation) of each arm with more than one seed (`<arm>_seed<k>`)."""
+    import statistics
+
+    with open(path) as f:
+        results = json.load(f)["models"]
+    columns = [("pretrained", "FMNIST pretrained"), ("random_init", "FMNIST random init"),
+               ("gain", "gain")]
+    cifar = [("probe_conv", "CIFAR probe conv"), ("probe_fc", "CIFAR probe fc"),
+             ("knn_R", "CIFAR kNN R")]
+
+    def cell(v, sign):
+        if not v:
+            return "-"
+        mean = f"{100 * statistics.mean(v):{'+' if sign else ''}.2f}"
+        return mean if len(v) == 1 else f"{mean} ± {100 * statistics.stdev(v):.2f}"
+
+    def cells(values):
+        return [cell(v, sign=(i == 2)) for i, v in enumerate(values)]
+
+    def column_values(rows):
+        return ([[r[k] for r in rows] for k, _ in columns]
+                # An arm's CIFAR-10 mean only when every seed was scored there.
+                + [[r["cifar10_validation"][k] for r in rows]
+                   if all("cifar10_validation" in r for r in rows) else [] for k, _ in cifar])
+
+    lines = ["| model | " + " | ".join(t for _, t in columns + cifar) + " |",
+             "|---" * (1 + len(columns) + len(cifar)) + "|"]
+    arms = {}
+    for name, r in results.items():
+        lines.append(f"| {name} | " + " | ".join(cells(column_values([r]))) + " |")
+        arms.setdefault(name.rsplit("_seed", 1)[0], []).append(r)
+    for arm, rows in arms.items():
+        if len(rows) > 1:
+            lines.append(f"| {arm}, mean ± std of {len(rows)} | "
+                         + " | ".join(cells(column_values(rows))) + " |")
+    return "\n".join(lines)
+
+
 def load(spec):
     """An InfoBal model from a `.keras` file, a preset folder or a shipped preset's name."""
     import keras
@@ -82,16 +125,23 @@ def load(spec):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--fashion-mnist", required=True,
+    p.add_argument("--fashion-mnist",
                    help="folder with Fashion-MNIST's train.npz (applications/fashion_mnist/prepare.py)")
-    p.add_argument("--models", nargs="+", required=True, metavar="NAME=MODEL")
-    p.add_argument("--out", required=True)
+    p.add_argument("--summarize", metavar="RESULTS",
+                   help="print the markdown table of a results file and exit")
+    p.add_argument("--models", nargs="+", metavar="NAME=MODEL")
+    p.add_argument("--out")
     p.add_argument("--held-out", type=int, default=HELD_OUT,
                    help="training images held out to score on (default 6,000, a tenth)")
     p.add_argument("--cifar10", metavar="DATA",
                    help="CIFAR-10 (a train/test folder or .tar.gz): also score the CIFAR-10 "
                         "validation probes and kNN (its training set only)")
     args = p.parse_args(argv)
+    if args.summarize:
+        print(summarize(args.summarize))
+        return 0
+    if not (args.models and args.out and args.fashion_mnist):
+        p.error("--fashion-mnist, --models and --out are required to score models")
     models = {}
     for item in args.models:
         name, sep, spec = item.partition("=")
