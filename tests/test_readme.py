@@ -4,6 +4,7 @@ import math
 import os
 import re
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -214,3 +215,14 @@ def test_readme_speed_table_is_the_committed_results():
     assert not missing, f"benchmarks/results/levels_speed.md lacks these README rows: {missing}"
     cpu = results.splitlines()[0].split(";")[0]  # "CPU: <model> (<cores>; flags ..."
     assert cpu in section
+
+
+def test_transfer_pilot_table_is_the_committed_results():
+    """The transfer pilots' table in the pilots README is what `transfer_pilot.py --summarize`
+    prints from the committed results."""
+    sys.path.insert(0, os.path.join(ROOT, "applications", "cifar10", "pilots"))
+    import transfer_pilot
+
+    pilots = os.path.join(ROOT, "applications", "cifar10", "pilots")
+    table = transfer_pilot.summarize(os.path.join(pilots, "transfer", "transfer.json"))
+    assert table in open(os.path.join(pilots, "README.md")).read()
