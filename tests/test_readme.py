@@ -115,7 +115,7 @@ def test_readme_test_commands_are_what_ci_runs():
 @pytest.mark.parametrize("stem", ["speed", "views_speed", "xla_conv", "profile_step",
                                   "conv_layout", "levels_speed", "profile_step_avx2",
                                   "profile_step_bf16", "profile_torch", "profile_torch_avx2",
-                                  "torch_bn_speed"])
+                                  "torch_bn_speed", "levels_speed_zen4"])
 def test_benchmark_tables_are_the_committed_results(stem):
     """Every table row of a committed benchmark result appears verbatim in docs/benchmarks.md,
     so its speed numbers are the ones its command wrote (regenerate both together)."""
@@ -204,17 +204,23 @@ def test_targets_table_is_the_committed_results():
 
 
 def test_readme_speed_table_is_the_committed_results():
-    """The README's speed rows (its "Speed" section) are rows of the committed benchmark at
-    both instruction-set levels, whose CPU line the README quotes."""
+    """The README's speed rows (its "Speed" section) are rows of the committed benchmarks at
+    both instruction-set levels, one column per host, whose CPU lines the README quotes."""
     readme = open(os.path.join(ROOT, "README.md")).read()
     section = readme.split("## Speed", 1)[1].split("\n## ", 1)[0]
-    results = open(os.path.join(ROOT, "benchmarks", "results", "levels_speed.md")).read()
+    stems = ("levels_speed", "levels_speed_zen4")  # the table's columns, in order
+    results = [open(os.path.join(ROOT, "benchmarks", "results", s + ".md")).read()
+               for s in stems]
     rows = [line for line in section.splitlines() if line.startswith("| ")][2:]
     assert len(rows) >= 4
-    missing = [row for row in rows if row not in results]
-    assert not missing, f"benchmarks/results/levels_speed.md lacks these README rows: {missing}"
-    cpu = results.splitlines()[0].split(";")[0]  # "CPU: <model> (<cores>; flags ..."
-    assert cpu in section
+    for row in rows:
+        name, *values = [cell.strip() for cell in row.strip("| ").split(" | ")]
+        assert len(values) == len(stems), row
+        for stem, text, value in zip(stems, results, values):
+            assert f"| {name} | {value} |" in text, f"{stem}.md lacks the README row {row!r}"
+    for stem, text in zip(stems, results):
+        cpu = text.splitlines()[0].split(";")[0]  # "CPU: <model> (<cores>; flags ..."
+        assert cpu in section and f"`{stem}.md`" in section
 
 
 def test_transfer_pilot_table_is_the_committed_results():
