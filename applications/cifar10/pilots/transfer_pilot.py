@@ -110,16 +110,15 @@ def summarize(path):
 
 def load(spec):
     """An InfoBal model from a `.keras` file, a preset folder or a shipped preset's name."""
-    import keras
-
     import keras_infobal  # noqa: F401  (registers the classes `.keras` files name)
     from keras_infobal.models import InfoBal
+    from keras_infobal.models.infobal import load_infobal
 
     if spec.endswith(".keras"):
         if not os.path.exists(spec):
             raise FileNotFoundError(f"No model file {spec!r}: give a `.keras` file that "
                                     f"`keras-infobal pretrain` wrote (OUT/model.keras).")
-        return keras.saving.load_model(spec, compile=False)
+        return load_infobal(spec, compile=False)
     return InfoBal.from_preset(spec)
 
 
