@@ -123,6 +123,22 @@ CONTENDERS = {
                              "DIM(L), TF, float32 weights, oneDNN bf16 math "
                              "(ONEDNN_DEFAULT_FPMATH_MODE=BF16)", DIM, jit=False,
                              env={"ONEDNN_DEFAULT_FPMATH_MODE": "BF16"}),
+    # With Keras' composed BatchNormalization instead of the fused op
+    # (layers/batch_normalization.py): what the fused kernels save.
+    "dim_tf_keras_bn": _c("tensorflow", "step", "DIM(L), TF, float32, Keras' composed "
+                          "BatchNormalization", DIM, jit=False, env={COMPOSED_BN: "1"}),
+    "dim_tf_bf16_keras_bn": _c("tensorflow", "step", "DIM(L), TF, mixed bfloat16, Keras' "
+                               "composed BatchNormalization", DIM, BF16, False,
+                               env={COMPOSED_BN: "1"}),
+    "dim_tf_bf16_interop1": _c("tensorflow", "step",
+                               "DIM(L), TF, mixed bfloat16, 1 inter-op thread", DIM, BF16,
+                               False, env={"TF_NUM_INTEROP_THREADS": "1"}),
+    # The same contender again in other worker processes (the variable changes nothing but
+    # the worker): how much one process's speed differs from another's.
+    **{f"dim_tf_bf16_process{_i}": _c("tensorflow", "step",
+                                      f"DIM(L), TF, mixed bfloat16, worker process {_i}",
+                                      DIM, BF16, False, env={"KERAS_INFOBAL_BENCH_WORKER": _i})
+       for _i in "23"},
     "infobal8_tf_u128": _c("tensorflow", "step",
                            "InfoBal M=8 (grid), TF, float32, infomin_units=128",
                            dict(INFOBAL8, infomin_units=128), jit=False),
@@ -684,6 +700,10 @@ RATIOS = {
     "ours / PyTorch reference, float32 (Keras on PyTorch)": ("dim_torch", "dim_torch_ref"),
     "ours with Keras' composed BatchNormalization / PyTorch reference, float32 (Keras on "
     "PyTorch)": ("dim_torch_keras_bn", "dim_torch_ref"),
+    "ours with Keras' composed BatchNormalization / PyTorch reference, float32 (TF)": (
+        "dim_tf_keras_bn", "dim_torch_ref"),
+    "ours with Keras' composed BatchNormalization / PyTorch reference, bfloat16 (TF)": (
+        "dim_tf_bf16_keras_bn", "dim_torch_ref_bf16"),
     "ours / PyTorch reference, float32 (TF, 1 inter-op thread)": ("dim_tf_interop1",
                                                                   "dim_torch_ref"),
     "ours / PyTorch reference, float32 (TF, oneDNN off)": ("dim_tf_eigen", "dim_torch_ref"),

@@ -1,5 +1,6 @@
-"""kib.layers.BatchNormalization (PyTorch's fused kernels in training) against numpy's batch
-normalization: outputs, moving statistics, gradients; Keras' own path elsewhere."""
+"""kib.layers.BatchNormalization (TensorFlow's and PyTorch's fused kernels in training) against
+numpy's batch normalization: outputs, moving statistics, gradients, compiled steps and mixed
+precision; Keras' own path elsewhere."""
 
 import keras
 import numpy as np
@@ -80,25 +81,86 @@ def test_gradients_match_numpy(shape):
     np.testing.assert_allclose(grads[2], dbeta, rtol=1e-4, atol=1e-3)
 
 
-def test_pytorch_trains_through_the_fused_kernel_only_where_it_applies(monkeypatch):
-    if keras.backend.backend() != "torch":
-        pytest.skip("the fused kernel is PyTorch's")
-    import torch
-
+def _spy_on_fused_kernel(monkeypatch):
+    """A list that grows by one per call of this backend's fused kernel."""
     calls = []
-    real = torch.native_batch_norm
-    monkeypatch.setattr(torch, "native_batch_norm",
-                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    if keras.backend.backend() == "torch":
+        import torch as module
+
+        name = "native_batch_norm"
+    elif keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        module, name = tf.raw_ops, "FusedBatchNormV3"
+    else:
+        pytest.skip("the fused kernels are TensorFlow's and PyTorch's")
+    real = getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls
+
+
+def test_trains_through_the_fused_kernel_only_where_it_applies(monkeypatch):
+    calls = _spy_on_fused_kernel(monkeypatch)
     layer, x = _layer_and_input((4, 3, 5, 6))
     layer(x, training=True)
-    assert len(calls) == 1
+    BatchNormalization()(x[:, 0, 0], training=True)          # rank 2 too
+    assert len(calls) == 2
     layer(x, training=False)                                 # inference: moving statistics
     layer(x, training=True, mask=np.ones((4, 3, 5), bool))  # masks: Keras' path
     frozen = BatchNormalization()
     frozen.build(x.shape)
     frozen.trainable = False
     frozen(x, training=True)                                 # frozen: moving statistics
-    assert len(calls) == 1
+    assert len(calls) == 2
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_a_compiled_training_step_updates_the_moving_statistics_as_numpy(jit_compile):
+    """Inside `fit`'s compiled function, with the batch size unknown when it is traced
+    (and under XLA on TensorFlow and JAX)."""
+    if jit_compile and keras.backend.backend() == "torch":
+        pytest.skip("torch.compile: minutes of compilation")
+    layer, x = _layer_and_input((4, 3, 5, 6), seed=5)
+    gamma, beta, old_mean, old_var = layer.get_weights()
+    model = keras.Sequential([keras.Input((3, 5, 6)), layer])
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse", jit_compile=jit_compile)
+    model.fit(x, np.zeros_like(x), batch_size=4, epochs=1, verbose=0)
+    _, mean, var = _numpy_batch_norm(x, gamma, beta)
+    new_mean, new_var = layer.get_weights()[2:]
+    np.testing.assert_allclose(new_mean, MOMENTUM * old_mean + (1 - MOMENTUM) * mean,
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(new_var, MOMENTUM * old_var + (1 - MOMENTUM) * var,
+                               rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(16, 5), (4, 3, 5, 6)])
+def test_mixed_bfloat16_normalizes_in_float32_and_returns_bfloat16(shape):
+    """As Keras' layer: a bfloat16 input is normalized with float32 statistics."""
+    _, x = _layer_and_input(shape, seed=6)
+    layer = BatchNormalization(momentum=MOMENTUM, epsilon=EPS, dtype="mixed_bfloat16")
+    xb = ops.cast(x, "bfloat16")
+    y = layer(xb, training=True)
+    assert keras.backend.standardize_dtype(y.dtype) == "bfloat16"
+    assert keras.backend.standardize_dtype(layer.moving_variance.dtype) == "float32"
+    rounded = ops.convert_to_numpy(ops.cast(xb, "float32"))
+    ref, mean, var = _numpy_batch_norm(rounded, np.ones(shape[-1]), np.zeros(shape[-1]))
+    np.testing.assert_allclose(ops.convert_to_numpy(ops.cast(y, "float32")), ref,
+                               rtol=1e-2, atol=2e-2)  # bfloat16 keeps 8 bits
+    np.testing.assert_allclose(ops.convert_to_numpy(layer.moving_mean), (1 - MOMENTUM) * mean,
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ops.convert_to_numpy(layer.moving_variance),
+                               MOMENTUM + (1 - MOMENTUM) * var, rtol=1e-5, atol=1e-6)
+
+
+def test_one_row_has_a_batch_variance_of_zero():
+    layer = BatchNormalization(momentum=MOMENTUM, epsilon=EPS)
+    x = np.array([[1.0, -2.0, 3.0]], "float32")
+    y = ops.convert_to_numpy(layer(x, training=True))
+    np.testing.assert_allclose(y, np.zeros_like(x), atol=1e-5)  # x - mean = 0, beta = 0
+    np.testing.assert_allclose(ops.convert_to_numpy(layer.moving_variance),
+                               np.full(3, MOMENTUM), rtol=1e-6)  # 0.9 * 1 + 0.1 * 0
+    np.testing.assert_allclose(ops.convert_to_numpy(layer.moving_mean),
+                               (1 - MOMENTUM) * x[0], rtol=1e-6)
 
 
 def test_serializes_as_its_own_class_and_keeps_keras_arguments():
@@ -127,3 +189,18 @@ def test_a_constant_channel_keeps_a_moving_variance_of_zero_not_below(epsilon):
     layer(np.full((16, 2), 2.0, "float32"), training=True)
     moving_var = ops.convert_to_numpy(layer.moving_variance)
     assert np.all(moving_var >= 0.0) and np.all(moving_var < 1e-9)
+
+
+def test_a_nan_reaches_the_loss_through_compiled_conv_batch_norm_relu_blocks():
+    """A NaN pixel makes its channels' batch statistics NaN; the ReLU after the layer must
+    not turn that back into numbers (TensorFlow's Grappler can fuse FusedBatchNorm + Relu
+    into a kernel that maps NaN to 0), or NonFiniteGuard cannot see a poisoned batch."""
+    x = np.random.default_rng(7).normal(size=(8, 16, 16, 3)).astype("float32")
+    x[3, 2, 2, 0] = np.nan
+    blocks = [[keras.layers.Conv2D(8, 4, strides=2, padding="same"), BatchNormalization(),
+               keras.layers.Activation("relu")] for _ in range(2)]
+    model = keras.Sequential([keras.Input((16, 16, 3)), *blocks[0], *blocks[1],
+                              keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")
+    loss = model.train_on_batch(x, np.zeros((8, 1), "float32"))
+    assert np.isnan(loss)
