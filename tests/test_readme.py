@@ -116,7 +116,8 @@ def test_readme_test_commands_are_what_ci_runs():
                                   "conv_layout", "levels_speed", "profile_step_avx2",
                                   "profile_step_bf16", "profile_torch", "profile_torch_avx2",
                                   "torch_bn_speed", "levels_speed_zen4",
-                                  "profile_step_bf16_zen4", "profile_step_bf16_zen4_b"])
+                                  "profile_step_bf16_zen4", "profile_step_bf16_zen4_b",
+                                  "levels_speed_zen4_fused_bn", "bf16_workers"])
 def test_benchmark_tables_are_the_committed_results(stem):
     """Every table row of a committed benchmark result appears verbatim in docs/benchmarks.md,
     so its speed numbers are the ones its command wrote (regenerate both together)."""
@@ -209,7 +210,7 @@ def test_readme_speed_table_is_the_committed_results():
     both instruction-set levels, one column per host, whose CPU lines the README quotes."""
     readme = open(os.path.join(ROOT, "README.md")).read()
     section = readme.split("## Speed", 1)[1].split("\n## ", 1)[0]
-    stems = ("levels_speed", "levels_speed_zen4")  # the table's columns, in order
+    stems = ("levels_speed", "levels_speed_zen4_fused_bn")  # the table's columns, in order
     results = [open(os.path.join(ROOT, "benchmarks", "results", s + ".md")).read()
                for s in stems]
     rows = [line for line in section.splitlines() if line.startswith("| ")][2:]
