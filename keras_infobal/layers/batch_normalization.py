@@ -5,16 +5,16 @@ multiply and add, and the backward pass differentiates each of them: a dozen ele
 kernels and reductions per layer. TensorFlow's `FusedBatchNormV3` and PyTorch's
 `native_batch_norm` do the forward pass in one kernel and the backward pass in another. On
 the DIM(L) step the composed layer was the largest Keras-side part of Keras-on-PyTorch's gap
-to a plain PyTorch step, and on TensorFlow it costs about twice the fused op's time (docs/
-benchmarks.md, `benchmarks/profile_torch.py`, `benchmarks/speed.py`'s `*_keras_bn`
-contenders).
+to a plain PyTorch step, and on TensorFlow the fused op makes the whole step about 5% faster
+in float32 and 9-10% in bfloat16 (docs/benchmarks.md, `benchmarks/profile_torch.py`,
+`benchmarks/speed.py`'s `*_keras_bn` contenders).
 
 This layer is Keras' layer everywhere (same arguments, weights, moving statistics and
 inference path) except in one case: training on TensorFlow or PyTorch, with the channels
 last, no mask, no renorm and no synchronization, where the forward and backward passes are
 the fused kernels. The statistics are computed in float32 at least, as Keras does (a
 bfloat16 or float16 input is upcast first; this also keeps TensorFlow off oneDNN's
-bfloat16 batch norm, which has no kernel on CPUs without AVX512_BF16). The moving
+bfloat16 batch norm, which has no kernel with oneDNN capped at AVX2). The moving
 statistics are updated as Keras does (biased batch variance, `momentum` the weight of the
 old value), not as `torch.nn.BatchNorm2d` or TensorFlow's fused op would.
 """
