@@ -266,6 +266,7 @@ class InfoBal(KerasSeams, Trainer, FeatureExtractor, keras.Model):
         self._beta_pairs = np.array([self._beta[i, j] for i, j in self.pairs],
                                     dtype="float32")
         self.discriminator_optimizer = None
+        self.discriminator_lr_ratio = None
         self.cross_replica_negatives = False
         self.synchronized_batch_norm = False
         # Every metric exists from the start, so saved files have one layout; train_step
@@ -371,20 +372,32 @@ class InfoBal(KerasSeams, Trainer, FeatureExtractor, keras.Model):
 
     # -- compile: both optimizers, and how replicas share the batch ----------------------
     def compile(self, optimizer="adam", discriminator_optimizer=None,
-                cross_replica_negatives=False, synchronized_batch_norm=False, **kwargs):
-        """Like `keras.Model.compile`, plus the InfoMin discriminators' own optimizer and two
-        `tf.distribute` options.
+                discriminator_lr_ratio="auto", cross_replica_negatives=False,
+                synchronized_batch_norm=False, auto_scale_loss=True, **kwargs):
+        """Like `keras.Model.compile`, plus the InfoMin discriminators' own optimizer, how its
+        learning rate follows the encoder's, and two `tf.distribute` options.
 
         Args:
             discriminator_optimizer: required when `infomin_weight > 0`; at lambda = 0 it
                 makes the discriminators train as a monitor of I(V_i; V_j). Built here when
                 the model is built, so the training function never creates variables while
                 tracing (which `tf.distribute` requires).
+            discriminator_lr_ratio: how Keras' learning-rate callbacks and schedules reach
+                the discriminators. "auto" (default): when `discriminator_optimizer` has a
+                constant learning rate, it follows the encoder optimizer's current rate
+                (its schedule, `ReduceLROnPlateau`, `LearningRateScheduler`) at the ratio
+                the two rates have here; a discriminator optimizer with a schedule of its
+                own keeps it. A positive number: the discriminators' rate is that number
+                times the encoder's at every step. None: the two rates are independent.
             cross_replica_negatives: TensorFlow only: under tf.distribute, score each
                 replica's anchors against the images of all replicas (all-gather), as one
                 device with the global batch would.
             synchronized_batch_norm: TensorFlow only: every BatchNormalization of the
                 model normalizes over the global batch under tf.distribute.
+            auto_scale_loss: as in Keras: under the "mixed_float16" dtype policy, both
+                optimizers are wrapped in a `keras.optimizers.LossScaleOptimizer` (dynamic
+                loss scaling; a step whose gradients overflow is skipped and the scale
+                halved).
         """
         for key in ("loss", "metrics"):
             if kwargs.get(key) is not None:
@@ -393,15 +406,25 @@ class InfoBal(KerasSeams, Trainer, FeatureExtractor, keras.Model):
                     "compile()."
                 )
         self._check_backend_support(cross_replica_negatives, synchronized_batch_norm)
-        super().compile(optimizer=optimizer, **kwargs)
+        super().compile(optimizer=optimizer, auto_scale_loss=auto_scale_loss, **kwargs)
         if discriminator_optimizer is not None:
             discriminator_optimizer = keras.optimizers.get(discriminator_optimizer)
-            if discriminator_optimizer is self.optimizer:
+            if discriminator_optimizer is self.optimizer or (
+                    isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
+                    and discriminator_optimizer is self.optimizer.inner_optimizer):
                 raise ValueError(
                     "`discriminator_optimizer` must be a different optimizer instance from "
                     "`optimizer`: each update keeps its own state."
                 )
+            if (auto_scale_loss and self.dtype_policy.name == "mixed_float16"
+                    and not isinstance(discriminator_optimizer,
+                                       keras.optimizers.LossScaleOptimizer)):
+                # What Keras' compile does for `optimizer`: float16 gradients underflow.
+                discriminator_optimizer = keras.optimizers.LossScaleOptimizer(
+                    discriminator_optimizer, name="discriminator_loss_scale_optimizer")
         self.discriminator_optimizer = discriminator_optimizer
+        self.discriminator_lr_ratio = _discriminator_lr_ratio(
+            discriminator_lr_ratio, self.optimizer, discriminator_optimizer)
         self.cross_replica_negatives = bool(cross_replica_negatives)
         self.synchronized_batch_norm = bool(synchronized_batch_norm)
         for layer in self._flatten_layers():
@@ -417,6 +440,9 @@ class InfoBal(KerasSeams, Trainer, FeatureExtractor, keras.Model):
             config["discriminator_optimizer"] = (
                 None if self.discriminator_optimizer is None
                 else keras.saving.serialize_keras_object(self.discriminator_optimizer))
+            # The resolved ratio: "auto" would be resolved again against rates that have
+            # moved since (a schedule's step, a callback's change).
+            config["discriminator_lr_ratio"] = self.discriminator_lr_ratio
             config["cross_replica_negatives"] = self.cross_replica_negatives
             config["synchronized_batch_norm"] = self.synchronized_batch_norm
         return config
@@ -762,6 +788,42 @@ class InfoBal(KerasSeams, Trainer, FeatureExtractor, keras.Model):
         presets.save_layers(os.path.join(folder, presets.CRITICS_FILE), layers)
         presets.write_metadata(folder, **metadata)
         return folder
+
+
+def _constant_rate(optimizer):
+    """The optimizer's learning rate as a float when it is a constant (a variable that
+    callbacks set), else None (a schedule or a callable)."""
+    rate = optimizer.learning_rate
+    return float(keras.ops.convert_to_numpy(rate)) if isinstance(rate, keras.Variable) else None
+
+
+def _discriminator_lr_ratio(ratio, optimizer, discriminator_optimizer):
+    """`compile`'s `discriminator_lr_ratio` resolved: a float, or None (independent)."""
+    if discriminator_optimizer is None or ratio is None:
+        return None
+    own = _constant_rate(discriminator_optimizer)
+    if isinstance(ratio, str) and ratio == "auto":
+        if own is None:
+            return None  # the discriminators follow their own schedule
+        encoder_rate = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+        if not encoder_rate > 0:
+            raise ValueError(
+                "discriminator_lr_ratio='auto' sets the discriminators' rate relative to the "
+                f"encoder's, which is {encoder_rate}; give `optimizer` a positive learning "
+                "rate, or pass discriminator_lr_ratio=None to keep the rates independent.")
+        return own / encoder_rate
+    if (isinstance(ratio, bool) or not isinstance(ratio, (int, float))
+            or not np.isfinite(ratio) or ratio <= 0):
+        raise ValueError(
+            "`discriminator_lr_ratio` must be 'auto', a positive finite number (the "
+            "discriminators' rate over the encoder's) or None (independent rates); got "
+            f"{ratio!r}.")
+    if own is None:
+        raise ValueError(
+            f"discriminator_lr_ratio={ratio} sets the discriminators' rate from the encoder's, "
+            "but `discriminator_optimizer` has a learning-rate schedule of its own. Give it a "
+            "constant learning rate, or pass discriminator_lr_ratio=None to keep its schedule.")
+    return float(ratio)
 
 
 def _infomin_width(objective):

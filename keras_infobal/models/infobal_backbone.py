@@ -152,18 +152,31 @@ class FeatureExtractor(ServesUint8):
                              "from the data: call model.build((None, H, W, 3)) first.")
         dtype = getattr(images, "dtype", None)
         dtype = "uint8" if dtype is not None and str(dtype).endswith("uint8") else "float32"
-        inputs = keras.Input(self.image_shape, dtype=dtype, name="images")
-        feats = self.features(inputs, training=False)
-        missing = [k for k in layers if k not in feats]
-        if missing:
-            raise ValueError(
-                f"The feature layer(s) {missing} are registered, but "
-                f"{type(self).__name__}.features() does not compute them; it computes "
-                f"{sorted(feats)}."
-            )
-        extractor = keras.Model(inputs, {k: feats[k] for k in layers})
+        extractor = self._feature_extractor(dtype, tuple(layers))
         out = extractor.predict(images, batch_size=batch_size, verbose=verbose)
         return {k: np.asarray(out[k]) for k in layers}
+
+    def _feature_extractor(self, dtype, layers):
+        """The functional model of `features` for one input dtype and set of layers, built
+        once: a new model per call would trace its predict function again every call."""
+        # object.__setattr__: a cache of models must not be tracked as the model's own layers.
+        cache = self.__dict__.get("_feature_extractors")
+        if cache is None:
+            cache = {}
+            object.__setattr__(self, "_feature_extractors", cache)
+        key = (dtype, layers, tuple(self.image_shape))
+        if key not in cache:
+            inputs = keras.Input(self.image_shape, dtype=dtype, name="images")
+            feats = self.features(inputs, training=False)
+            missing = [k for k in layers if k not in feats]
+            if missing:
+                raise ValueError(
+                    f"The feature layer(s) {missing} are registered, but "
+                    f"{type(self).__name__}.features() does not compute them; it computes "
+                    f"{sorted(feats)}."
+                )
+            cache[key] = keras.Model(inputs, {k: feats[k] for k in layers})
+        return cache[key]
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)

@@ -34,6 +34,13 @@ class BaseTrainer:
         """Both halves of an augmented pair stacked; their batch sizes were checked statically."""
         return keras.ops.concatenate([x1, x2], axis=0)
 
+    def _follow_encoder_learning_rate(self):
+        """Sets the discriminators' learning rate to `discriminator_lr_ratio` times the
+        encoder's current one (its schedule's value, or what a Keras LR callback set)."""
+        ratio = self.discriminator_lr_ratio
+        if ratio is not None:
+            self.discriminator_optimizer.learning_rate = ratio * self.optimizer.learning_rate
+
     @staticmethod
     def _unsupported(feature, alternative):
         backend = keras.backend.backend()

@@ -35,17 +35,61 @@ def _stateless(fn, refs, values, read, collect_losses=False):
     return out, [scope.get_current_value(v) for v in read], list(scope.losses)
 
 
-def _stateless_apply(optimizer, optimizer_values, grads, variables, values):
+def _stateless_apply(optimizer, optimizer_values, grads, variables, values,
+                     learning_rate=None):
     """`optimizer.apply(grads, variables)` on values: (new values, new optimizer values).
 
     Unlike `optimizer.stateless_apply`, `variables` may be a subset of what the optimizer was
     built with (the encoder optimizer is built on all trainable variables, as on the other
-    backends, so the `.keras` files match).
+    backends, so the `.keras` files match). `learning_rate`, when given, is set first.
+
+    A `LossScaleOptimizer` (mixed_float16) is applied here on values: its own `apply` runs
+    `ops.cond` over stateful branches, whose assignments leak JAX tracers out of the
+    stateless scope. Both outcomes are computed and selected with `where`, as Keras' own
+    `stateless_apply` selects with `cond`: finite gradients are unscaled and applied (the
+    scale doubles after `dynamic_growth_steps` finite steps); otherwise the step is skipped
+    and the scale halved.
     """
     refs = list(variables) + list(optimizer.variables)
-    _, new, _ = _stateless(lambda: optimizer.apply(grads, variables), refs,
-                           list(values) + list(optimizer_values), refs)
+    initial = list(values) + list(optimizer_values)
+
+    def run(update):
+        def fn():
+            if learning_rate is not None:
+                optimizer.learning_rate = learning_rate
+            update()
+        _, new, _ = _stateless(fn, refs, initial, refs)
+        return new
+
+    if not isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        new = run(lambda: optimizer.apply(grads, variables))
+    else:
+        counter, scale = optimizer.step_counter, optimizer.dynamic_scale
+
+        def finite_update():
+            s, n = scale.value, counter.value
+            optimizer.inner_optimizer.apply([g / s for g in grads], variables)
+            grow = ops.equal(n, optimizer.dynamic_growth_steps - 1)
+            counter.assign(ops.cast(ops.where(grow, 0, n + 1), counter.dtype))
+            scale.assign(ops.where(grow, s * 2.0, s))
+
+        def skipped_update():
+            counter.assign(ops.zeros((), counter.dtype))
+            scale.assign(scale.value * 0.5)
+
+        finite = optimizer.check_finite(grads)
+        new = [ops.where(finite, a, b)
+               for a, b in zip(run(finite_update), run(skipped_update))]
     return new[:len(variables)], new[len(variables):]
+
+
+def _optimizer_reading(optimizer, optimizer_values):
+    """(the current learning rate, the loss scale: 1 unless a LossScaleOptimizer) of an
+    optimizer whose state is `optimizer_values`."""
+    (rate, scale), _, _ = _stateless(
+        lambda: (ops.convert_to_tensor(optimizer.learning_rate), optimizer.scale_loss(1.0)),
+        optimizer.variables, optimizer_values, [])
+    return rate, scale
 
 
 class JAXTrainer(JAXOptimizerStateSeam, BaseTrainer):
@@ -67,8 +111,14 @@ class JAXTrainer(JAXOptimizerStateSeam, BaseTrainer):
         n = len(self.optimizer.variables)
         return list(optimizer_values[:n]), list(optimizer_values[n:])
 
-    def _jax_discriminator_update(self, trainable, non_trainable, disc_opt, views):
+    def _jax_discriminator_update(self, trainable, non_trainable, enc_opt, disc_opt, views):
         """One discriminator update on values; views carry no gradient to the encoder."""
+        learning_rate = None
+        if self.discriminator_lr_ratio is not None:
+            learning_rate = self.discriminator_lr_ratio * _optimizer_reading(
+                self.optimizer, enc_opt)[0]
+        # Under mixed_float16 the optimizer divides the gradients by its loss scale.
+        scale = _optimizer_reading(self.discriminator_optimizer, disc_opt)[1]
         pooled = ops.stop_gradient(self._pool(views))
         d_idx = self._indices(self.discriminator_variables)
         refs = self.trainable_variables + self.non_trainable_variables
@@ -78,13 +128,14 @@ class JAXTrainer(JAXOptimizerStateSeam, BaseTrainer):
             (fit, terms), new_nt, _ = _stateless(
                 lambda: self._discriminator_objective(pooled), refs, values,
                 self.non_trainable_variables)
-            return -fit / self._replicas(), (fit, terms, new_nt)
+            return -fit / self._replicas() * scale, (fit, terms, new_nt)
 
         d_values = [trainable[i] for i in d_idx]
         (_, (fit, terms, non_trainable)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             d_values)
         d_values, disc_opt = _stateless_apply(self.discriminator_optimizer, disc_opt, grads,
-                                              self.discriminator_variables, d_values)
+                                              self.discriminator_variables, d_values,
+                                              learning_rate)
         return self._put(trainable, d_idx, d_values), non_trainable, disc_opt, (fit, terms)
 
     def _jax_update(self, trainable, non_trainable, enc_opt, disc_opt, x, disc_steps):
@@ -95,6 +146,8 @@ class JAXTrainer(JAXOptimizerStateSeam, BaseTrainer):
         """
         e_idx = self._indices(self.encoder_variables)
         refs = self.trainable_variables + self.non_trainable_variables
+        # Under mixed_float16 the optimizer divides the gradients by its loss scale.
+        scale = _optimizer_reading(self.optimizer, enc_opt)[1]
 
         def loss_fn(e_values, disc_opt):
             values = self._put(trainable, e_idx, e_values)
@@ -103,13 +156,14 @@ class JAXTrainer(JAXOptimizerStateSeam, BaseTrainer):
             d_out = None
             for _ in range(disc_steps):
                 values, nt, disc_opt, d_out = self._jax_discriminator_update(
-                    values, nt, disc_opt, views)
+                    values, nt, enc_opt, disc_opt, views)
             (loss, j, infomax), nt, losses = _stateless(
                 lambda: self._encoder_loss(views), refs, values + nt,
                 self.non_trainable_variables, collect_losses=True)
             if losses:
                 loss = loss + sum(losses)
-            return loss / self._replicas(), (loss, j, infomax, d_out, values, nt, disc_opt)
+            return (loss / self._replicas() * scale,
+                    (loss, j, infomax, d_out, values, nt, disc_opt))
 
         e_values = [trainable[i] for i in e_idx]
         (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(e_values, disc_opt)
@@ -175,7 +229,7 @@ class JAXTrainer(JAXOptimizerStateSeam, BaseTrainer):
         self._require_discriminator_optimizer()
         trainable, non_trainable, enc_opt, disc_opt = self._current()
         trainable, non_trainable, disc_opt, out = self._jax_discriminator_update(
-            trainable, non_trainable, disc_opt, views)
+            trainable, non_trainable, enc_opt, disc_opt, views)
         self._assign(trainable, non_trainable, enc_opt, disc_opt)
         return out
 

@@ -58,11 +58,15 @@ class TensorFlowTrainer(BaseTrainer):
         self._require_discriminator_optimizer()
         pooled = tf.stop_gradient(self._pool(views))
         variables = self.discriminator_variables
+        optimizer = self.discriminator_optimizer
         with tf.GradientTape() as tape:
             fit, terms = self._discriminator_objective(pooled)
-            loss = -fit / self._replicas()
+            # Under mixed_float16 `optimizer` is a LossScaleOptimizer, which divides the
+            # gradients by its scale: the loss is multiplied by it first.
+            loss = optimizer.scale_loss(-fit / self._replicas())
         grads = tape.gradient(loss, variables)
-        self.discriminator_optimizer.apply(grads, variables)
+        self._follow_encoder_learning_rate()
+        optimizer.apply(grads, variables)
         return fit, terms
 
     def encoder_step(self, images, before_update=None):
@@ -79,7 +83,7 @@ class TensorFlowTrainer(BaseTrainer):
                 with tape.stop_recording():
                     before_update(views)
             loss, j, infomax = self._encoder_loss(views)
-            scaled = loss / self._replicas()
+            scaled = self.optimizer.scale_loss(loss / self._replicas())
         grads = tape.gradient(scaled, variables)
         self.optimizer.apply(grads, variables)
         return loss, j, infomax

@@ -22,7 +22,9 @@ class TorchTrainer(BaseTrainer):
     def _backward_and_apply(self, loss, optimizer, variables):
         # Gradients accumulate in .grad: clear them so each update sees only its own loss.
         self.zero_grad()
-        loss.backward()
+        # Under mixed_float16 `optimizer` is a LossScaleOptimizer, which divides the
+        # gradients by its scale: the loss is multiplied by it first.
+        optimizer.scale_loss(loss).backward()
         grads = [v.value.grad for v in variables]
         with torch.no_grad():
             optimizer.apply(grads, variables)
@@ -32,6 +34,7 @@ class TorchTrainer(BaseTrainer):
         self._require_discriminator_optimizer()
         pooled = ops.stop_gradient(self._pool(views))
         fit, terms = self._discriminator_objective(pooled)
+        self._follow_encoder_learning_rate()
         self._backward_and_apply(-fit / self._replicas(), self.discriminator_optimizer,
                                  self.discriminator_variables)
         return fit.detach(), terms.detach()
