@@ -168,6 +168,15 @@ class InfoBal(KerasSeams, Trainer, FeatureExtractor, keras.Model):
             images (`datasets.make_dataset(..., pairs=True)`); R of each is scored against the
             local views of the other (AMDIM's cross-view InfoMax). Prediction and features
             still take single images.
+        augmentation: None (default: batches arrive augmented, e.g. from
+            `datasets.make_dataset`, whose `tf.data` pipeline runs on the CPU), or an
+            augmentation run inside the train step, on the device, on backend tensors: a
+            dict of `augmentation.augmentation_pipeline` options (e.g. `{"color_jitter": 0.5,
+            "grayscale": 0.2, "seed": 0}`) or any Keras layer called with `training=True`.
+            Batches are then single images (uint8 or float in [0, 255]); with
+            `augmented_pairs=True` the layer draws both augmentations of each image.
+            `evaluate` scores the objective on the same draws; `predict` and features take
+            the images as they are.
         Multi-scale InfoMax (AMDIM's) comes from the backbone: with
         `InfoBalBackbone(local_scales=(1, 2, 4))` R is also scored against each view's
         pooled locations, one critic per view and pooled scale (`scale_critics`), each
@@ -187,7 +196,7 @@ class InfoBal(KerasSeams, Trainer, FeatureExtractor, keras.Model):
     def __init__(self, backbone=None, critic="jsd", infomin_critic=None, critic_units=512,
                  infomin_units=None, infomin_weight=1.0, view_weights=None,
                  correlation_weights=None, discriminator_steps=1, view_pooling="mean",
-                 score_clip="auto", augmented_pairs=False, **kwargs):
+                 score_clip="auto", augmented_pairs=False, augmentation=None, **kwargs):
         super().__init__(**kwargs)
         if isinstance(backbone, dict):
             # Keras' deserialization consumes nested configs: work on a copy.
@@ -256,6 +265,7 @@ class InfoBal(KerasSeams, Trainer, FeatureExtractor, keras.Model):
         self.discriminator_steps = discriminator_steps
         self.view_pooling = view_pooling
         self.augmented_pairs = bool(augmented_pairs)
+        self.augmentation, self._augmentation_spec = _device_augmentation(augmentation)
         self.pairs = list(itertools.combinations(range(num_views), 2))
         # One layer holds the discriminators of all M(M-1)/2 pairs, their weights stacked on
         # a leading pair axis (layers/pair_critics.py); None with a single view.
@@ -553,17 +563,37 @@ class InfoBal(KerasSeams, Trainer, FeatureExtractor, keras.Model):
             j = j - self.infomin_weight * self._weighted_infomin(infomin)
         return j, infomax
 
+    def augment_batch(self, images):
+        """The batch the encoder trains on: `images` as they are, or, with `augmentation`,
+        its draw on the device (two draws stacked, with `augmented_pairs`), in [0, 255]."""
+        if self.augmentation is None:
+            return images
+
+        def draw():
+            out = ops.cast(self.augmentation(images, training=True), "float32")
+            return ops.clip(out, 0.0, 255.0)
+
+        if self.augmented_pairs:
+            return ops.concatenate([draw(), draw()], axis=0)
+        return draw()
+
     # -- input checks, at the boundary ---------------------------------------------------------
     def _check_data(self, data, single=False):
         """The batch of images to encode; with augmented pairs (unless `single`), both
         halves stacked."""
-        if self.augmented_pairs and not single:
+        if self.augmented_pairs and not single and self.augmentation is None:
             return self._check_pair(data)
         if isinstance(data, (tuple, list)):
             x = data[0]
             second = data[1] if len(data) > 1 else None
             if (not single and second is not None and hasattr(second, "shape")
                     and len(second.shape) == 4):
+                if self.augmentation is not None:
+                    raise ValueError(
+                        "This model augments its batches inside the train step "
+                        "(`augmentation` is set), but the batch is a pair (x1, x2) of image "
+                        "batches. Pass batches of single images (make_dataset(..., "
+                        "pairs=False)), or build the task with augmentation=None.")
                 raise ValueError(
                     "This model takes single images, but the batch is a pair (x1, x2) of image "
                     "batches (e.g. from make_dataset(..., pairs=True)). Build the task with "
@@ -614,7 +644,7 @@ class InfoBal(KerasSeams, Trainer, FeatureExtractor, keras.Model):
     def _check_static_batch(self, x):
         """Raises when the known batch size is too small; returns the minimum size of x."""
         # With augmented pairs x stacks both halves: each half needs 2 images.
-        need = 4 if self.augmented_pairs else 2
+        need = 4 if self.augmented_pairs and self.augmentation is None else 2
         if x.shape[0] is not None and x.shape[0] < need:
             raise ValueError(self._batch_message(x.shape[0] * 2 // need))
         return need
@@ -663,7 +693,7 @@ class InfoBal(KerasSeams, Trainer, FeatureExtractor, keras.Model):
     def _test_logs(self, data):
         x = self._check_data(data)
         self._check_static_batch(x)
-        views = self.backbone.views(x, training=False)
+        views = self.backbone.views(self.augment_batch(x), training=False)
         j, infomax = self._objective(views, training=False)
         logs = {"loss": -j, "objective": j}
         logs.update({f"mi_R_V{i + 1}": t for i, t in enumerate(infomax)})
@@ -702,6 +732,7 @@ class InfoBal(KerasSeams, Trainer, FeatureExtractor, keras.Model):
             "view_pooling": self.view_pooling,
             "score_clip": self.score_clip,
             "augmented_pairs": self.augmented_pairs,
+            "augmentation": self._augmentation_spec,
         }
 
     def get_config(self):
@@ -788,6 +819,33 @@ class InfoBal(KerasSeams, Trainer, FeatureExtractor, keras.Model):
         presets.save_layers(os.path.join(folder, presets.CRITICS_FILE), layers)
         presets.write_metadata(folder, **metadata)
         return folder
+
+
+def _device_augmentation(augmentation):
+    """(the augmentation layer or None, what the config saves) from InfoBal's
+    `augmentation` argument."""
+    if augmentation is None:
+        return None, None
+    if isinstance(augmentation, dict) and "class_name" in augmentation:
+        # A saved layer: Keras' deserialization consumes nested configs, so a copy.
+        augmentation = keras.saving.deserialize_keras_object(copy.deepcopy(augmentation))
+    if isinstance(augmentation, dict):
+        from keras_infobal.augmentation import augmentation_pipeline
+
+        known = set(inspect.signature(augmentation_pipeline).parameters) - {"name"}
+        unknown = sorted(set(augmentation) - known)
+        if unknown:
+            raise ValueError(
+                f"`augmentation` options {unknown} are not augmentation_pipeline's; it takes "
+                f"{sorted(known)}.")
+        return (augmentation_pipeline(**augmentation, name="device_augmentation"),
+                dict(augmentation))
+    if isinstance(augmentation, keras.layers.Layer):
+        return augmentation, keras.saving.serialize_keras_object(augmentation)
+    raise ValueError(
+        "`augmentation` must be None, a dict of keras_infobal.augmentation."
+        "augmentation_pipeline options (e.g. {'color_jitter': 0.5, 'seed': 0}) or a Keras "
+        f"layer; got {type(augmentation).__name__}.")
 
 
 def _constant_rate(optimizer):

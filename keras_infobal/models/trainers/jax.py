@@ -151,8 +151,10 @@ class JAXTrainer(JAXOptimizerStateSeam, BaseTrainer):
 
         def loss_fn(e_values, disc_opt):
             values = self._put(trainable, e_idx, e_values)
-            views, nt, _ = _stateless(lambda: self.backbone.encoder(x, training=True), refs,
-                                      values + list(non_trainable), self.non_trainable_variables)
+            # The device augmentation's seed state is non-trainable: its next state comes back.
+            views, nt, _ = _stateless(
+                lambda: self.backbone.encoder(self.augment_batch(x), training=True), refs,
+                values + list(non_trainable), self.non_trainable_variables)
             d_out = None
             for _ in range(disc_steps):
                 values, nt, disc_opt, d_out = self._jax_discriminator_update(

@@ -78,7 +78,7 @@ class TensorFlowTrainer(BaseTrainer):
         """
         variables = self.encoder_variables
         with tf.GradientTape() as tape:
-            views = self.backbone.encoder(images, training=True)
+            views = self.backbone.encoder(self.augment_batch(images), training=True)
             if before_update is not None:
                 with tape.stop_recording():
                     before_update(views)

@@ -46,7 +46,7 @@ class TorchTrainer(BaseTrainer):
         step's views before the encoder's objective; it detaches them itself, so it never
         changes the encoder's gradient.
         """
-        views = self.backbone.encoder(images, training=True)
+        views = self.backbone.encoder(self.augment_batch(images), training=True)
         if before_update is not None:
             before_update(views)
         loss, j, infomax = self._encoder_loss(views)
