@@ -9,7 +9,12 @@ A run's configuration has one schema, the same in a recipe, a `--config` file an
   `augmentation`: `augmentation.augmentation_pipeline`'s `color_jitter`, `grayscale`,
   `translate`, `flip`, `crop` (a Keras preprocessing pipeline). A recipe
   (`pretraining_recipes.json`) gives the three; the run's own sections update them key by key.
-- the training options in `DEFAULTS` (epochs, batch size, learning rate, ...).
+- the training options in `DEFAULTS` (epochs, batch size, learning rate, ...), among them
+  `mixed_precision` (True: mixed bfloat16; "mixed_float16", Keras' GPU policy, with loss
+  scaling; "auto": bfloat16 where the CPU computes it natively) and `device_augmentation`
+  (True: the augmentation runs inside the train step on the device, `InfoBal(augmentation=)`,
+  instead of in `tf.data` on the CPU; `benchmarks/pipeline.py` says how many images per
+  second the CPU pipeline feeds).
 
 ```python
 from keras_infobal.pretraining import pretrain
@@ -42,12 +47,14 @@ SECTIONS = ("backbone", "task", "augmentation")
 AUGMENTATION_KEYS = ("color_jitter", "grayscale", "translate", "flip", "crop")
 
 DEFAULTS = dict(recipe="infobal", backbone=None, task=None, augmentation=None,
-                mixed_precision="auto", epochs=30, batch_size=64, lr=3e-4,
+                mixed_precision="auto", device_augmentation=False, epochs=30, batch_size=64, lr=3e-4,
                 probe_every=5, probe_train=10000, seed=0, threads=0, limit=0,
                 data=None, resize=None, out=None, skip_final_probe=False, verbose=2, init_from=None,
                 probe_layers=feature_registry.probe_layers(),
                 final_probe_layers=feature_registry.NAMES)
 
+
+MIXED_POLICIES = ("mixed_float16", "mixed_bfloat16")
 
 # oneDNN ISA caps (ONEDNN_MAX_CPU_ISA) at or above native bfloat16 compute.
 _BF16_ISAS = ("AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX10", "ALL",
@@ -98,10 +105,16 @@ def resolve(**options):
     if run["mixed_precision"] == "auto":
         # The run records what it trains under, so its config reruns the same anywhere.
         run["mixed_precision"] = bfloat16_is_fast()
-    elif not isinstance(run["mixed_precision"], bool):
-        raise ValueError("`mixed_precision` must be True, False or 'auto' (mixed bfloat16 "
-                         "where the CPU computes it natively); got "
+    elif not (isinstance(run["mixed_precision"], bool)
+              or run["mixed_precision"] in MIXED_POLICIES):
+        raise ValueError("`mixed_precision` must be True (mixed bfloat16), False, "
+                         "'mixed_float16' (GPUs without fast bfloat16), 'mixed_bfloat16' or "
+                         "'auto' (mixed bfloat16 where the CPU computes it natively); got "
                          f"{run['mixed_precision']!r}.")
+    if not isinstance(run["device_augmentation"], bool):
+        raise ValueError("`device_augmentation` must be True (augment inside the train step, "
+                         "on the device) or False (in tf.data, on the CPU); got "
+                         f"{run['device_augmentation']!r}.")
     bad = set(run["augmentation"]) - set(AUGMENTATION_KEYS)
     if bad:
         raise ValueError(f"Unknown augmentation options {sorted(bad)}; known: "
@@ -120,11 +133,16 @@ def _build_task(run, image_shape):
     from keras_infobal.models import InfoBal, InfoBalBackbone
 
     previous = keras.mixed_precision.global_policy()
+    task = dict(run["task"])
+    if run["device_augmentation"]:
+        task["augmentation"] = {**run["augmentation"], "seed": run["seed"]}
     if run["mixed_precision"]:
         # 1.4x faster DIM(L) steps with AVX512_BF16 (docs/benchmarks.md); variables and the
         # MI estimates stay float32. Layers keep the policy they were built with, so the
         # global one is restored right away.
-        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+        keras.mixed_precision.set_global_policy(
+            run["mixed_precision"] if run["mixed_precision"] in MIXED_POLICIES
+            else "mixed_bfloat16")
     try:
         if run["init_from"]:
             source = run["init_from"]
@@ -137,15 +155,20 @@ def _build_task(run, image_shape):
                         f"a preset (a name or folder); `{source}` is a .keras model, whose "
                         "architecture is fixed. Continue from its run's preset/ folder.")
                 trained = load_infobal(source)
-                model = InfoBal.from_config(trained.get_config())
+                # A .keras model keeps its own objective; only where it augments follows
+                # the run.
+                config = trained.get_config()
+                if "augmentation" in task:
+                    config["augmentation"] = task["augmentation"]
+                model = InfoBal.from_config(config)
                 model.set_weights(trained.get_weights())
             else:
                 model = InfoBal.from_preset(source, backbone_overrides=run["backbone"],
-                                            **run["task"])
+                                            **task)
         else:
             backbone = InfoBalBackbone(**run["backbone"], image_shape=image_shape,
                                        name="backbone")
-            model = InfoBal(backbone, **run["task"])
+            model = InfoBal(backbone, **task)
     finally:
         keras.mixed_precision.set_global_policy(previous)
     return model
@@ -255,10 +278,15 @@ def pretrain(**options):
     needs_discriminator = bool(model.pairs) and model.infomin_weight > 0
     model.compile(optimizer=optimizer(),
                   discriminator_optimizer=optimizer() if needs_discriminator else None)
-    train_ds = datasets.make_dataset(x_train, batch_size=batch_size, shuffle=True,
-                                     augment_images=True, drop_remainder=True,
-                                     seed=run["seed"], pairs=model.augmented_pairs,
-                                     **run["augmentation"])
+    if run["device_augmentation"]:
+        # Plain batches: the model draws the augmentation (both halves of a pair) itself.
+        train_ds = datasets.make_dataset(x_train, batch_size=batch_size, shuffle=True,
+                                         drop_remainder=True, seed=run["seed"])
+    else:
+        train_ds = datasets.make_dataset(x_train, batch_size=batch_size, shuffle=True,
+                                         augment_images=True, drop_remainder=True,
+                                         seed=run["seed"], pairs=model.augmented_pairs,
+                                         **run["augmentation"])
     log_path = os.path.join(out, "log.csv")
 
     class Timer(keras.callbacks.Callback):

@@ -95,6 +95,61 @@ def test_pretrain_with_the_augmented_pairs_recipe(tiny_cifar, tmp_path):
     assert accuracy * 40 == pytest.approx(round(accuracy * 40), abs=1e-4)
 
 
+def test_pretrain_augments_on_the_device_under_mixed_float16(tiny_cifar, tmp_path):
+    import keras
+
+    from keras_infobal import datasets
+
+    out = str(tmp_path / "device")
+    config = tmp_path / "device.json"
+    config.write_text(json.dumps({
+        "recipe": "dim_pairs", "task": {"critic_units": 8}, "mixed_precision": "mixed_float16",
+        "device_augmentation": True, "epochs": 1, "batch_size": 8, "probe_every": 1,
+        "probe_train": 30, "probe_layers": ["conv"], "final_probe_layers": ["conv"]}))
+    seen = []
+    make_dataset = datasets.make_dataset
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs)
+        return make_dataset(*args, **kwargs)
+
+    compiled = []
+    from keras_infobal import InfoBal
+
+    original_fit = InfoBal.fit
+
+    def fit_spy(self, *args, **kwargs):
+        compiled.append((type(self.optimizer).__name__, self.dtype_policy.name))
+        return original_fit(self, *args, **kwargs)
+
+    import unittest.mock as mock
+
+    with mock.patch.object(datasets, "make_dataset", spy), \
+            mock.patch.object(InfoBal, "fit", fit_spy):
+        assert cli.main(["pretrain", "--config", str(config), "--out", out,
+                         "--data", tiny_cifar]) == 0
+    # The training batches are plain (no tf.data augmentation, no pairs) ...
+    assert seen and not seen[0].get("augment_images") and not seen[0].get("pairs")
+    # ... and the model draws the recipe's augmentation, seeded by the run.
+    model = keras.models.load_model(os.path.join(out, "model.keras"))
+    assert model.augmentation is not None and model.augmented_pairs
+    assert model.objective_config()["augmentation"] == {"color_jitter": 0.5, "grayscale": 0.2,
+                                                         "seed": 0}
+    assert compiled == [("LossScaleOptimizer", "mixed_float16")]
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("mixed_precision", "float16", "mixed_float16"),
+    ("device_augmentation", "yes", "device_augmentation"),
+])
+def test_bad_precision_and_device_options_are_refused(key, value, message):
+    from keras_infobal.pretraining import resolve
+
+    with pytest.raises(ValueError, match=message):
+        resolve(**{key: value})
+
+
 @pytest.mark.parametrize("argv,message", [
     (["train"], "invalid choice"),
     (["evaluate"], "required: --model"),
