@@ -8,7 +8,9 @@ A run's configuration has one schema, the same in a recipe, a `--config` file an
   (the objective);
   `augmentation`: `augmentation.augmentation_pipeline`'s `color_jitter`, `grayscale`,
   `translate`, `flip`, `crop` (a Keras preprocessing pipeline). A recipe
-  (`pretraining_recipes.json`) gives the three; the run's own sections update them key by key.
+  (`pretraining_recipes.json`) gives the three, and may set training options (`options`:
+  the `resnet18` GPU recipe's batch 512, 200 epochs); the run's own sections update them key
+  by key, and its own options win.
 - the training options in `DEFAULTS` (epochs, batch size, learning rate, ...), among them
   `mixed_precision` (True: mixed bfloat16; "mixed_float16", Keras' GPU policy, with loss
   scaling; "auto": bfloat16 where the CPU computes it natively) and `device_augmentation`
@@ -88,10 +90,12 @@ def resolve(**options):
             f"Unknown pretraining options {sorted(unknown)}; known: {sorted(DEFAULTS)} "
             f"(architecture under 'backbone', objective under 'task')."
         )
-    run = {**DEFAULTS, **options}
-    if run["recipe"] not in RECIPES:
-        raise ValueError(f"`recipe` must be one of {sorted(RECIPES)}; got {run['recipe']!r}.")
-    recipe = RECIPES[run["recipe"]]
+    name = options.get("recipe", DEFAULTS["recipe"])
+    if name not in RECIPES:
+        raise ValueError(f"`recipe` must be one of {sorted(RECIPES)}; got {name!r}.")
+    recipe = RECIPES[name]
+    # A recipe may set training options too (batch size, epochs, lr); the run's own win.
+    run = {**DEFAULTS, **recipe.get("options", {}), **options}
     for section in SECTIONS:
         given = run[section] or {}
         if not isinstance(given, dict):

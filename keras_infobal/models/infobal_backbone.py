@@ -197,7 +197,9 @@ class InfoBalBackbone(FeatureExtractor, keras.Model):
             `layers.register_split`. M=2 rows is the note's top/bottom setting; M=1 is DIM(L).
         filters: the channels of DIM's trunk (conv 4x4/2, BN, ReLU each).
         trunk: optional Keras layer or model mapping images to a feature map `(B, h, w, C)`,
-            used instead of DIM's trunk (`filters` is then ignored), e.g.
+            or the name of one in `models.trunks.TRUNKS` ("resnet18_cifar": ResNet-18 with
+            the CIFAR stem, a 4x4x512 map of a 32x32 image), used instead of DIM's trunk
+            (`filters` is then ignored), e.g.
             `keras.applications.ResNet50(include_top=False, weights=None)`.
         rescale: how pixels in [0, 255] reach the trunk: "auto" (default) scales them to
             [-1, 1] unless the trunk scales its own (keras.applications'
@@ -230,6 +232,10 @@ class InfoBalBackbone(FeatureExtractor, keras.Model):
             raise ValueError(f"`aggregator` must be one of {MODES}; got {aggregator!r}.")
         if isinstance(trunk, dict):  # a serialized trunk, e.g. from a JSON run config
             trunk = keras.saving.deserialize_keras_object(copy.deepcopy(trunk))
+        elif isinstance(trunk, str):  # a named trunk (models/trunks.py), e.g. "resnet18_cifar"
+            from keras_infobal.models.trunks import get_trunk
+
+            trunk = get_trunk(trunk)
         # The layers check their own arguments (num_views, split, filters, trunk, widths).
         self.encoder = ViewEncoder(num_views=num_views, split=split, filters=filters,
                                    backbone=trunk, rescale=rescale, name="view_encoder")
