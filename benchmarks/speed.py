@@ -57,7 +57,10 @@ DIM8 = dict(num_views=8, split="grid", infomin_weight=0.0)
 INFOBAL8 = dict(num_views=8, split="grid", infomin_weight=1.0)
 DIM_PAIRS = dict(num_views=2, infomin_weight=0.0, critic="infonce", augmented_pairs=True,
                  score_clip=20.0)
-BACKBONE_KEYS = ("num_views", "split")  # the rest of a contender's "model" is the task's
+# The resnet18 recipe's step: ResNet-18 (CIFAR stem) trunk, augmented pairs, InfoNCE.
+RESNET18 = dict(num_views=2, trunk="resnet18_cifar", infomin_weight=0.0, critic="infonce",
+                augmented_pairs=True, score_clip=20.0)
+BACKBONE_KEYS = ("num_views", "split", "trunk")  # the rest of a contender's "model" is the task's
 
 
 def build_model(model):
@@ -83,6 +86,7 @@ def _c(backend, kind, description, model=None, policy="float32", jit=None, env=N
 
 
 BF16 = "mixed_bfloat16"
+FP16 = "mixed_float16"  # Keras' GPU policy without fast bfloat16 (loss-scaled)
 CONTENDERS = {
     # TensorFlow
     "dim_tf": _c("tensorflow", "step", "DIM(L), TF, float32", DIM, jit=False),
@@ -112,6 +116,13 @@ CONTENDERS = {
                             "mixed bfloat16", DIM_PAIRS, BF16, False),
     "extract_tf": _c("tensorflow", "extract", "extract_features (conv, fc, R), TF, batch 256",
                      INFOBAL),
+    "dim_tf_fp16": _c("tensorflow", "step", "DIM(L), TF, mixed float16", DIM, FP16, False),
+    "resnet18_tf": _c("tensorflow", "step", "resnet18 recipe (ResNet-18 trunk, 2 "
+                      "augmentations per image), TF, float32", RESNET18, jit=False),
+    "resnet18_tf_bf16": _c("tensorflow", "step", "resnet18 recipe, TF, mixed bfloat16",
+                           RESNET18, BF16, False),
+    "resnet18_tf_fp16": _c("tensorflow", "step", "resnet18 recipe, TF, mixed float16",
+                           RESNET18, FP16, False),
     "matmul_tf": _c("tensorflow", "matmul", "matmul 1024^3, TF, float32"),
     "matmul_tf_bf16": _c("tensorflow", "matmul", "matmul 1024^3, TF, bfloat16", policy=BF16),
     # TensorFlow settings tried for the DIM(L) step (each in its own worker process)
@@ -172,6 +183,8 @@ CONTENDERS = {
     "dim_torch_ref": _c("torch", "reference", "DIM(L), plain PyTorch reference, float32"),
     "dim_torch_ref_bf16": _c("torch", "reference",
                              "DIM(L), plain PyTorch reference, autocast bfloat16", policy=BF16),
+    "dim_torch_ref_fp16": _c("torch", "reference", "DIM(L), plain PyTorch reference, autocast "
+                             "float16 with a GradScaler", policy=FP16),
     "matmul_torch": _c("torch", "matmul", "matmul 1024^3, PyTorch, float32"),
     "matmul_torch_bf16": _c("torch", "matmul", "matmul 1024^3, PyTorch, bfloat16",
                             policy=BF16),
@@ -258,6 +271,8 @@ def contender_flops(name, batch):
     if c["kind"] == "extract":
         return None
     m = c["model"]
+    if m.get("trunk"):
+        return None  # counted for DIM's trunk only
     images = batch * (2 if m.get("augmented_pairs") else 1)
     return dim_step_flops(images, UNITS, m["num_views"], m["infomin_weight"] > 0,
                           m.get("infomin_units"))
@@ -308,11 +323,14 @@ def torch_dim_reference(batch=64, units=UNITS):
         def forward(self, x):
             return self.block(x) + self.short(x)
 
-    enc, g_enc, l_enc = Encoder(), MLP(64, units, False), MLP(128, units, True)
+    # On the GPU where there is one, as Keras places its tensors on every backend.
+    device = torch_device()
+    enc, g_enc, l_enc = (m.to(device) for m in (Encoder(), MLP(64, units, False),
+                                                  MLP(128, units, True)))
     params = [*enc.parameters(), *g_enc.parameters(), *l_enc.parameters()]
     opt = torch.optim.Adam(params, lr=1e-4, betas=(0.5, 0.999))
-    x = torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8)
-    eye = torch.eye(batch)[:, :, None]
+    x = torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8).to(device)
+    eye = torch.eye(batch, device=device)[:, :, None]
 
     def trunk():
         return enc.local(x.float() / 127.5 - 1)
@@ -330,16 +348,37 @@ def torch_dim_reference(batch=64, units=UNITS):
     return trunk, loss, opt
 
 
-def torch_dim_step(batch=64, units=UNITS):
-    """The plain PyTorch DIM(L) training step (JSD critic, Adam): a function of no arguments."""
+def torch_device():
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def torch_dim_step(batch=64, units=UNITS, autocast=None):
+    """The plain PyTorch DIM(L) training step (JSD critic, Adam): a function of no arguments.
+    `autocast` (torch.bfloat16 or torch.float16) runs the forward pass under torch.autocast;
+    float16 with a GradScaler, as PyTorch's AMP recipe does."""
+    import torch
+
     _, loss_fn, opt = torch_dim_reference(batch, units)
+    device = torch_device()
+    scaler = torch.amp.GradScaler(device) if autocast == torch.float16 else None
 
     def step():
-        loss = loss_fn()
+        if autocast is None:
+            loss = loss_fn()
+        else:
+            with torch.autocast(device, dtype=autocast):
+                loss = loss_fn()
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return float(loss.detach())
+        if scaler is None:
+            loss.backward()
+            opt.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        return float(loss.detach())  # read back: asynchronous GPU work cannot hide
 
     return step
 
@@ -446,15 +485,8 @@ def _build(name, batch):
     if contender["kind"] == "reference":
         import torch
 
-        step = torch_dim_step(batch, UNITS)
-        if not bf16:
-            return step
-
-        def step_bf16():
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                return step()
-
-        return step_bf16
+        autocast = {BF16: torch.bfloat16, FP16: torch.float16}.get(contender["policy"])
+        return torch_dim_step(batch, UNITS, autocast)
     return _keras_step(contender, batch)
 
 
@@ -586,6 +618,13 @@ def machine():
             ("avx512_bf16", "amx", "avx512f", "avx2", "hypervisor")))
     except (OSError, StopIteration):
         info["cpu_model"] = platform.processor() or "unknown"
+    try:  # the accelerator, where there is one (benchmarks/device_check.py)
+        gpus = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total",
+                               "--format=csv,noheader"], capture_output=True, text=True,
+                              timeout=30).stdout.strip()
+        info["gpus"] = gpus.splitlines() if gpus else []
+    except (OSError, subprocess.SubprocessError):
+        info["gpus"] = []
     for module in ("keras", "tensorflow", "jax", "torch", "numpy"):
         try:
             info[module] = __import__(module).__version__
@@ -712,6 +751,7 @@ RATIOS = {
     "ours with oneDNN bf16 math / PyTorch reference, autocast bfloat16": (
         "dim_tf_fpmath_bf16", "dim_torch_ref_bf16"),
     "ours / PyTorch reference, bfloat16 (TF)": ("dim_tf_bf16", "dim_torch_ref_bf16"),
+    "ours / PyTorch reference, float16 (TF)": ("dim_tf_fp16", "dim_torch_ref_fp16"),
     "ours / PyTorch reference, bfloat16 (TF + XLA)": ("dim_tf_xla_bf16", "dim_torch_ref_bf16"),
     "ours / PyTorch reference, bfloat16 (JAX)": ("dim_jax_bf16", "dim_torch_ref_bf16"),
     "ours / PyTorch reference, bfloat16 (Keras on PyTorch)": ("dim_torch_bf16",
@@ -786,7 +826,8 @@ def markdown(out):
           f"; python {m['python']}, keras {m['keras']}, tensorflow {m['tensorflow']}, jax "
           f"{m['jax']}, torch {m['torch']}. {out['rounds']} alternating rounds x "
           f"{out['steps_per_round']} timed steps per contender, batch {out['batch']}, "
-          f"{out['critic_units']} critic units; best round (median, worst).",
+          f"{out['critic_units']} critic units; best round (median, worst). GPU: "
+          f"{'; '.join(m.get('gpus') or []) or 'none'}.",
           "Levels: " + "; ".join(
               f"{k} ({', '.join(f'{a}={b}' for a, b in v.items()) or 'no caps'})"
               for k, v in out.get("level_environments", {"native": {}}).items()) + ".", "",
