@@ -118,7 +118,8 @@ def test_readme_test_commands_are_what_ci_runs():
                                   "torch_bn_speed", "levels_speed_zen4",
                                   "profile_step_bf16_zen4", "profile_step_bf16_zen4_b",
                                   "levels_speed_zen4_fused_bn", "bf16_workers",
-                                  "profile_step_bf16_zen4_fused_bn"])
+                                  "profile_step_bf16_zen4_fused_bn",
+                                  "resnet18_cpu_speed"])
 def test_benchmark_tables_are_the_committed_results(stem):
     """Every table row of a committed benchmark result appears verbatim in docs/benchmarks.md,
     so its speed numbers are the ones its command wrote (regenerate both together)."""
