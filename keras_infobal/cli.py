@@ -77,6 +77,9 @@ def build_parser():
     pre.add_argument("--limit", type=int, help="use only N training images")
     pre.add_argument("--init-from", help="continue from a preset (name or folder) or a "
                      ".keras InfoBal model")
+    pre.add_argument("--skip-bad-images", action="store_true", default=None,
+                     help="leave out image files that cannot be decoded (with a note) "
+                          "instead of stopping at them")
     pre.add_argument("--mixed-precision", action="store_true", default=None,
                      help="train under mixed_bfloat16 (the default where the CPU has "
                           "AVX512_BF16 or AMX, 4x slower on AVX2; --set mixed_precision=false "
@@ -93,6 +96,9 @@ def build_parser():
                     "then the probe fits on all of --data")
     ev.add_argument("--resize", type=int, nargs=2, metavar=("H", "W"),
                     help="bring your images to H x W first")
+    ev.add_argument("--skip-bad-images", action="store_true", default=None,
+                     help="leave out image files that cannot be decoded (with a note) "
+                          "instead of stopping at them")
     ev.add_argument("--random-init", action="store_true",
                     help="score the model's architecture with fresh random weights instead "
                          "(the baseline)")
@@ -111,6 +117,9 @@ def build_parser():
                          f"{_preset_names()}), a preset folder, or a .keras InfoBal model")
     ex.add_argument("--images", required=True, help="a folder of images (flat or one subfolder "
                     "per class), an .npy/.npz array or tfds:NAME[:SPLIT] (grayscale is tiled to RGB)")
+    ex.add_argument("--skip-bad-images", action="store_true", default=None,
+                     help="leave out image files that cannot be decoded (with a note) "
+                          "instead of stopping at them")
     ex.add_argument("--layer", choices=features.names(), default="conv")
     ex.add_argument("--out", required=True)
     ex.add_argument("--batch-size", type=int, default=256)
@@ -129,6 +138,7 @@ def build_parser():
     pl.add_argument("logs", nargs="+", help="CSV logs (log.csv of pretrain runs)")
     pl.add_argument("--names", nargs="+", help="one name per log (default: folder names)")
     pl.add_argument("--out", required=True, help="PNG path")
+    p.commands = sub.choices  # name -> the subcommand's parser (its usage line for errors)
     return p
 
 
@@ -209,7 +219,7 @@ def run(args):
             if not isinstance(options, dict):
                 raise ValueError(f"`{args.config}` must hold a JSON object of options.")
         for key in ("out", "data", "recipe", "epochs", "limit", "init_from", "mixed_precision",
-                    "resize"):
+                    "resize", "skip_bad_images"):
             if getattr(args, key) is not None:
                 options[key] = getattr(args, key)
         for item in args.set:
@@ -238,11 +248,13 @@ def run(args):
 
         resize = None if args.resize is None else tuple(args.resize)
         if args.test_data:
-            (x_tr, y_tr, _), (x_te, y_te, _) = (load_images(d, resize=resize)
-                                                for d in (args.data, args.test_data))
+            (x_tr, y_tr, _), (x_te, y_te, _) = (
+                load_images(d, resize=resize, skip_bad_images=bool(args.skip_bad_images))
+                for d in (args.data, args.test_data))
         else:
             x_tr, y_tr, x_te, y_te = _load_data({"data": args.data, "resize": args.resize,
-                                                 "seed": 0})
+                                                 "seed": 0,
+                                                 "skip_bad_images": bool(args.skip_bad_images)})
         for source, labels in ((args.data, y_tr), (args.test_data, y_te)):
             if source and labels is None:
                 raise ValueError(f"`{source}` has no labels: evaluate needs one subfolder per "
@@ -271,7 +283,7 @@ def run(args):
     if args.command == "extract":
         from keras_infobal.datasets import load_images
 
-        x, _, _ = load_images(args.images)
+        x, _, _ = load_images(args.images, skip_bad_images=bool(args.skip_bad_images))
         model = _load_model(args.model)
         feats = _extract(model, x, (args.layer,), f"images of {args.images}",
                          batch_size=args.batch_size)
@@ -337,7 +349,7 @@ def main(argv=None):
         return run(args)
     except (ValueError, FileNotFoundError, OSError) as e:
         # Bad arguments or inputs: a usage line and the reason, never a traceback.
-        parser.print_usage(sys.stderr)
+        parser.commands.get(args.command, parser).print_usage(sys.stderr)
         print(f"keras-infobal {args.command}: error: {e}", file=sys.stderr)
         return 2
 

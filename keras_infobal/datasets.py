@@ -111,7 +111,15 @@ def _decode_files(files):
     ds = tf.data.Dataset.from_tensor_slices(files).map(
         decode, num_parallel_calls=tf.data.AUTOTUNE
     )
-    images = [image.numpy() for image in ds]
+    try:
+        images = [image.numpy() for image in ds]
+    except tf.errors.OpError:
+        # The parallel map does not say which file failed: find every one, one by one.
+        bad = [(path, reason) for path in files
+               for image, reason in [_decode_one(path)] if image is None]
+        if not bad:
+            raise
+        raise _unreadable(bad, len(files), "a fresh copy of the archive") from None
     shapes = {im.shape for im in images}
     if len(shapes) != 1:
         raise ValueError(
@@ -127,27 +135,64 @@ def _image_files(folder):
                   and os.path.isfile(os.path.join(folder, f)))
 
 
-def _decode_any(files, resize=None):
-    """Decodes image files (any channel count) to uint8 (N, H, W, C) at one size."""
+def _unreadable(bad, total, what="skip_bad_images=True (`--skip-bad-images` on the "
+                "command line) to leave them out"):
+    shown = "\n".join(f"  {path}: {reason}" for path, reason in bad[:10])
+    more = f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else ""
+    return ValueError(
+        f"{len(bad)} of {total} image files cannot be decoded (truncated or not an image):\n"
+        f"{shown}{more}\nRemove or replace them, or pass {what}.")
+
+
+def _decode_one(path):
+    """(the decoded uint8 image, None) or (None, why it cannot be decoded)."""
     import tensorflow as tf
 
-    images = []
-    for path in files:
-        image = tf.io.decode_image(tf.io.read_file(path), expand_animations=False)
+    try:
+        return tf.io.decode_image(tf.io.read_file(path), expand_animations=False).numpy(), None
+    except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError,
+            tf.errors.UnknownError) as e:
+        return None, (e.message.splitlines() or ["unreadable"])[0].strip()
+
+
+def _decode_any(files, resize=None, skip_bad=False):
+    """Decodes image files (any channel count) to uint8 (N, H, W, C) at one size; returns
+    (images, the indices of `files` kept). A file that cannot be decoded is refused with
+    its path (every such file, in one error), or left out with a note when `skip_bad`."""
+    import tensorflow as tf
+
+    images, kept, bad = [], [], []
+    for i, path in enumerate(files):
+        image, reason = _decode_one(path)
+        if image is None:
+            bad.append((path, reason))
+            continue
         if resize is not None:
-            image = tf.cast(tf.round(tf.image.resize(image, resize)), tf.uint8)
-        images.append(image.numpy())
+            image = tf.cast(tf.round(tf.image.resize(image, resize)), tf.uint8).numpy()
+        images.append(image)
+        kept.append(i)
+    if bad and not skip_bad:
+        raise _unreadable(bad, len(files))
+    if bad:
+        print(f"note: skipped {len(bad)} of {len(files)} image files that cannot be decoded "
+              f"(first: {bad[0][0]})", flush=True)
+    if not images:
+        raise ValueError(f"None of the {len(files)} image files could be decoded.")
     shapes = sorted({im.shape[:2] for im in images})
     if len(shapes) != 1:
         raise ValueError(
             f"The images have different sizes {shapes[:4]}: pass resize=(height, width) "
             "(`--resize H W` on the command line) to bring them to one size."
         )
-    channels = sorted({im.shape[-1] for im in images})
-    if len(channels) != 1:
-        # Mixed grayscale / RGB / RGBA files: bring each to RGB first.
+    channels = [im.shape[-1] for im in images]
+    if len(set(channels)) != 1:
+        # Mixed grayscale / RGB / RGBA files: bring each to RGB first, with the note
+        # `_to_rgb` gives a whole array, naming how many files and the first one.
+        converted = [kept[i] for i, c in enumerate(channels) if c != 3]
+        print(f"note: {len(converted)} of {len(images)} images were not RGB (grayscale tiled,"
+              f" alpha dropped), first: {files[converted[0]]}", flush=True)
         images = [_to_rgb(im[None], note=False)[0] for im in images]
-    return np.stack(images).astype("uint8")
+    return np.stack(images).astype("uint8"), np.asarray(kept, dtype="int64")
 
 
 def _to_rgb(images, note=True):
@@ -194,7 +239,7 @@ def _as_uint8(images, source):
     )
 
 
-def load_images(source, resize=None):
+def load_images(source, resize=None, skip_bad_images=False):
     """Your own images: `(images uint8 (N, H, W, 3), labels or None, class_names or None)`.
 
     `source` is:
@@ -208,7 +253,9 @@ def load_images(source, resize=None):
 
     Grayscale is tiled to RGB and alpha dropped, with a one-line note; `resize=(H, W)`
     brings every image to one size (needed when the files differ). Images stay uint8 in
-    [0, 255] (floats in [0, 255] are rounded).
+    [0, 255] (floats in [0, 255] are rounded). A file of a folder that cannot be decoded is
+    refused with its path (all of them, in one error); `skip_bad_images=True` leaves them
+    out (and their labels) with a note of how many.
     """
     source = os.fspath(source)
     labels = classes = None
@@ -238,7 +285,9 @@ def load_images(source, resize=None):
             labels, classes = np.asarray(labels, dtype="int64"), subdirs
         else:
             raise ValueError(f"No .jpg/.png images found in `{source}` or its subfolders.")
-        images = _decode_any(files, resize)
+        images, kept = _decode_any(files, resize, skip_bad=skip_bad_images)
+        if labels is not None:
+            labels = labels[kept]
     elif source.endswith(".npy"):
         images = np.load(source)
     elif source.endswith(".npz"):

@@ -51,7 +51,7 @@ AUGMENTATION_KEYS = ("color_jitter", "grayscale", "translate", "flip", "crop")
 DEFAULTS = dict(recipe="infobal", backbone=None, task=None, augmentation=None,
                 mixed_precision="auto", device_augmentation=False, epochs=30, batch_size=64, lr=3e-4,
                 probe_every=5, probe_train=10000, seed=0, threads=0, limit=0,
-                data=None, resize=None, out=None, skip_final_probe=False, verbose=2, init_from=None,
+                data=None, resize=None, skip_bad_images=False, out=None, skip_final_probe=False, verbose=2, init_from=None,
                 probe_layers=feature_registry.probe_layers(),
                 final_probe_layers=feature_registry.NAMES)
 
@@ -207,7 +207,8 @@ def _load_data(run):
             raise ValueError("`resize` is for your own images; CIFAR-10 stays 32x32.")
         return x_train, y_train, x_test, y_test
     images, labels, _ = datasets.load_images(
-        run["data"], resize=None if run["resize"] is None else tuple(run["resize"]))
+        run["data"], resize=None if run["resize"] is None else tuple(run["resize"]),
+        skip_bad_images=bool(run.get("skip_bad_images")))
     if labels is None:
         return images, None, images[:0], None
     order = np.random.default_rng(run["seed"]).permutation(len(images))
