@@ -221,17 +221,39 @@ def _to_rgb(images, note=True):
     return images[..., :3]
 
 
+UNIT_RANGE_MESSAGE = (
+    "{source} holds floats in [0, 1]; keras_infobal takes images in [0, 255] (uint8, or "
+    "floats in [0, 255]) and would see them as near-black: multiply by 255 first.")
+
+
+def check_pixel_range(images, source="The batch"):
+    """Refuses a float array (numpy, or a backend tensor) whose values lie in [0, 1]: images
+    scaled to [0, 1] by mistake, which the model would take as near-black [0, 255] images.
+    An all-zero batch is not refused. Integer arrays and symbolic tensors pass unchecked."""
+    dtype = getattr(images, "dtype", None)
+    if dtype is None or "float" not in str(dtype):
+        return
+    if not isinstance(images, np.ndarray):
+        import keras
+
+        try:
+            images = keras.ops.convert_to_numpy(images)
+        except Exception:  # a symbolic or traced tensor: its values are not known here
+            return
+    images = np.asarray(images)
+    if images.size and np.issubdtype(images.dtype, np.floating):
+        low, high = float(images.min()), float(images.max())
+        if low >= 0.0 and 0.0 < high <= 1.0:
+            raise ValueError(UNIT_RANGE_MESSAGE.format(source=source))
+
+
 def _as_uint8(images, source):
     images = np.asarray(images)
     if images.dtype == np.uint8:
         return images
     if np.issubdtype(images.dtype, np.number) and images.size and (
             images.min() >= 0 and images.max() <= 255):
-        if np.issubdtype(images.dtype, np.floating) and images.max() <= 1.0:
-            raise ValueError(
-                f"`{source}` holds floats in [0, 1]; keras_infobal takes images in [0, 255] "
-                "(uint8, or floats in [0, 255]): multiply by 255 first."
-            )
+        check_pixel_range(images, f"`{source}`")
         return np.round(images).astype("uint8")
     raise ValueError(
         f"`{source}` holds {images.dtype} values outside [0, 255]; expected uint8 images (or "
@@ -485,6 +507,7 @@ def make_dataset(images, labels=None, batch_size=64, shuffle=False, augment_imag
     from keras_infobal.augmentation import augmentation_pipeline, check_options
 
     images = np.asarray(images)
+    check_pixel_range(images)
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(
             f"Expected images of shape (N, H, W, 3); got {images.shape}. "

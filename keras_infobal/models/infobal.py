@@ -380,6 +380,14 @@ class InfoBal(KerasSeams, Trainer, FeatureExtractor, keras.Model):
         self._prepare_for(x)
         return super().evaluate(x, *args, **kwargs)
 
+    def train_on_batch(self, x=None, *args, **kwargs):
+        self._prepare_for(x)
+        return super().train_on_batch(x, *args, **kwargs)
+
+    def test_on_batch(self, x=None, *args, **kwargs):
+        self._prepare_for(x)
+        return super().test_on_batch(x, *args, **kwargs)
+
     # -- compile: both optimizers, and how replicas share the batch ----------------------
     def compile(self, optimizer="adam", discriminator_optimizer=None,
                 discriminator_lr_ratio="auto", cross_replica_negatives=False,

@@ -118,6 +118,10 @@ class FeatureExtractor(ServesUint8):
         """Builds the model for the images of `data`, or checks their size against the built
         one, before Keras traces a step (TensorFlow would otherwise create the variables
         inside its traced function, and a traced function sees relaxed shapes)."""
+        from keras_infobal.datasets import check_pixel_range
+
+        # The same rule as load_images and make_dataset: floats in [0, 1] are refused.
+        check_pixel_range(data[0] if isinstance(data, (tuple, list)) and data else data)
         shape = image_shape_of(data)
         if shape is None:
             return
@@ -129,6 +133,10 @@ class FeatureExtractor(ServesUint8):
     def predict(self, x, *args, **kwargs):
         self._prepare_for(x)
         return super().predict(x, *args, **kwargs)
+
+    def predict_on_batch(self, x):
+        self._prepare_for(x)
+        return super().predict_on_batch(x)
 
     def extract_features(self, images, layers=None, batch_size=256, verbose=0):
         """Features of `images` (array or batched dataset) as numpy arrays, keyed by layer.
