@@ -361,3 +361,20 @@ def test_fold_standardization_matches_standardize_then_dense():
     w, b = rng.normal(0, 1, (5, 4)), rng.normal(0, 1, 4)
     wf, bf = fold_standardization(w, b, mean, std)
     np.testing.assert_allclose(x @ wf + bf, ((x - mean) / std) @ w + b, atol=1e-12)
+
+
+def test_unfreeze_keeps_batch_norm_frozen_unless_asked():
+    from keras_infobal.applications import unfreeze
+    from keras_infobal.models.keras_seams import all_layers
+
+    for batch_norm in (False, True):
+        encoder = InfoBalCIFAR(include_top=False, feature_layer="conv", weights=None)
+        encoder.trainable = False
+        assert unfreeze(encoder, batch_norm=batch_norm) is encoder
+        norms = [la for la in all_layers(encoder)
+                 if isinstance(la, keras.layers.BatchNormalization)]
+        assert norms and all(la.trainable == batch_norm for la in norms)
+        kernels = [w for w in encoder.trainable_weights if w.path.endswith("kernel")]
+        assert kernels and encoder.trainable
+        gammas = [w for w in encoder.trainable_weights if w.path.endswith("gamma")]
+        assert bool(gammas) == batch_norm

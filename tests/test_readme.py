@@ -22,6 +22,48 @@ def readme_example():
     return block("README.md", "<!-- readme-example")
 
 
+@pytest.mark.data
+def test_readme_fine_tune_block_keeps_batch_norm_frozen_and_loses_no_accuracy():
+    """The fine-tune block on 2,000 CIFAR-10 training images, scored on 1,000 test images
+    after each stage: unfreezing must not lose accuracy, and the encoder's BatchNormalization
+    stays in inference mode (its moving statistics unchanged, training-mode outputs equal to
+    inference-mode ones)."""
+    from helpers import CIFAR_TAR
+
+    if not os.path.exists(CIFAR_TAR):
+        pytest.skip(f"{CIFAR_TAR} is absent: the real CIFAR-10 copy lives in ../shared/data")
+    import keras
+
+    from keras_infobal.applications import InfoBalCIFAR, unfreeze
+    from keras_infobal.datasets import load_cifar10
+
+    code = block("README.md", "<!-- readme-finetune")
+    frozen_part, _, tune_part = code.partition("unfreeze(encoder)")
+    tune_part = "unfreeze(encoder)" + tune_part
+    x_all, y_all, _ = load_cifar10("train", source=CIFAR_TAR)
+    x_te, y_te, _ = load_cifar10("test", source=CIFAR_TAR)
+    rng = np.random.default_rng(0)
+    i, j = rng.permutation(len(x_all))[:2000], rng.permutation(len(x_te))[:1000]
+    keras.utils.set_random_seed(0)
+    scope = {"keras": keras, "InfoBalCIFAR": InfoBalCIFAR, "unfreeze": unfreeze,
+             "x": x_all[i], "y": y_all[i]}
+    exec(frozen_part.replace("epochs=10", "epochs=10, verbose=0"), scope)
+    clf, encoder = scope["clf"], scope["encoder"]
+    frozen = clf.evaluate(x_te[j], y_te[j], verbose=0, return_dict=True)["accuracy"]
+    moving = [w for w in encoder.weights if "moving_" in w.path]  # BN statistics
+    stats = [keras.ops.convert_to_numpy(w).copy() for w in moving]
+    exec(tune_part.replace("epochs=2", "epochs=2, verbose=0"), scope)
+    tuned = clf.evaluate(x_te[j], y_te[j], verbose=0, return_dict=True)["accuracy"]
+    after = [keras.ops.convert_to_numpy(w) for w in moving]
+    assert stats and all(np.array_equal(a, b) for a, b in zip(stats, after))
+    batch = x_te[j][:64]
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(clf(batch, training=True)),
+                               keras.ops.convert_to_numpy(clf(batch, training=False)),
+                               rtol=1e-4, atol=1e-5)
+    # 1,000 test images: one standard error is ~1.4 points; batch statistics cost ~2 points.
+    assert frozen > 0.5 and tuned >= frozen - 0.005, (frozen, tuned)
+
+
 @pytest.mark.parametrize("size", [32, 64, 96])
 def test_readme_example_trains_at_any_image_size(size, tmp_path, monkeypatch):
     import keras

@@ -12,6 +12,7 @@ from keras_infobal.layers.view_aggregator import ViewAggregator
 from keras_infobal.layers.view_encoder import ViewEncoder
 from keras_infobal.models import presets
 from keras_infobal.models.infobal_backbone import InfoBalBackbone, ServesUint8
+from keras_infobal.models.keras_seams import all_layers
 
 # The layers this model can output: the built-in feature layers ("local", "conv", "fc", "R").
 FEATURE_LAYERS = feature_registry.NAMES
@@ -173,6 +174,27 @@ def InfoBalCIFAR(
                                 [layer for layer in head_layers if layer.weights])
     elif weights is not None:
         _load_keras_weights(model, weights)
+    return model
+
+
+def unfreeze(model, batch_norm=False):
+    """Makes `model` (e.g. an `InfoBalCIFAR` encoder frozen for a linear head) trainable for
+    fine-tuning, its BatchNormalization layers excepted unless `batch_norm=True`: frozen
+    (`trainable=False`), Keras runs them in inference mode, on their pretrained moving
+    statistics. Keras' transfer-learning guide keeps them so: unfrozen, they normalize with
+    the statistics of each fine-tuning batch, which undoes part of the pretraining. Calling the encoder with `training=False` inside another functional model does not do
+    it in Keras 3.15: the outer model's `training` replaces it. Returns `model`.
+
+    ```python
+    unfreeze(encoder)
+    clf.compile(optimizer=keras.optimizers.Adam(1e-5), loss="sparse_categorical_crossentropy")
+    ```
+    """
+    model.trainable = True
+    if not batch_norm:
+        for layer in all_layers(model):
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.trainable = False
     return model
 
 

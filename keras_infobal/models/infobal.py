@@ -29,7 +29,7 @@ from keras_infobal.models.infobal_backbone import (
     InfoBalBackbone,
     is_tf_dataset,
 )
-from keras_infobal.models.keras_seams import KerasSeams
+from keras_infobal.models.keras_seams import KerasSeams, all_layers
 from keras_infobal.models.trainers import Trainer
 
 PACKAGE = "keras_infobal"
@@ -445,7 +445,7 @@ class InfoBal(KerasSeams, Trainer, FeatureExtractor, keras.Model):
             discriminator_lr_ratio, self.optimizer, discriminator_optimizer)
         self.cross_replica_negatives = bool(cross_replica_negatives)
         self.synchronized_batch_norm = bool(synchronized_batch_norm)
-        for layer in self._flatten_layers():
+        for layer in all_layers(self):
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.synchronized = self.synchronized_batch_norm
         if self.built:

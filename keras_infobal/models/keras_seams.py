@@ -22,7 +22,16 @@ needed; `tests/test_keras_seams.py` fails loudly when a Keras release changes wh
    backend, for a need only JAX has. The seam also writes `variable._value` once: when the
    first traced step fails (a bad batch), Keras has purged the values and keeps no state to
    sync back; they are put back so the model stays usable.
+3. `all_layers`: every layer inside a layer or model, nested ones included. Keras 3 lists
+   a functional model's top layers publicly (`model.layers`) but the sublayers of a custom
+   layer (the batch norms inside `ViewEncoder`) only through `Layer._flatten_layers`.
+   `applications.unfreeze` and `InfoBal.compile` (synchronized batch norm) need them.
 """
+
+
+def all_layers(layer):
+    """Every layer inside `layer`, itself included, nested ones too."""
+    return list(layer._flatten_layers(include_self=True, recursive=True))
 
 
 class KerasSeams:
