@@ -260,10 +260,14 @@ def plot_mi_vs_accuracy(logs, path, title="MI estimates and probe accuracy over 
                             label=f"{name} {k}")
     ax_mi.set_xlabel("epoch")
     ax_mi.set_ylabel("MI estimate (nats)")
-    ax_mi.legend(fontsize=7)
     ax_acc.set_xlabel("epoch")
     ax_acc.set_ylabel("linear-probe accuracy")
-    ax_acc.legend(fontsize=7)
+    for ax, empty in ((ax_mi, "no MI estimates logged"),
+                      (ax_acc, "no probe accuracy logged (unlabeled images)")):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+        else:  # a legend of nothing would warn; say what is missing instead
+            ax.text(0.5, 0.5, empty, ha="center", va="center", transform=ax.transAxes)
     fig.suptitle(title)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

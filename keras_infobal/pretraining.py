@@ -243,12 +243,9 @@ def pretrain(**options):
         tf.config.threading.set_inter_op_parallelism_threads(run["threads"])
     keras.utils.set_random_seed(run["seed"])
     out = run["out"]
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "config.json"), "w") as f:
-        json.dump(run, f, indent=2)
-
     x_train, y_train, x_test, y_test = _load_data(run)
-    if y_train is None:
+    labeled = y_train is not None
+    if not labeled:
         # Unlabeled images: nothing to probe. The run trains, logs its MI terms and writes
         # its preset; `keras-infobal evaluate` scores it on labelled images later.
         run["probe_every"], run["skip_final_probe"] = 10 ** 9, True
@@ -292,6 +289,11 @@ def pretrain(**options):
                                          augment_images=True, drop_remainder=True,
                                          seed=run["seed"], pairs=model.augmented_pairs,
                                          **run["augmentation"])
+    # The run folder is written once the data loaded and the model was built: a run refused
+    # for bad input leaves nothing behind.
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump(run, f, indent=2)
     log_path = os.path.join(out, "log.csv")
 
     class Timer(keras.callbacks.Callback):
@@ -305,7 +307,8 @@ def pretrain(**options):
     callbacks = [
         keras.callbacks.BackupAndRestore(os.path.join(out, "backup"), double_checkpoint=True),
         Timer(),
-        probe,
+        # Unlabeled images: no probe, so the log has no columns of NaN accuracies.
+        *([probe] if labeled else []),
         NonFiniteGuard(),
         keras.callbacks.CSVLogger(log_path, append=True),
     ]

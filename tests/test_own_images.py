@@ -34,6 +34,23 @@ def pretrain_small(tmp_path, data, epochs):
     return out
 
 
+def test_a_refused_run_leaves_nothing_in_its_folder(tmp_path, capsys):
+    write_pngs(str(tmp_path / "imgs"), rng_images(8, 32, 32, 3))
+    out = tmp_path / "run"
+    # A bad objective value: refused when the model is built, after the data loaded.
+    assert cli.main(["pretrain", "--recipe", "dim", "--data", str(tmp_path / "imgs"),
+                     "--out", str(out), "--set", "task.critic=nope", "--set",
+                     "batch_size=8"]) == 2
+    assert "`critic` must be one of" in capsys.readouterr().err
+    assert not out.exists()
+    assert cli.main(["pretrain", "--recipe", "dim", "--data", str(tmp_path / "imgs"),
+                     "--out", str(out)]) == 2  # no full batch of 64
+    assert not out.exists()
+    assert cli.main(["pretrain", "--recipe", "dim", "--data", str(tmp_path / "missing"),
+                     "--out", str(out)]) == 2
+    assert not out.exists()
+
+
 def rng_images(n, h, w, c, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (n, h, w, c)).astype("uint8")
 
@@ -126,6 +143,8 @@ def test_pretrain_evaluate_and_extract_from_a_folder_of_pngs(tmp_path, monkeypat
     assert backbone.image_shape == (40, 40, 3)
     log = open(os.path.join(out, "log.csv")).read().splitlines()
     assert len(log) == 3 and "mi_R_V1" in log[0]  # header + 2 epochs
+    assert "probe_" not in log[0]  # unlabeled: no probe, no columns of NaN
+    assert "No artists with labels" not in capsys.readouterr().err  # the figure's legend
     shipped = open(os.path.join(out, "preset", "training_log.csv")).read().splitlines()
     assert shipped == log  # the log travels with the preset, under its checksums
     meta = json.load(open(os.path.join(out, "preset", "metadata.json")))
