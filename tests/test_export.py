@@ -61,10 +61,21 @@ def test_onnx_export_runs_in_onnxruntime_like_predict(tmp_path):
     session = onnxruntime.InferenceSession(path)
     (inp,) = session.get_inputs()
     assert inp.type == "tensor(uint8)"
+    # The model's own names, not the traced function's ("args_0", "output_0").
+    assert inp.name == "images"
+    assert [o.name for o in session.get_outputs()] == ["predictions"]
     for n in (1, 6):  # a dynamic batch
         x = images(n)
         (got,) = session.run(None, {inp.name: x})
         np.testing.assert_allclose(got, model.predict(x, verbose=0), atol=1e-5)
+    from keras_infobal import InfoBalBackbone
+
+    backbone = InfoBalBackbone.from_preset("dim")
+    backbone.export(path, format="onnx")
+    session = onnxruntime.InferenceSession(path)
+    assert [o.name for o in session.get_outputs()] == ["R"]
+    (got,) = session.run(None, {"images": images(3)})
+    np.testing.assert_allclose(got, backbone.predict(images(3), verbose=0), atol=1e-5)
 
 
 @pytest.mark.skipif(BACKEND != "torch", reason="format='torch' exports on the PyTorch backend")

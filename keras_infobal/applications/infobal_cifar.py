@@ -206,6 +206,10 @@ class ImageModel(ServesUint8, keras.Model):
     def _serving_image_shape(self):
         return tuple(self.inputs[0].shape[1:])
 
+    def _serving_output_name(self):
+        # "predictions" with the classifier, else the feature layer's own name.
+        return self.layers[-1].name
+
 
 def _top(x, classes, activation, head):
     """The classifier on the features: a dense layer, or DIM's evaluation classifier (the

@@ -102,8 +102,39 @@ class ServesUint8:
             import torch
 
             kwargs["dynamic_shapes"] = {0: torch.export.Dim("batch", max=1 << 16)}
-        return super().export(filepath, format=format, verbose=verbose,
-                              input_signature=input_signature, **kwargs)
+        out = super().export(filepath, format=format, verbose=verbose,
+                             input_signature=input_signature, **kwargs)
+        if format == "onnx":
+            # tf2onnx names the tensors after the traced function ("args_0", "output_0"):
+            # a serving client reads these names, so give them the model's own.
+            _rename_onnx_io(filepath, "images", self._serving_output_name())
+        return out
+
+    def _serving_output_name(self):
+        return "R"
+
+
+def _rename_onnx_io(path, input_name, output_name):
+    """Renames the single input and output of the ONNX graph at `path`, everywhere they are
+    referenced."""
+    import onnx
+
+    model = onnx.load(path)
+    graph = model.graph
+    renames = {}
+    if len(graph.input) == 1:
+        renames[graph.input[0].name] = input_name
+    if len(graph.output) == 1:
+        renames[graph.output[0].name] = output_name
+    for value in list(graph.input) + list(graph.output) + list(graph.value_info):
+        value.name = renames.get(value.name, value.name)
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            node.input[i] = renames.get(name, name)
+        for i, name in enumerate(node.output):
+            node.output[i] = renames.get(name, name)
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
 
 
 class FeatureExtractor(ServesUint8):
