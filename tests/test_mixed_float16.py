@@ -249,6 +249,13 @@ def test_bad_ratios_are_refused(ratio, match):
         _compiled(discriminator_lr_ratio=ratio)
 
 
+def test_a_frozen_encoder_leaves_the_discriminator_rate_alone():
+    model = _compiled(encoder_rate=0.0, discriminator_rate=0.05)
+    assert model.discriminator_lr_ratio is None
+    model.train_on_batch(_batch())
+    assert _rate(model.discriminator_optimizer) == pytest.approx(0.05)
+
+
 def test_a_ratio_with_a_discriminator_schedule_is_refused():
     schedule = keras.optimizers.schedules.ExponentialDecay(0.05, decay_steps=1, decay_rate=0.5)
     model = tiny(critic="infonce", infomin_weight=0.5)

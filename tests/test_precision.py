@@ -44,5 +44,5 @@ def test_auto_is_the_default_and_resolves_to_what_the_run_trains_under():
     assert resolve(recipe="dim")["mixed_precision"] is bfloat16_is_fast()
     assert resolve(recipe="dim", mixed_precision=True)["mixed_precision"] is True
     assert resolve(recipe="dim", mixed_precision=False)["mixed_precision"] is False
-    with pytest.raises(ValueError, match=r"True, False or 'auto'.*got 'yes'"):
+    with pytest.raises(ValueError, match=r"'mixed_float16'.*'auto'.*got 'yes'"):
         resolve(recipe="dim", mixed_precision="yes")

@@ -405,7 +405,7 @@ class InfoBal(KerasSeams, Trainer, FeatureExtractor, keras.Model):
                 constant learning rate, it follows the encoder optimizer's current rate
                 (its schedule, `ReduceLROnPlateau`, `LearningRateScheduler`) at the ratio
                 the two rates have here; a discriminator optimizer with a schedule of its
-                own keeps it. A positive number: the discriminators' rate is that number
+                own keeps it, and so does one beside an encoder rate of 0 (frozen). A positive number: the discriminators' rate is that number
                 times the encoder's at every step. None: the two rates are independent.
             cross_replica_negatives: TensorFlow only: under tf.distribute, score each
                 replica's anchors against the images of all replicas (all-gather), as one
@@ -860,7 +860,13 @@ def _constant_rate(optimizer):
     """The optimizer's learning rate as a float when it is a constant (a variable that
     callbacks set), else None (a schedule or a callable)."""
     rate = optimizer.learning_rate
-    return float(keras.ops.convert_to_numpy(rate)) if isinstance(rate, keras.Variable) else None
+    return _as_float(rate) if isinstance(rate, keras.Variable) else None
+
+
+def _as_float(value):
+    # A Keras Variable through convert_to_numpy warns on TensorFlow (numpy's __array__ copy).
+    return float(value.numpy() if isinstance(value, keras.Variable)
+                 else keras.ops.convert_to_numpy(value))
 
 
 def _discriminator_lr_ratio(ratio, optimizer, discriminator_optimizer):
@@ -871,12 +877,9 @@ def _discriminator_lr_ratio(ratio, optimizer, discriminator_optimizer):
     if isinstance(ratio, str) and ratio == "auto":
         if own is None:
             return None  # the discriminators follow their own schedule
-        encoder_rate = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+        encoder_rate = _as_float(optimizer.learning_rate)
         if not encoder_rate > 0:
-            raise ValueError(
-                "discriminator_lr_ratio='auto' sets the discriminators' rate relative to the "
-                f"encoder's, which is {encoder_rate}; give `optimizer` a positive learning "
-                "rate, or pass discriminator_lr_ratio=None to keep the rates independent.")
+            return None  # a frozen encoder (rate 0): no ratio to keep; the rates are apart
         return own / encoder_rate
     if (isinstance(ratio, bool) or not isinstance(ratio, (int, float))
             or not np.isfinite(ratio) or ratio <= 0):
