@@ -277,7 +277,7 @@ def pretrain(**options):
         return keras.optimizers.Adam(schedule, beta_1=0.5, beta_2=0.999)
 
     model = _build_task(run, tuple(x_train.shape[1:]))
-    needs_discriminator = bool(model.pairs) and model.infomin_weight > 0
+    needs_discriminator = bool(model.pairs) and model.infomin_weight != 0
     model.compile(optimizer=optimizer(),
                   discriminator_optimizer=optimizer() if needs_discriminator else None)
     if run["device_augmentation"]:

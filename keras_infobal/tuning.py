@@ -123,7 +123,7 @@ class InfoBalHyperModel(kt.HyperModel):
         adam = lambda: keras.optimizers.Adam(self.learning_rate, beta_1=0.5)  # noqa: E731
         # At lambda = 0 a discriminator optimizer would only train the monitor.
         model.compile(optimizer=adam(),
-                      discriminator_optimizer=adam() if model.infomin_weight > 0 else None)
+                      discriminator_optimizer=adam() if model.infomin_weight != 0 else None)
         return model
 
     def fit(self, hp, model, x, *args, callbacks=None, **kwargs):

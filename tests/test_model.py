@@ -148,7 +148,7 @@ def test_weights_validation():
     with pytest.raises(ValueError, match="non-negative"):
         InfoBal(correlation_weights=[[1.0, -1.0], [-1.0, 1.0]])
     with pytest.raises(ValueError, match="infomin_weight"):
-        InfoBal(infomin_weight=-0.1)
+        InfoBal(infomin_weight=float("nan"))
     with pytest.raises(ValueError, match="critic"):
         InfoBal(critic="mine")
     with pytest.raises(ValueError, match="discriminator_steps"):

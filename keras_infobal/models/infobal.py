@@ -8,6 +8,7 @@ lambda, alpha, beta, k, pooling, score clip). The objective is written once here
 import copy
 import inspect
 import itertools
+import numbers
 import json
 import os
 
@@ -22,6 +23,7 @@ from keras_infobal.layers.critics import (
     get_critic,
     get_pair_critics,
     infomin_critic_names,
+    UPPER_BOUNDS,
 )
 from keras_infobal.models import presets
 from keras_infobal.models.infobal_backbone import (
@@ -154,7 +156,11 @@ class InfoBal(KerasSeams, Trainer, FeatureExtractor, keras.Model):
         critic_units: width of the named critics' encodings.
         infomin_units: width of the InfoMin discriminators (default `critic_units`); they
             cost about `M(M-1)/2 * 2 * (2 D + units) * units` multiply-adds per image and pass.
-        infomin_weight: lambda, the weight of the InfoMin term (0: DIM).
+        infomin_weight: lambda, the weight of the InfoMin term, any finite number: above 0
+            the views' MI is minimized (InfoBal), 0 is DIM, below 0 it is maximized: the
+            encoder then raises the discriminators' estimate of I(V_i; V_j), which is CMC's
+            objective (Tian et al., 2019: MI between views maximized) on InfoBal's critics.
+            Lambda < 0 needs a lower-bound `infomin_critic` (CLUB's upper bound is refused).
         view_weights: alpha, M non-negative weights (default all ones).
         correlation_weights: beta, a symmetric MxM non-negative matrix (default all ones).
         discriminator_steps: k, discriminator updates per encoder update.
@@ -219,10 +225,11 @@ class InfoBal(KerasSeams, Trainer, FeatureExtractor, keras.Model):
                 "`infomin_units` must be None (the critics' `critic_units`) or a positive "
                 f"integer; got {infomin_units!r}."
             )
-        if not np.isfinite(infomin_weight) or infomin_weight < 0:
+        if (isinstance(infomin_weight, bool) or not isinstance(infomin_weight, numbers.Real)
+                or not np.isfinite(infomin_weight)):
             raise ValueError(
-                "`infomin_weight` (lambda) must be a finite number >= 0 (0 gives the DIM "
-                f"baseline); got {infomin_weight!r}."
+                "`infomin_weight` (lambda) must be a finite number (> 0: InfoBal, 0: the DIM "
+                f"baseline, < 0: the views' MI maximized, CMC); got {infomin_weight!r}."
             )
         if not isinstance(discriminator_steps, int) or discriminator_steps < 1:
             raise ValueError(
@@ -247,6 +254,12 @@ class InfoBal(KerasSeams, Trainer, FeatureExtractor, keras.Model):
         self._critic_spec = (critic if isinstance(critic, str)
                              else keras.saving.serialize_keras_object(critic))
         infomin_critic = estimator if infomin_critic is None else infomin_critic
+        if infomin_weight < 0 and str(infomin_critic).lower() in UPPER_BOUNDS:
+            raise ValueError(
+                f"infomin_weight={infomin_weight} < 0 maximizes the views' MI, but "
+                f"`infomin_critic` {infomin_critic!r} is the CLUB upper bound, which an encoder "
+                "can raise without sharing information. Use a lower-bound critic (e.g. "
+                "infomin_critic='infonce', CMC's) with lambda < 0.")
         if str(infomin_critic).lower() not in infomin_critic_names():
             raise ValueError(
                 f"`infomin_critic` must be one of {list(infomin_critic_names())} (a lower-bound "
@@ -313,7 +326,7 @@ class InfoBal(KerasSeams, Trainer, FeatureExtractor, keras.Model):
         `discriminator_optimizer` was compiled (the monitor of the DIM baseline)."""
         if not self.pairs:
             return False
-        return self.infomin_weight > 0 or self.discriminator_optimizer is not None
+        return self.infomin_weight != 0 or self.discriminator_optimizer is not None
 
     @property
     def metrics(self):
@@ -396,7 +409,7 @@ class InfoBal(KerasSeams, Trainer, FeatureExtractor, keras.Model):
         learning rate follows the encoder's, and two `tf.distribute` options.
 
         Args:
-            discriminator_optimizer: required when `infomin_weight > 0`; at lambda = 0 it
+            discriminator_optimizer: required when `infomin_weight != 0`; at lambda = 0 it
                 makes the discriminators train as a monitor of I(V_i; V_j). Built here when
                 the model is built, so the training function never creates variables while
                 tracing (which `tf.distribute` requires).
@@ -566,7 +579,7 @@ class InfoBal(KerasSeams, Trainer, FeatureExtractor, keras.Model):
         else:
             infomax = self._infomax_terms(views, r, training)
         j = sum(float(self._alpha[i]) * t for i, t in enumerate(infomax))
-        if self.infomin_weight > 0 and self.pairs:
+        if self.infomin_weight != 0 and self.pairs:
             infomin = self._infomin_terms(self._pool(views), training)
             j = j - self.infomin_weight * self._weighted_infomin(infomin)
         return j, infomax
