@@ -206,6 +206,21 @@ def test_readme_preset_table_is_the_committed_results():
 
 
 
+def test_readme_names_both_decoders_with_the_committed_accuracies():
+    """The README's line on JPEG decoders gives check_presets.py's Pillow accuracies."""
+    import json
+
+    with open(os.path.join(ROOT, "applications", "cifar10", "preset_check.json")) as f:
+        check = json.load(f)
+    readme = " ".join(open(os.path.join(ROOT, "README.md")).read().split())
+    assert "decode the JPEGs with the package's loader (TensorFlow's decoder)" in readme
+    for name, r in check["presets"].items():
+        assert f"`{name}` {100 * r['measured_pil']:.2f}" in readme, name
+    px = check["decoder_pixel_difference"]
+    assert f"changes {100 * px['share_of_values_differing']:.0f}% of the pixel values" in readme
+    assert f"by at most {px['largest_difference_in_levels']} levels" in readme
+
+
 def test_preset_check_covers_every_preset():
     """applications/cifar10/preset_check.json (check_presets.py on the full test set) scored
     every built-in preset's classifier, and found each at the accuracy its metadata records."""
