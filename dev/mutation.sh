@@ -33,7 +33,7 @@ run_cosmic_ray() {
     # cosmic-ray edits the module on disk: it works in a scratch copy of the tree, so the
     # worktree is never left mutated and sessions of different modules can run at once.
     local module="$1" here="$PWD"
-    local scratch="${SCRATCH:-/tmp/keras-infobal-mutation}/$module"
+    local scratch="${SCRATCH:-${TMPDIR:-$(dirname "$(mktemp -u)")}/keras-infobal-mutation}/$module"
     rm -rf "$scratch" && mkdir -p "$scratch"
     cp -r keras_infobal tests setup.cfg pyproject.toml dev "$scratch"/
     (

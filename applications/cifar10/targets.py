@@ -1,7 +1,7 @@
 """Scores presets against issue 22's three targets for a default encoder, on full test sets.
 
     python applications/cifar10/targets.py --data ../shared/data/cifar10-jpeg.tar.gz \
-        --fashion-mnist /tmp/fmnist --presets infobal_pairs_long infobal_scales_long \
+        --fashion-mnist $FMNIST --presets infobal_pairs_long infobal_scales_long \
         --out applications/cifar10/targets.json
     python applications/cifar10/targets.py ... --presets NEW --keep   # add one preset's row
 

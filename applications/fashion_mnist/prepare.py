@@ -2,7 +2,7 @@
 `keras-infobal pretrain/evaluate --data` read (images (N, 28, 28) uint8 and labels).
 
     sudo apt-get install dataset-fashion-mnist
-    python applications/fashion_mnist/prepare.py --out /tmp/fmnist   # train.npz, test.npz
+    python applications/fashion_mnist/prepare.py --out $FMNIST   # train.npz, test.npz
 
 The files stay outside the repository: never commit the data or anything made from it.
 """

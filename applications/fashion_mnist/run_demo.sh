@@ -3,9 +3,9 @@
 # the 60,000 training images at their own 28x28 grayscale size, then a linear probe and a
 # weighted kNN, fitted on the training images and scored on the 10,000 test images, for the
 # pretrained encoder and for random init of the same architecture.
-#   bash applications/fashion_mnist/run_demo.sh /tmp/fmnist OUT
+#   bash applications/fashion_mnist/run_demo.sh $FMNIST OUT
 set -euo pipefail
-DATA=${1:-/tmp/fmnist}
+DATA=${1:?"usage: run_demo.sh FMNIST_DIR [OUT]: FMNIST_DIR is where prepare.py writes train.npz and test.npz"}
 OUT=${2:-applications/fashion_mnist/run}
 python applications/fashion_mnist/prepare.py --out "$DATA"
 # dim_pairs with one view: the 7x7 local map of 28x28 images has no even split in rows.

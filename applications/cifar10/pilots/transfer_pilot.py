@@ -7,7 +7,7 @@ training set, so no lever is chosen on the test set: the same converged linear p
 other 6,000 (a fixed permutation, seed 0). Each model's score sits beside the same
 architecture with random weights (seed 0), the baseline the target is measured against.
 
-    python applications/cifar10/pilots/transfer_pilot.py --fashion-mnist /tmp/fmnist \
+    python applications/cifar10/pilots/transfer_pilot.py --fashion-mnist $FMNIST \
         --models dim_seed0=benchmarks/runs/seeded_scales/dim/seed0/model.keras \
                  shipped=infobal_scales_long \
         --out applications/cifar10/pilots/transfer/transfer.json
