@@ -70,7 +70,10 @@ def by_hand(model, views, pooling="mean", infomin_units=TINY["critic_units"], tr
 
 @pytest.mark.parametrize("pooling", ["mean", "flatten"])
 def test_objective_weighs_every_term_by_hand(images, pooling):
-    model = make(view_pooling=pooling)
+    # Raw scores: with the default soft clip, the 3x critic weights of `spread` saturate it
+    # for some initializations (every pair's score equal, every estimate the same), and the
+    # distinctness check below could not tell a swapped pair.
+    model = make(view_pooling=pooling, score_clip=None)
     spread(model.infomax_critics + [model.infomin_critics])  # terms of clearly different sizes
     views = model.backbone.encoder(tf.constant(images), training=False)
     j_ref, infomax_ref, infomin_ref = by_hand(model, views, pooling)
