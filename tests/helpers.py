@@ -62,6 +62,31 @@ def bf16_matmul_unavailable():
             "crashes in oneDNN there (tests/helpers.bf16_matmul_unavailable)")
 
 
+def fp16_conv_unavailable():
+    """Why float16 convolutions cannot run in this process, or None.
+
+    TensorFlow 2.21 routes float16 convolutions to oneDNN's AVX512_FP16 kernels whenever the
+    CPU has AVX512_FP16, also when `ONEDNN_MAX_CPU_ISA` caps oneDNN below it; oneDNN then has
+    no kernel ("could not create a primitive descriptor for the convolution forward
+    propagation primitive", seen on a 2-core Intel Xeon, family 6, model 207). As with
+    bfloat16 (`bf16_matmul_unavailable`), only the emulated AVX2 run on such a host hits it.
+    """
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    if not cap or cap.startswith("AVX512") or cap in ("ALL", "DEFAULT"):
+        return None
+    if os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
+        return None
+    try:
+        with open("/proc/cpuinfo") as f:
+            has_fp16 = "avx512_fp16" in f.read()
+    except OSError:
+        has_fp16 = False
+    if not has_fp16:
+        return None
+    return (f"ONEDNN_MAX_CPU_ISA={cap} on an AVX512_FP16 CPU: TensorFlow's float16 convolution "
+            "finds no oneDNN kernel there (tests/helpers.fp16_conv_unavailable)")
+
+
 def optimizers(lr=1e-3):
     import keras
 

@@ -60,6 +60,7 @@ def _direction_and_size(reference, other):
 
 
 @pytest.mark.parametrize("lam", [0.0, 0.5])
+@pytest.mark.fp16
 def test_one_mixed_float16_step_moves_the_weights_like_the_float32_step(policy, lam):
     _, enc32, disc32 = _step(policy, "float32", lam)
     model, enc16, disc16 = _step(policy, "mixed_float16", lam)
@@ -74,6 +75,7 @@ def test_one_mixed_float16_step_moves_the_weights_like_the_float32_step(policy, 
         assert cosine > 0.95 and 0.8 < size < 1.25, (cosine, size)
 
 
+@pytest.mark.fp16
 def test_mixed_float16_under_xla_moves_the_weights_like_the_float32_step(policy):
     """Keras compiles TensorFlow's step with XLA by default on a GPU (jit_compile="auto")."""
     if keras.backend.backend() != "tensorflow":
@@ -86,6 +88,7 @@ def test_mixed_float16_under_xla_moves_the_weights_like_the_float32_step(policy)
         assert cosine > 0.95 and 0.8 < size < 1.25, (cosine, size)
 
 
+@pytest.mark.fp16
 def test_an_overflowing_step_is_skipped_and_both_scales_are_halved(policy):
     # A loss scale of 2**40 overflows float16's largest value (65504) in the backward pass.
     scaled = [keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.1),
@@ -106,6 +109,7 @@ def test_an_overflowing_step_is_skipped_and_both_scales_are_halved(policy):
     assert sum(float(np.abs(b - a).sum()) for a, b in zip(before, after)) > 0
 
 
+@pytest.mark.fp16
 def test_the_scale_grows_after_dynamic_growth_steps_finite_steps(policy):
     scaled = [keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.01),
                                                   initial_scale=2.0 ** 4,
@@ -134,6 +138,7 @@ def test_mixed_bfloat16_is_not_loss_scaled_and_trains(policy):
     assert 0.8 < norm16 / norm32 < 1.25
 
 
+@pytest.mark.fp16
 def test_save_load_and_continue_keep_both_loss_scales(policy, tmp_path):
     import keras_infobal as kib
 
