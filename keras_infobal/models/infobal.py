@@ -877,9 +877,9 @@ def _constant_rate(optimizer):
 
 
 def _as_float(value):
-    # A Keras Variable through convert_to_numpy warns on TensorFlow (numpy's __array__ copy).
-    return float(value.numpy() if isinstance(value, keras.Variable)
-                 else keras.ops.convert_to_numpy(value))
+    # float() of the variable or tensor itself: through numpy, a Keras Variable warns on
+    # every backend (its __array__ takes no `copy`), and so do some backends' tensors.
+    return float(value)
 
 
 def _discriminator_lr_ratio(ratio, optimizer, discriminator_optimizer):
