@@ -46,6 +46,16 @@ def bf16_matmul_unavailable():
     does it). A real AVX2-only CPU takes TensorFlow's own bfloat16 path and runs these tests;
     only the emulated AVX2 run (`ONEDNN_MAX_CPU_ISA=AVX2` on an AVX-512 host) cannot.
     """
+    cap = _emulated_cap_on_a_cpu_with("avx512_bf16")
+    if cap is None:
+        return None
+    return (f"ONEDNN_MAX_CPU_ISA={cap} on an AVX512_BF16 CPU: TensorFlow's bfloat16 matmul "
+            "crashes in oneDNN there (tests/helpers.bf16_matmul_unavailable)")
+
+
+def _emulated_cap_on_a_cpu_with(flag):
+    """The ONEDNN_MAX_CPU_ISA cap when it is below AVX-512 on a CPU that has `flag`, with
+    TensorFlow the backend (the emulated AVX2 run); else None."""
     cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
     if not cap or cap.startswith("AVX512") or cap in ("ALL", "DEFAULT"):
         return None
@@ -53,13 +63,10 @@ def bf16_matmul_unavailable():
         return None
     try:
         with open("/proc/cpuinfo") as f:
-            has_bf16 = "avx512_bf16" in f.read()
+            has_flag = flag in f.read()
     except OSError:
-        has_bf16 = False
-    if not has_bf16:
-        return None
-    return (f"ONEDNN_MAX_CPU_ISA={cap} on an AVX512_BF16 CPU: TensorFlow's bfloat16 matmul "
-            "crashes in oneDNN there (tests/helpers.bf16_matmul_unavailable)")
+        has_flag = False
+    return cap if has_flag else None
 
 
 def fp16_conv_unavailable():
@@ -71,17 +78,8 @@ def fp16_conv_unavailable():
     propagation primitive", seen on a 2-core Intel Xeon, family 6, model 207). As with
     bfloat16 (`bf16_matmul_unavailable`), only the emulated AVX2 run on such a host hits it.
     """
-    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
-    if not cap or cap.startswith("AVX512") or cap in ("ALL", "DEFAULT"):
-        return None
-    if os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
-        return None
-    try:
-        with open("/proc/cpuinfo") as f:
-            has_fp16 = "avx512_fp16" in f.read()
-    except OSError:
-        has_fp16 = False
-    if not has_fp16:
+    cap = _emulated_cap_on_a_cpu_with("avx512_fp16")
+    if cap is None:
         return None
     return (f"ONEDNN_MAX_CPU_ISA={cap} on an AVX512_FP16 CPU: TensorFlow's float16 convolution "
             "finds no oneDNN kernel there (tests/helpers.fp16_conv_unavailable)")
