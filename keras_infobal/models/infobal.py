@@ -879,7 +879,10 @@ def _constant_rate(optimizer):
 def _as_float(value):
     # float() of the variable or tensor itself: through numpy, a Keras Variable warns on
     # every backend (its __array__ takes no `copy`), and so do some backends' tensors.
-    return float(value)
+    try:
+        return float(value)
+    except TypeError:  # a tf.distribute MirroredVariable has no __float__
+        return float(value.numpy())
 
 
 def _discriminator_lr_ratio(ratio, optimizer, discriminator_optimizer):
