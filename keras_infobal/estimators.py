@@ -1,4 +1,4 @@
-"""Mutual-information estimators on an in-batch score matrix.
+"""Mutual-information estimators on an in-batch score tensor, with an optional pair axis.
 
 Every function takes `scores` of shape `(B, B)` or `(B, B, L)`: `scores[a, b, l]` is the
 critic's score for the pair (first input of image `a`, second input of image `b` at location
@@ -7,6 +7,11 @@ rectangular, `(B, N, L)` with `N >= B` candidates (gathered from all replicas), 
 positive is column `a + k`. Each returns a scalar estimate
 in nats (a lower bound on MI, or for JSD a proxy with the same maximizer).
 
+Scores of rank 4, `(P, B, N, L)`, are one such tensor per view pair (the batched InfoMin
+critics, `layers.PairCritics`); the estimators then return the `(P,)` estimates, pair p's
+being the estimate on `scores[p]`. Each estimator is written once, on this rank-4 form; a
+rank-2 or rank-3 input is the case P = 1 (its pair axis is added, then dropped).
+
 Example:
 
 ```python
@@ -14,6 +19,7 @@ import numpy as np
 from keras_infobal import estimators
 scores = np.array([[2.0, -1.0], [0.0, 3.0]])
 estimators.infonce(scores)  # mean_a(s_aa - logsumexp_b s_ab) + log B
+estimators.infonce(np.stack([scores, 2 * scores])[..., None])  # (2,): one per pair
 ```
 """
 
@@ -22,26 +28,32 @@ import math
 import keras
 from keras import ops
 
+_SHAPES = ("Expected a score matrix of shape (B, B) or a score tensor of shape (B, B, L) "
+           "(or (P, B, B, L): one per view pair)")
+
 
 def _check_scores(scores, offset=None):
+    """`scores` as a float tensor of rank 3 `(B, N, L)` (a rank-2 input gets L = 1) or, for
+    per-pair scores, of rank 4 `(P, B, N, L)`; a ValueError says what is wrong."""
     scores = ops.convert_to_tensor(scores)
     dtype = keras.backend.standardize_dtype(scores.dtype)
     # cast also turns a variable into a plain tensor, which every op below accepts.
     scores = ops.cast(scores, dtype if dtype.startswith(("float", "bfloat")) else "float32")
-    shape = scores.shape
-    if len(shape) not in (2, 3):
+    shape = tuple(scores.shape)
+    if len(shape) not in (2, 3, 4):
+        raise ValueError(f"{_SHAPES}; got rank {len(shape)}, shape {shape}.")
+    if len(shape) == 4 and shape[0] == 0:
+        raise ValueError(f"Per-pair scores (P, B, N, L) need at least one pair; got {shape}.")
+    batch, candidates = shape[1:3] if len(shape) == 4 else shape[:2]
+    if offset is None and batch is not None and candidates is not None and batch != candidates:
         raise ValueError(
-            "Expected a score matrix of shape (B, B) or a score tensor of shape (B, B, L); "
-            f"got rank {len(shape)}, shape {tuple(shape)}."
+            f"The score matrix must be square in its batch and candidate axes (B, B); got "
+            f"{shape}."
         )
-    if offset is None and shape[0] is not None and shape[1] is not None and shape[0] != shape[1]:
-        raise ValueError(
-            f"The score matrix must be square in its first two axes (B, B); got {tuple(shape)}."
-        )
-    if shape[0] is not None and shape[0] < 2:
+    if batch is not None and batch < 2:
         raise ValueError(
             "MI estimation needs at least 2 images per batch: the other images of the batch "
-            f"are the negatives. Got a batch of {shape[0]}; use batch_size >= 2 (and "
+            f"are the negatives. Got a batch of {batch}; use batch_size >= 2 (and "
             "drop_remainder=True on tf.data so the last batch is not of size 1)."
         )
     if len(shape) == 2:
@@ -50,42 +62,65 @@ def _check_scores(scores, offset=None):
 
 
 def _masks(scores, offset=None):
-    b, n = ops.shape(scores)[0], ops.shape(scores)[1]
+    """Positive and negative masks shaped like `scores`, (B, N, L) or (P, B, N, L)."""
+    b, n = ops.shape(scores)[-3], ops.shape(scores)[-2]
     if offset is None:
         eye = ops.eye(b, dtype=scores.dtype)
     else:
         # Rectangular (B, N) scores against N >= B candidates (e.g. gathered from all
         # replicas): row a's positive is column a + offset.
         eye = ops.one_hot(ops.arange(b) + ops.cast(offset, "int32"), n, dtype=scores.dtype)
-    pos = ops.expand_dims(eye, -1) * ops.ones_like(scores)
+    pos = ops.expand_dims(eye, -1) * ops.ones_like(scores)  # broadcasts over the pairs
     return pos, 1.0 - pos
+
+
+def _pairs(scores, offset):
+    """(the checked scores as (P, B, N, L), whether a pair axis was added to them)."""
+    scores = _check_scores(scores, offset)
+    if len(scores.shape) == 4:
+        return scores, False
+    return ops.expand_dims(scores, 0), True
+
+
+def _unpair(value, added):
+    """The (P,) estimates, or the scalar where `_pairs` added the pair axis."""
+    return value[0] if added else value
+
+
+_ALL = (1, 2, 3)  # every axis of a pair's (B, N, L) scores
+
+
+def _mean(values, mask):
+    return ops.sum(values * mask, axis=_ALL) / ops.sum(mask, axis=_ALL)
+
+
+def _log_mean_exp(scores, neg):
+    """log mean over each pair's negatives of exp(score), via logsumexp (never raw exp)."""
+    # Masked entries get a very negative score instead of -inf so gradients stay finite.
+    masked = ops.where(neg > 0, scores, ops.full_like(scores, -1e30))
+    flat = ops.reshape(masked, (ops.shape(scores)[0], -1))
+    return ops.logsumexp(flat, axis=1) - ops.log(ops.sum(neg, axis=_ALL))
 
 
 def positive_negative_means(scores, offset=None):
     """Means of the positive and of the negative scores (a diagnostic); `offset` as above."""
-    scores = _check_scores(scores, offset)
+    scores, added = _pairs(scores, offset)
     pos, neg = _masks(scores, offset)
-    return ops.sum(scores * pos) / ops.sum(pos), ops.sum(scores * neg) / ops.sum(neg)
+    return _unpair(_mean(scores, pos), added), _unpair(_mean(scores, neg), added)
 
 
 def jsd(scores, offset=None):
     """Jensen-Shannon estimator (DIM, f-GAN): `E_pos[-sp(-s)] - E_neg[sp(s)]`."""
-    scores = _check_scores(scores, offset)
+    scores, added = _pairs(scores, offset)
     pos, neg = _masks(scores, offset)
-    e_pos = ops.sum(-ops.softplus(-scores) * pos) / ops.sum(pos)
-    e_neg = ops.sum(ops.softplus(scores) * neg) / ops.sum(neg)
-    return e_pos - e_neg
+    return _unpair(_mean(-ops.softplus(-scores), pos) - _mean(ops.softplus(scores), neg), added)
 
 
 def dv(scores, offset=None):
     """Donsker-Varadhan (MINE): `E_pos[s] - log E_neg[exp(s)]`, via logsumexp (never raw exp)."""
-    scores = _check_scores(scores, offset)
+    scores, added = _pairs(scores, offset)
     pos, neg = _masks(scores, offset)
-    e_pos = ops.sum(scores * pos) / ops.sum(pos)
-    # Masked entries get a very negative score instead of -inf so gradients stay finite.
-    masked = ops.where(neg > 0, scores, ops.full_like(scores, -1e30))
-    log_mean_exp = ops.logsumexp(ops.reshape(masked, (-1,))) - ops.log(ops.sum(neg))
-    return e_pos - log_mean_exp
+    return _unpair(_mean(scores, pos) - _log_mean_exp(scores, neg), added)
 
 
 def infonce(scores, offset=None):
@@ -93,12 +128,12 @@ def infonce(scores, offset=None):
 
     N is the number of candidates per anchor: B, or all replicas' images with `offset`.
     """
-    scores = _check_scores(scores, offset)
-    n = ops.cast(ops.shape(scores)[1], scores.dtype)
+    scores, added = _pairs(scores, offset)
+    n = ops.cast(ops.shape(scores)[2], scores.dtype)
     pos, _ = _masks(scores, offset)
-    diag = ops.sum(scores * pos, axis=1)  # (B, L): s_aal
-    lse = ops.logsumexp(scores, axis=1)  # (B, L)
-    return ops.mean(diag - lse) + ops.log(n)
+    diag = ops.sum(scores * pos, axis=2)  # (P, B, L): s_aal
+    lse = ops.logsumexp(scores, axis=2)  # (P, B, L)
+    return _unpair(ops.mean(diag - lse, axis=(1, 2)) + ops.log(n), added)
 
 
 def nwj(scores, offset=None):
@@ -108,85 +143,31 @@ def nwj(scores, offset=None):
     inf only when the estimate itself is -inf, and scores are clipped at 80 (`exp(79)` is
     finite in float32) so gradients stay finite for any input.
     """
-    scores = _check_scores(scores, offset)
+    scores, added = _pairs(scores, offset)
     pos, neg = _masks(scores, offset)
-    e_pos = ops.sum(scores * pos) / ops.sum(pos)
-    clipped = ops.minimum(scores, 80.0)
-    masked = ops.where(neg > 0, clipped, ops.full_like(scores, -1e30))
-    log_mean_exp = ops.logsumexp(ops.reshape(masked, (-1,))) - ops.log(ops.sum(neg))
-    return e_pos - ops.exp(log_mean_exp - 1.0)
+    log_mean_exp = _log_mean_exp(ops.minimum(scores, 80.0), neg)
+    return _unpair(_mean(scores, pos) - ops.exp(log_mean_exp - 1.0), added)
 
 
 ESTIMATORS = {"jsd": jsd, "dv": dv, "infonce": infonce, "nwj": nwj}
-
-
-# ----------------------------------------------------------------- one estimate per pair
-# The batched InfoMin critics (`layers.PairCritics`) score all view pairs at once: scores of
-# shape (P, B, N, L), one (B, N, L) tensor per pair. These give each pair's estimate, the
-# same as the functions above on `scores[p]`, with the pair axis kept (no Python loop).
-
-def _pair_masks(scores, offset=None):
-    b, n = ops.shape(scores)[1], ops.shape(scores)[2]
-    if offset is None:
-        eye = ops.eye(b, dtype=scores.dtype)
-    else:
-        eye = ops.one_hot(ops.arange(b) + ops.cast(offset, "int32"), n, dtype=scores.dtype)
-    pos = eye[None, :, :, None] * ops.ones_like(scores)
-    return pos, 1.0 - pos
-
-
-def _pair_jsd(scores, offset=None):
-    pos, neg = _pair_masks(scores, offset)
-    axes = (1, 2, 3)
-    e_pos = ops.sum(-ops.softplus(-scores) * pos, axis=axes) / ops.sum(pos, axis=axes)
-    e_neg = ops.sum(ops.softplus(scores) * neg, axis=axes) / ops.sum(neg, axis=axes)
-    return e_pos - e_neg
-
-
-def _pair_log_mean_exp_neg(scores, neg):
-    masked = ops.where(neg > 0, scores, ops.full_like(scores, -1e30))
-    flat = ops.reshape(masked, (ops.shape(scores)[0], -1))
-    return ops.logsumexp(flat, axis=1) - ops.log(ops.sum(neg, axis=(1, 2, 3)))
-
-
-def _pair_dv(scores, offset=None):
-    pos, neg = _pair_masks(scores, offset)
-    e_pos = ops.sum(scores * pos, axis=(1, 2, 3)) / ops.sum(pos, axis=(1, 2, 3))
-    return e_pos - _pair_log_mean_exp_neg(scores, neg)
-
-
-def _pair_infonce(scores, offset=None):
-    n = ops.cast(ops.shape(scores)[2], scores.dtype)
-    pos, _ = _pair_masks(scores, offset)
-    diag = ops.sum(scores * pos, axis=2)  # (P, B, L)
-    lse = ops.logsumexp(scores, axis=2)  # (P, B, L)
-    return ops.mean(diag - lse, axis=(1, 2)) + ops.log(n)
-
-
-def _pair_nwj(scores, offset=None):
-    pos, neg = _pair_masks(scores, offset)
-    e_pos = ops.sum(scores * pos, axis=(1, 2, 3)) / ops.sum(pos, axis=(1, 2, 3))
-    log_mean_exp = _pair_log_mean_exp_neg(ops.minimum(scores, 80.0), neg)
-    return e_pos - ops.exp(log_mean_exp - 1.0)
-
-
-_PAIR_ESTIMATORS = {jsd: _pair_jsd, dv: _pair_dv, infonce: _pair_infonce, nwj: _pair_nwj}
+# The built-in estimators take per-pair scores (P, B, N, L) themselves.
+_PAIR_AXIS = (jsd, dv, infonce, nwj)
 
 
 def per_pair(name):
     """`f(scores (P, B, N, L), offset=None) -> (P,)`: estimator `name` on each pair's scores.
 
-    The built-in estimators keep the pair axis in their reductions; a registered estimator
-    is applied to each `scores[p]` in turn (P is static, so this unrolls when traced).
+    A built-in estimator is returned as it is: it keeps the pair axis in its reductions. A
+    registered estimator, written for (B, N[, L]) scores, is applied to each `scores[p]` in
+    turn (P is static, so this unrolls when traced).
 
     ```python
     per_pair("infonce")(scores)   # == stack([infonce(scores[p]) for p in range(P)])
     ```
     """
     fn = get(name)
-    batched = _PAIR_ESTIMATORS.get(fn)
-    if batched is not None:
-        return batched
+    if fn in _PAIR_AXIS:
+        return fn
 
     def looped(scores, offset=None):
         return ops.stack([ops.cast(fn(scores[p], offset=offset), "float32")
@@ -227,3 +208,4 @@ def get(name):
 
 
 LOG2 = math.log(2.0)
+

@@ -174,7 +174,7 @@ def test_score_dtype_and_rank_handling():
     bf = tf.constant(np.eye(3) * 2.0, dtype=tf.bfloat16)
     assert estimators.jsd(bf).dtype == tf.bfloat16
     with pytest.raises(ValueError, match="rank"):
-        estimators.jsd(np.ones((2, 2, 2, 2), dtype="float32"))
+        estimators.jsd(np.ones((2, 2, 2, 2, 1), dtype="float32"))
 
 
 def test_get_accepts_callables_and_any_case():
@@ -263,7 +263,9 @@ def test_float_scores_keep_their_dtype(name, offset):
 
 def test_error_messages_are_exact():
     with pytest.raises(ValueError, match=r"^Expected a score matrix of shape \(B, B\) or a "
-                                         r"score tensor of shape \(B, B, L\); got rank 1"):
+                                         r"score tensor of shape \(B, B, L\) \(or \(P, B, B, "
+                                         r"L\): one per view pair\); got rank 1, shape "
+                                         r"\(4,\)\.$"):
         estimators.jsd(np.ones((4,), dtype="float32"))
     with pytest.raises(ValueError, match=r"^MI estimation needs at least 2 images per batch: "
                                          r"the other images of the batch are the negatives\. "
@@ -395,3 +397,160 @@ def test_register_estimator_errors_and_re_registration():
             estimators.register_estimator("mine_test", lambda scores, offset=None: scores)
     finally:
         del estimators.ESTIMATORS["mine_test"]
+
+
+# ------------------------------------------- one implementation, with and without pair axis
+# Each estimator is written once on (P, B, N, L) scores. Its (P,) result must be the stack
+# of its own results on each pair's (B, N, L) scores, and an independent vectorized numpy
+# reference (below, in float64; not the loop references of helpers.py).
+
+def _np_logsumexp(x, axis):
+    top = np.max(x, axis=axis, keepdims=True)
+    return np.squeeze(top, axis) + np.log(np.sum(np.exp(x - top), axis=axis))
+
+
+def _np_pos_neg(s, offset):
+    """Each pair's positives and negatives, (P, B * L) and (P, (N - 1) * B * L)."""
+    p, b, n, locs = s.shape
+    is_pos = np.zeros((b, n), dtype=bool)
+    is_pos[np.arange(b), np.arange(b) + (offset or 0)] = True
+    return s[:, is_pos].reshape(p, -1), s[:, ~is_pos].reshape(p, -1)
+
+
+def _np_softplus(x):
+    return np.logaddexp(0.0, x)
+
+
+def np_pair_jsd(s, offset=None):
+    pos, neg = _np_pos_neg(s, offset)
+    return np.mean(-_np_softplus(-pos), axis=1) - np.mean(_np_softplus(neg), axis=1)
+
+
+def np_pair_dv(s, offset=None):
+    pos, neg = _np_pos_neg(s, offset)
+    return np.mean(pos, axis=1) - (_np_logsumexp(neg, 1) - np.log(neg.shape[1]))
+
+
+def np_pair_nwj(s, offset=None):
+    pos, neg = _np_pos_neg(s, offset)
+    return np.mean(pos, axis=1) - np.exp(-1.0) * np.mean(np.exp(np.minimum(neg, 80.0)), axis=1)
+
+
+def np_pair_infonce(s, offset=None):
+    b, n = s.shape[1], s.shape[2]
+    rows = np.arange(b)
+    diag = s[:, rows, rows + (offset or 0), :]  # (P, B, L)
+    return np.mean(diag - _np_logsumexp(s, 2), axis=(1, 2)) + np.log(n)
+
+
+NP_PAIR = {"jsd": np_pair_jsd, "dv": np_pair_dv, "infonce": np_pair_infonce, "nwj": np_pair_nwj}
+PAIR_CASES = [((3, 4, 4, 1), None), ((2, 3, 3, 2), None), ((3, 3, 6, 2), 3), ((2, 2, 8, 1), 4),
+              ((1, 5, 5, 3), None), ((1, 3, 7, 1), 2)]
+
+
+def _pair_scores(shape, seed):
+    # Pairs on different scales, so a reduction that mixes pairs shows.
+    s = _random_scores(shape, seed=seed)
+    return s * np.arange(1, shape[0] + 1, dtype="float32")[:, None, None, None]
+
+
+@pytest.mark.backend
+@pytest.mark.parametrize("name", sorted(NP_PAIR))
+@pytest.mark.parametrize("shape,offset", PAIR_CASES)
+def test_pair_axis_is_the_stack_of_each_pairs_estimate_and_the_numpy_reference(name, shape,
+                                                                              offset):
+    from keras import ops
+
+    s = _pair_scores(shape, seed=sum(shape) + (offset or 0))
+    fn = estimators.get(name)
+    got = ops.convert_to_numpy(fn(s, offset=offset))
+    assert got.shape == (shape[0],)
+    stacked = [float(ops.convert_to_numpy(fn(s[p], offset=offset))) for p in range(shape[0])]
+    np.testing.assert_allclose(got, stacked, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got, NP_PAIR[name](s.astype("float64"), offset),
+                               rtol=1e-4, atol=1e-4)
+    # ... and (B, N) scores, the L = 1 case of rank 2, against the same references.
+    if shape[-1] == 1:
+        flat = [float(ops.convert_to_numpy(fn(s[p, ..., 0], offset=offset)))
+                for p in range(shape[0])]
+        np.testing.assert_allclose(flat, stacked, rtol=1e-6, atol=1e-6)
+    # The loop references of helpers.py, per pair, agree too.
+    np.testing.assert_allclose(got, [REFERENCES[name](s[p], offset=offset)
+                                     for p in range(shape[0])], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.backend
+@pytest.mark.parametrize("name", sorted(NP_PAIR))
+def test_numpy_pair_references_agree_with_the_loop_references(name):
+    # The two kinds of references are written independently; they must agree on their own.
+    s = _pair_scores((2, 3, 5, 2), seed=21).astype("float64")
+    np.testing.assert_allclose(NP_PAIR[name](s, 2), [REFERENCES[name](s[p], offset=2)
+                                                     for p in range(2)], rtol=1e-10)
+
+
+@pytest.mark.backend
+@pytest.mark.parametrize("name", sorted(NP_PAIR))
+@pytest.mark.parametrize("offset", [None, 1])
+def test_pair_axis_gradients_match_each_pair_and_finite_differences(name, offset):
+    import keras
+    from keras import ops
+
+    from helpers import gradients
+
+    shape = (3, 3, 4 if offset else 3, 2)
+    s0 = _pair_scores(shape, seed=13)
+    scores = keras.Variable(s0, name="scores")
+    coef = np.array([1.0, -2.0, 0.5], "float32")  # distinct weights: a mixed-up pair shows
+    fn = estimators.get(name)
+    batched = gradients(lambda: ops.sum(coef * fn(scores, offset=offset)), [scores])[0]
+    looped = gradients(lambda: sum(float(coef[p]) * fn(scores[p], offset=offset)
+                                   for p in range(3)), [scores])[0]
+    np.testing.assert_allclose(batched, looped, rtol=1e-5, atol=1e-6)
+    # Central differences of the float64 numpy reference.
+    ref = np.zeros(shape)
+    base = s0.astype("float64")
+    for index in np.ndindex(*shape):
+        step = np.zeros(shape)
+        step[index] = 1e-5
+        ref[index] = (np.dot(coef, NP_PAIR[name](base + step, offset))
+                      - np.dot(coef, NP_PAIR[name](base - step, offset))) / 2e-5
+    np.testing.assert_allclose(batched, ref, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.backend
+def test_per_pair_of_a_built_in_is_the_estimator_itself():
+    for name in sorted(NP_PAIR):
+        assert estimators.per_pair(name) is estimators.get(name)
+    assert not hasattr(estimators, "_PAIR_ESTIMATORS")
+    assert not [n for n in vars(estimators) if n.startswith("_pair_")]
+
+
+@pytest.mark.backend
+def test_pair_axis_positive_negative_means():
+    from keras import ops
+
+    s = _pair_scores((2, 3, 5, 2), seed=17)
+    pos, neg = (ops.convert_to_numpy(t) for t in estimators.positive_negative_means(s, offset=1))
+    np_pos, np_neg = _np_pos_neg(s.astype("float64"), 1)
+    np.testing.assert_allclose(pos, np_pos.mean(axis=1), rtol=1e-5)
+    np.testing.assert_allclose(neg, np_neg.mean(axis=1), rtol=1e-5)
+
+
+def test_pair_axis_shape_errors():
+    with pytest.raises(ValueError, match=r"square in its batch and candidate axes .*\(2, 3, 4, 1\)"):
+        estimators.dv(np.ones((2, 3, 4, 1), "float32"))
+    with pytest.raises(ValueError, match="Got a batch of 1;"):
+        estimators.jsd(np.ones((2, 1, 4, 1), "float32"), offset=0)
+    with pytest.raises(ValueError, match=r"at least one pair; got \(0, 3, 3, 1\)"):
+        estimators.infonce(np.ones((0, 3, 3, 1), "float32"))
+    with pytest.raises(ValueError, match="got rank 5"):
+        estimators.nwj(np.ones((1, 2, 3, 3, 1), "float32"))
+
+
+def test_pair_axis_with_unknown_batch_and_pairs_when_traced():
+    for name in sorted(NP_PAIR):
+        fn = tf.function(lambda x, f=estimators.get(name): f(x, offset=2),
+                         input_signature=[tf.TensorSpec((None, None, 6, 2), tf.float32)])
+        s = _pair_scores((3, 3, 6, 2), seed=19)
+        np.testing.assert_allclose(fn(s).numpy(), NP_PAIR[name](s.astype("float64"), 2),
+                                   rtol=1e-4, atol=1e-4)
