@@ -67,6 +67,96 @@ def test_sampled_club_uses_the_given_partners(qxy):
     assert abs(got - _np_club(mu, logvar, y)) > 1e-3
 
 
+# ------------------------------------------------ the functions with a pair axis (PairCLUB's)
+def _pair_qxy(pairs=3, b=5, d=4, seed=7):
+    rng = np.random.default_rng(seed)
+    scale = np.arange(1, pairs + 1)[None, :, None]  # pairs on different scales
+    return (rng.normal(size=(b, pairs, d)) * scale, rng.uniform(-0.9, 0.9, size=(b, pairs, d)),
+            rng.normal(size=(b, pairs, d)) * scale)
+
+
+def _np_pair_log_q(mu, logvar, y):
+    """(P,) mean log q per pair: a vectorized numpy reference, float64."""
+    per_dim = -0.5 * ((y - mu) ** 2 / np.exp(logvar) + logvar + math.log(2 * math.pi))
+    return per_dim.sum(axis=-1).mean(axis=0)
+
+
+def _np_pair_club(mu, logvar, y, partners=None):
+    """(P,) CLUB by its definition, every (anchor, negative) term written out, float64."""
+    # log q(y_c | x_a) for every anchor a, candidate c and pair p: (B, B, P)
+    log_q = -0.5 * (((y[None] - mu[:, None]) ** 2 / np.exp(logvar[:, None]))
+                    + logvar[:, None] + math.log(2 * math.pi)).sum(axis=-1)
+    b = len(mu)
+    positive = log_q[np.arange(b), np.arange(b)]  # (B, P)
+    if partners is None:
+        negative = log_q.mean(axis=1)
+    else:
+        negative = np.stack([log_q[np.arange(b), partners[p], p]
+                             for p in range(mu.shape[1])], axis=1)
+    return (positive - negative).mean(axis=0)
+
+
+@pytest.mark.backend
+@pytest.mark.parametrize("sampled", [False, True])
+def test_club_functions_with_a_pair_axis_are_each_pairs_and_numpy(sampled):
+    mu, logvar, y = _pair_qxy()
+    pairs, b = mu.shape[1], mu.shape[0]
+    rng = np.random.default_rng(1)
+    partners = np.stack([rng.permutation(b) for _ in range(pairs)]) if sampled else None
+    got = keras.ops.convert_to_numpy(club_estimate(mu, logvar, y, partners))
+    assert got.shape == (pairs,)
+    each = [float(club_estimate(mu[:, p], logvar[:, p], y[:, p],
+                                None if partners is None else partners[p]))
+            for p in range(pairs)]
+    np.testing.assert_allclose(got, each, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got, _np_pair_club(mu, logvar, y, partners), rtol=1e-4,
+                               atol=1e-4)
+    # the loop reference of the per-pair function (above) agrees with the numpy one
+    np.testing.assert_allclose(
+        [_np_club(mu[:, p], logvar[:, p], y[:, p], None if partners is None else partners[p])
+         for p in range(pairs)], _np_pair_club(mu, logvar, y, partners), rtol=1e-9)
+    ll = keras.ops.convert_to_numpy(gaussian_log_likelihood(mu, logvar, y))
+    assert ll.shape == (pairs,)
+    np.testing.assert_allclose(ll, [float(gaussian_log_likelihood(mu[:, p], logvar[:, p],
+                                                                  y[:, p]))
+                                    for p in range(pairs)], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ll, _np_pair_log_q(mu, logvar, y), rtol=1e-5)
+    np.testing.assert_allclose(_np_pair_log_q(mu, logvar, y),
+                               [_np_log_q(mu[:, p], logvar[:, p], y[:, p]).mean()
+                                for p in range(pairs)], rtol=1e-9)
+
+
+@pytest.mark.backend
+def test_club_function_gradients_with_a_pair_axis_are_each_pairs():
+    from helpers import gradients
+
+    mu, logvar, y = (keras.Variable(t.astype("float32")) for t in _pair_qxy(pairs=2, b=4, d=3))
+    partners = np.array([[1, 2, 3, 0], [3, 2, 0, 1]])
+    coef = np.array([1.0, -2.0], "float32")
+    for part in (None, partners):
+        batched = gradients(lambda: keras.ops.sum(coef * club_estimate(mu, logvar, y, part)),
+                            [mu, logvar, y])
+        looped = gradients(
+            lambda: sum(float(coef[p]) * club_estimate(
+                mu[:, p], logvar[:, p], y[:, p], None if part is None else part[p])
+                for p in range(2)), [mu, logvar, y])
+        for a, b in zip(batched, looped):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_club_functions_refuse_mismatched_ranks():
+    mu, logvar, y = _pair_qxy()
+    with pytest.raises(ValueError, match=r"must all be \(B, D\), or all \(B, P, D\)"):
+        club_estimate(mu[:, 0], logvar, y)
+    with pytest.raises(ValueError, match=r"must all be \(B, D\), or all \(B, P, D\)"):
+        gaussian_log_likelihood(mu[..., None], logvar[..., None], y[..., None])
+    with pytest.raises(ValueError, match=r"`partners` must be \(B,\) for \(B, D\) samples and "
+                                         r"\(P, B\) for \(B, P, D\) ones; got shape \(5,\)"):
+        club_estimate(mu, logvar, y, partners=np.arange(5))
+    with pytest.raises(ValueError, match=r"got shape \(1, 5\)"):
+        club_estimate(mu[:, 0], logvar[:, 0], y[:, 0], partners=np.arange(5)[None])
+
+
 def test_club_layer_outputs_and_errors():
     club = CLUB(units=8)
     x, y = np.ones((4, 3), "float32"), np.zeros((4, 2), "float32")

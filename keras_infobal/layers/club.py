@@ -20,11 +20,43 @@ PACKAGE = "keras_infobal"
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
-def gaussian_log_likelihood(mu, logvar, y):
-    """Mean over the batch of `log N(y; mu, diag(exp(logvar)))` (summed over features)."""
+def _q_outputs(mu, logvar, y, partners=None):
+    """q's outputs and the samples as float32 (B, P, D) tensors (a rank-2 input gets P = 1),
+    the partners as (P, B), and whether the pair axis was added; a ValueError says what is
+    wrong."""
     mu, logvar, y = (ops.cast(t, "float32") for t in (mu, logvar, y))
+    rank = len(y.shape)
+    if rank not in (2, 3) or len(mu.shape) != rank or len(logvar.shape) != rank:
+        raise ValueError(
+            "CLUB's mu, logvar and y must all be (B, D), or all (B, P, D) for P view pairs; "
+            f"got shapes {tuple(mu.shape)}, {tuple(logvar.shape)} and {tuple(y.shape)}."
+        )
+    if partners is not None:
+        partners = ops.convert_to_tensor(partners)
+        if len(partners.shape) != rank - 1:
+            raise ValueError(
+                f"`partners` must be (B,) for (B, D) samples and (P, B) for (B, P, D) ones; "
+                f"got shape {tuple(partners.shape)} for samples {tuple(y.shape)}."
+            )
+    if rank == 3:
+        return mu, logvar, y, partners, False
+    mu, logvar, y = (ops.expand_dims(t, 1) for t in (mu, logvar, y))
+    return mu, logvar, y, None if partners is None else partners[None], True
+
+
+def _unpair(value, added):
+    return value[0] if added else value
+
+
+def gaussian_log_likelihood(mu, logvar, y):
+    """Mean over the batch of `log N(y; mu, diag(exp(logvar)))` (summed over features).
+
+    `mu`, `logvar`, `y` of shape (B, D) give a scalar; of shape (B, P, D) (one Gaussian per
+    view pair, as `PairCLUB` has) the (P,) log-likelihoods, pair p's being that of `[:, p]`.
+    """
+    mu, logvar, y, _, added = _q_outputs(mu, logvar, y)
     per_dim = -0.5 * (ops.square(y - mu) * ops.exp(-logvar) + logvar + _LOG_2PI)
-    return ops.mean(ops.sum(per_dim, axis=-1))
+    return _unpair(ops.mean(ops.sum(per_dim, axis=-1), axis=0), added)
 
 
 def club_estimate(mu, logvar, y, partners=None):
@@ -35,22 +67,27 @@ def club_estimate(mu, logvar, y, partners=None):
     `partners` (B,) integer indices, anchor a has the single negative y[partners[a]]
     (CLUB's sampled variant, an unbiased estimate of the same quantity).
 
+    With (B, P, D) inputs, one q per view pair, it returns the (P,) estimates, pair p's
+    being the estimate on `[:, p]`; `partners` are then (P, B), a row per pair.
+
     ```python
     mu, logvar = q(x)
     club_estimate(mu, logvar, y)   # nats, >= I(X;Y) when q fits p(y|x)
     ```
     """
-    mu, logvar, y = (ops.cast(t, "float32") for t in (mu, logvar, y))
+    mu, logvar, y, partners, added = _q_outputs(mu, logvar, y, partners)
     inv_var = ops.exp(-logvar)
-    positive = -0.5 * ops.square(y - mu) * inv_var
+    positive = -0.5 * ops.square(y - mu) * inv_var  # (B, P, D)
     if partners is None:
         y_mean = ops.mean(y, axis=0, keepdims=True)
         y_sq_mean = ops.mean(ops.square(y), axis=0, keepdims=True)
         spread = y_sq_mean - 2.0 * mu * y_mean + ops.square(mu)
     else:
-        spread = ops.square(ops.take(y, partners, axis=0) - mu)
+        # Anchor a of pair p is scored against y[partners[p, a], p].
+        index = ops.broadcast_to(ops.transpose(partners)[..., None], ops.shape(y))
+        spread = ops.square(ops.take_along_axis(y, index, axis=0) - mu)
     negative = -0.5 * spread * inv_var
-    return ops.mean(ops.sum(positive - negative, axis=-1))
+    return _unpair(ops.mean(ops.sum(positive - negative, axis=-1), axis=0), added)
 
 
 # mutmut mutates only the functions above: its trampolines break Keras layer methods, so the

@@ -5,7 +5,9 @@ them (28 at M = 8). Instead of one layer per pair, called in a Python loop, the 
 hold every pair's parameters stacked on a leading pair axis P and score all pairs at once
 with batched matmuls (`einsum` over the pair axis). Pair p's slice computes exactly what
 the per-pair critic computes (`get_infomin_critic`: an encode-and-dot `MICritic` with
-LayerNorm encoders, or a `CLUB`), so estimates and gradients are the same.
+LayerNorm encoders, or a `CLUB`), so estimates and gradients are the same. The maths
+after the scores is not repeated here: the estimators (`keras_infobal.estimators`) and
+CLUB's functions (`layers/club.py`) take the pair axis themselves.
 """
 
 import keras
@@ -13,7 +15,7 @@ import numpy as np
 from keras import ops
 
 from keras_infobal import estimators
-from keras_infobal.layers.club import _LOG_2PI
+from keras_infobal.layers.club import club_estimate, gaussian_log_likelihood
 from keras_infobal.layers.critics import check_score_clip, clip_scores
 
 PACKAGE = "keras_infobal"
@@ -285,24 +287,13 @@ class PairCLUB(_PairLayer):
             )
         x, y = self._pair_inputs(pooled)
         mu, logvar = self.mu_logvar(x)
-        y = ops.cast(y, "float32")
-        inv_var = ops.exp(-logvar)
-        positive = -0.5 * ops.square(y - mu) * inv_var  # (B, P, D)
         if partners is None and self.sampled:
             partners = self.partners(ops.shape(y)[0])
-        if partners is None:
-            # All B negatives per anchor, from the moments of y (O(B D), as in CLUB).
-            y_mean = ops.mean(y, axis=0, keepdims=True)
-            y_sq_mean = ops.mean(ops.square(y), axis=0, keepdims=True)
-            spread = y_sq_mean - 2.0 * mu * y_mean + ops.square(mu)
-        else:
-            index = ops.broadcast_to(ops.transpose(partners)[..., None], ops.shape(y))
-            spread = ops.square(ops.take_along_axis(y, index, axis=0) - mu)
-        estimate = ops.mean(ops.sum(positive + 0.5 * spread * inv_var, axis=-1), axis=0)
+        # Pair p's slice is `CLUB`'s computation: the same functions, with the pair axis.
+        estimate = club_estimate(mu, logvar, y, partners)
         if not return_fit:
             return estimate
-        per_dim = -0.5 * (ops.square(y - mu) * inv_var + logvar + _LOG_2PI)
-        return ops.mean(ops.sum(per_dim, axis=-1), axis=0), estimate
+        return gaussian_log_likelihood(mu, logvar, y), estimate
 
     def fit_and_estimate(self, pooled, training=None, gather_fn=None, partners=None):
         """(log-likelihoods, CLUB estimates), each (P,), from one pass of q."""
