@@ -21,12 +21,12 @@ upper bound ("club"); lambda = 0 is DIM. After training, with the encoder frozen
 - with `--knn`, weighted kNN (k = 200, t = 0.1, cosine) on `conv`, `fc` and `R`, its memory
   bank the 45,000 training images outside the validation split, scored on the validation
   split and on the full test set. `rescore` adds the layers an older run did not score
-  (`R`, since session 12) from the run's saved model.
+  (`R`, scored since commit 8627532) from the run's saved model.
 Per-run results go to benchmarks/results/<study>/<cell>/seed<k>.json; `report` writes
 benchmarks/results/<study>.{json,md,png}. Runs (models, logs) go to benchmarks/runs/<study>/.
 `--study` (default `lambda_study`) names a study, so another budget keeps its own files:
 
-    # the seeded comparison at a mid budget (issue 22): full training set, 5 epochs, 3 seeds
+    # the seeded comparison at a mid budget: full training set, 5 epochs, 3 seeds
     for s in 0 1 2; do
       python benchmarks/lambda_study.py run --study seeded_mid --route none --lambdas 0 --seeds $s --epochs 5 --limit 0 --knn
       python benchmarks/lambda_study.py run --study seeded_mid --route adversarial --lambdas 0.03 --seeds $s --epochs 5 --limit 0 --knn
@@ -321,7 +321,7 @@ def report(args):
     budget = next(iter(cells.values()))[0]["budget"]
     runs = [r for rs in cells.values() for r in rs]
     knn = all("knn_test" in r for r in runs)
-    # The kNN layers every run scored (fc in every study with kNN; R since session 12).
+    # The kNN layers every run scored (fc in every study with kNN; R since commit 8627532).
     knn_layers = [k for k in ("fc", "R") if knn and all(k in r["knn_test"] for r in runs)]
     for name, rs in sorted(cells.items(), key=key):
         steps = budget["images"] // budget["batch_size"]

@@ -34,8 +34,8 @@ sys.path.insert(0, HERE)
 
 
 def reference_augment(images, pad=4, color_jitter=0.0, grayscale=0.0, seed=None):
-    """The augmentation before the Keras pipeline (session 6, datasets.augment): reflection
-    pad + random crop, flip, and colour jitter (80% of images) / grayscale in tf.image."""
+    """The augmentation before the Keras pipeline (datasets.augment until commit 417237c):
+    reflection pad + random crop, flip, and colour jitter (80% of images) / grayscale in tf.image."""
     import tensorflow as tf
 
     seeds = iter([None] * 8 if seed is None else range(seed * 8, seed * 8 + 8))

@@ -4,7 +4,7 @@
     python benchmarks/speed.py            # ~15 min; writes benchmarks/results/speed.{json,md}
     python benchmarks/speed.py --set views  # ~5 min; DIM vs InfoBal at M = 2, 4, 8 views
     python benchmarks/speed.py --rounds 2 --steps 2 --contenders dim_tf dim_torch_ref --no-memory
-    # both instruction-set levels in the same rounds (issue 23; ~10 min):
+    # both instruction-set levels in the same rounds (~10 min):
     python benchmarks/speed.py --levels native avx2 --name levels_speed --no-memory \
         --rounds 4 --steps 8 --contenders dim_tf dim_tf_fit dim_tf_bf16 dim2_tf infobal_tf \
         dim_jax dim_torch dim_torch_ref dim_torch_ref_bf16 matmul_tf matmul_tf_bf16 matmul_torch

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Mutation testing of the core (issue 14). Runs on 2 CPU cores at low priority.
+# Mutation testing of the core. Runs on 2 CPU cores at low priority.
 #
 #   dev/mutation.sh mutmut        # estimators.py and layers/club.py (plain functions), mutmut 3
 #   dev/mutation.sh cosmic-ray M  # a Keras module on disk, M in: infobal trainer_tf

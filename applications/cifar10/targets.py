@@ -1,4 +1,4 @@
-"""Scores presets against issue 22's three targets for a default encoder, on full test sets.
+"""Scores presets against the three targets set for a default encoder, on full test sets.
 
     python applications/cifar10/targets.py --data ../shared/data/cifar10-jpeg.tar.gz \
         --fashion-mnist $FMNIST --presets infobal_pairs_long infobal_scales_long \

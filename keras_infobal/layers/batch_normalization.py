@@ -1,4 +1,4 @@
-"""BatchNormalization with the backend's fused kernel in training (issue 23).
+"""BatchNormalization with the backend's fused kernel in training (for CPU training speed).
 
 Keras 3.15's `BatchNormalization` composes a training step from `moments`, subtract, rsqrt,
 multiply and add, and the backward pass differentiates each of them: a dozen elementwise

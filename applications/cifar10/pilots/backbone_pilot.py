@@ -1,4 +1,4 @@
-"""Pilots (issue 22): backbone levers against DIM's backbone under the same recipe.
+"""Pilots for the default encoder: backbone levers against DIM's backbone under the same recipe.
 
 Arms: `dim` (the `dim_pairs` backbone), `resnet` (a CIFAR-style ResNet trunk in the view
 encoder instead of DIM's two convs), `resnet_scales` (that trunk with the `scales` arm's

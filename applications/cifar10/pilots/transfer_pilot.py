@@ -1,7 +1,7 @@
-"""Transfer pilots (issue 22): which encoders move the Fashion-MNIST probe, on validation.
+"""Transfer pilots: which encoders move the Fashion-MNIST probe, on validation.
 
-Issue 22's transfer target is judged by `applications/cifar10/targets.py` on Fashion-MNIST's
-test set. Levers are compared here instead on a validation split of Fashion-MNIST's
+The default encoder's transfer target is judged by `applications/cifar10/targets.py` on
+Fashion-MNIST's test set. Levers are compared here instead on a validation split of Fashion-MNIST's
 training set, so no lever is chosen on the test set: the same converged linear probe on
 `conv` (`targets.fashion_mnist_probe`), fitted on 54,000 training images and scored on the
 other 6,000 (a fixed permutation, seed 0). Each model's score sits beside the same
