@@ -1,6 +1,6 @@
 """Channels-last against channels-first for DIM's convolutional trunk on TensorFlow's CPU kernels.
 
-    python benchmarks/conv_layout.py   # ~1 min; writes benchmarks/results/conv_layout.{json,md}
+    python benchmarks/conv_layout.py   # ~1 min; writes benchmarks/results/conv_layout/conv_layout.{json,md}
 
 DIM's trunk (4x4 stride-2 convolutions 3 -> 64 -> 128 on 32x32 images, batch 64), forward and
 backward (gradients of the input and the kernels), with `tf.nn.conv2d` in NHWC (what Keras
@@ -54,8 +54,8 @@ def main(rounds=6, calls=5):
                           rounds, calls)
     out = {"machine": machine(), "rounds": rounds, "calls_per_round": calls,
            "ms": {k: 1000 * v for k, v in best.items()}, "errors": errors}
-    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    with open(os.path.join(HERE, "results", "conv_layout.json"), "w") as f:
+    os.makedirs(os.path.join(HERE, "results", "conv_layout"), exist_ok=True)
+    with open(os.path.join(HERE, "results", "conv_layout", "conv_layout.json"), "w") as f:
         json.dump(out, f, indent=2)
     m = out["machine"]
     md = [f"CPU: {m.get('cpu_model')} ({m['cores']} cores); tensorflow {m['tensorflow']}. DIM's "
@@ -66,7 +66,7 @@ def main(rounds=6, calls=5):
             md.append(f"| {fmt} | {1000 * best[fmt]:.1f} | |")
         else:
             md.append(f"| {fmt} | - | {errors[fmt]} |")
-    with open(os.path.join(HERE, "results", "conv_layout.md"), "w") as f:
+    with open(os.path.join(HERE, "results", "conv_layout", "conv_layout.md"), "w") as f:
         f.write("\n".join(md) + "\n")
     print("\n".join(md))
 

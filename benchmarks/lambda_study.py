@@ -23,7 +23,7 @@ upper bound ("club"); lambda = 0 is DIM. After training, with the encoder frozen
   split and on the full test set. `rescore` adds the layers an older run did not score
   (`R`, scored since commit 8627532) from the run's saved model.
 Per-run results go to benchmarks/results/<study>/<cell>/seed<k>.json; `report` writes
-benchmarks/results/<study>.{json,md,png}. Runs (models, logs) go to benchmarks/runs/<study>/.
+benchmarks/results/<study>/<study>.{json,md,png}. Runs (models, logs) go to benchmarks/runs/<study>/.
 `--study` (default `lambda_study`) names a study, so another budget keeps its own files:
 
     # the seeded comparison at a mid budget: full training set, 5 epochs, 3 seeds
@@ -393,14 +393,15 @@ def report(args):
     if knn:
         md.insert(1, "kNN: weighted (k = 200, t = 0.1, cosine), memory bank the 45,000 training "
                      "images outside the validation split.")
-    os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, f"{args.study}.json"), "w") as f:
+    folder = os.path.join(RESULTS, args.study)
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, f"{args.study}.json"), "w") as f:
         json.dump({"budget": budget, "cells": summary, "verdict": verdict,
                    "differences": difference_table(cells, best_cells) if best_cells else []},
                   f, indent=2)
-    with open(os.path.join(RESULTS, f"{args.study}.md"), "w") as f:
+    with open(os.path.join(folder, f"{args.study}.md"), "w") as f:
         f.write("\n".join(md) + "\n")
-    plot(summary, os.path.join(RESULTS, f"{args.study}.png"),
+    plot(summary, os.path.join(folder, f"{args.study}.png"),
          f"{recipe}, {budget['epochs']} epochs x {budget['images']} images")
     print("\n".join(md))
 

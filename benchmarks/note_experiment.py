@@ -10,8 +10,8 @@
 Every cell is one `keras_infobal.pretraining.pretrain` run under the same budget
 (epochs x images), scored with both probes (the note's 4-epoch linear layer, and the
 converged one) on the full CIFAR-10 test set. Writes
-benchmarks/results/{note_experiment,views_study,recipe_study}.{json,md} and, for the note
-study, a figure of MI against probe accuracy over training. Runs go to benchmarks/runs/ (not committed).
+benchmarks/results/STEM/STEM.{json,md}, STEM one of note_experiment, views_study and
+recipe_study, and, for the note study, a figure of MI against probe accuracy over training. Runs go to benchmarks/runs/ (not committed).
 """
 
 import argparse
@@ -97,8 +97,9 @@ def main():
                      for s, r in zip(args.seeds, runs)],
         }
     stem = {"note": "note_experiment", "views": "views_study", "recipe": "recipe_study"}[args.study]
-    os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, stem + ".json"), "w") as f:
+    folder = os.path.join(RESULTS, stem)
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, stem + ".json"), "w") as f:
         json.dump(out, f, indent=2)
     precision = "mixed bfloat16" if args.mixed_precision else "float32"
     md = [f"Budget per cell: {args.epochs} epochs x {out['budget']['train_images']} images, "
@@ -121,10 +122,10 @@ def main():
                   f"{col('converged', 'fc')} | {col('converged', 'R')} | {mi('mi_R_V1')} | "
                   f"{vv} | {statistics.mean(r['seconds_per_epoch'] for r in rs):.0f} | "
                   f"{1000 * statistics.mean(r['seconds_per_epoch'] for r in rs) / steps:.0f} |")
-    with open(os.path.join(RESULTS, stem + ".md"), "w") as f:
+    with open(os.path.join(folder, stem + ".md"), "w") as f:
         f.write("\n".join(md) + "\n")
     if args.study == "note":
-        plot_mi_vs_accuracy(logs, os.path.join(RESULTS, "note_experiment.png"),
+        plot_mi_vs_accuracy(logs, os.path.join(folder, "note_experiment.png"),
                             title="Note's experiment: MI estimates and probe accuracy")
     print("\n".join(md))
 

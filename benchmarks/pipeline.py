@@ -17,7 +17,7 @@ Measures, on the CIFAR-10 training images read from the uint8 cache:
     and the CPU time each takes per 1,000 images (process CPU time over the round: what the
     augmentation takes from the training step on a machine whose cores it shares);
 (3) the training speed logged by the shipped runs (applications/cifar10/runs/*/log.csv),
-    for scale. Writes benchmarks/results/pipeline.{json,md} with the CPU model and flags.
+    for scale. Writes benchmarks/results/pipeline/pipeline.{json,md} with the CPU model and flags.
 """
 
 import argparse
@@ -143,8 +143,8 @@ def main():
             with open(log) as f:
                 training[variant] = max(float(r["images_per_second"]) for r in csv.DictReader(f))
     out["training_images_per_second_best_epoch"] = training
-    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    with open(os.path.join(HERE, "results", "pipeline.json"), "w") as f:
+    os.makedirs(os.path.join(HERE, "results", "pipeline"), exist_ok=True)
+    with open(os.path.join(HERE, "results", "pipeline", "pipeline.json"), "w") as f:
         json.dump(out, f, indent=2)
     m, best = out["machine"], out["images_per_second_best"]
     md = [f"CPU: {m.get('cpu_model')} ({m['cores']} cores; flags "
@@ -168,7 +168,7 @@ def main():
                   f"{k / t:.2f}x |")
     md.append("")
     md += [f"Training step, {k} run (best epoch): {v:.0f} images/s" for k, v in training.items()]
-    with open(os.path.join(HERE, "results", "pipeline.md"), "w") as f:
+    with open(os.path.join(HERE, "results", "pipeline", "pipeline.md"), "w") as f:
         f.write("\n".join(md) + "\n")
     print("\n".join(md))
 

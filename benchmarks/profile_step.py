@@ -1,6 +1,6 @@
 """Where the DIM(L) step's time goes, ours (TensorFlow) against the plain PyTorch reference.
 
-    python benchmarks/profile_step.py     # ~3 min on an idle machine; writes results/profile_step.{json,md}
+    python benchmarks/profile_step.py     # ~3 min on an idle machine; writes results/profile_step/profile_step.{json,md}
     python benchmarks/profile_step.py --level avx2   # the kernels of an AVX2-only CPU
 
 The step is cut into cumulative parts, each timed as its own compiled function (tf.function
@@ -123,7 +123,7 @@ def main():
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--out", default=os.path.join(HERE, "results"))
+    p.add_argument("--out", default=os.path.join(HERE, "results", "profile_step"))
     p.add_argument("--level", choices=("native", "avx2"), default="native",
                    help="instruction-set level (speed.LEVELS: avx2 caps oneDNN, ATen and MKL); "
                         "writes profile_step[_avx2].{json,md}")

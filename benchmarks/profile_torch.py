@@ -10,7 +10,7 @@ profiled with `torch.profiler` for the same number of steps. The profiler's self
 is summed per op group (convolution, matmul, BatchNorm, elementwise, optimizer, ...); what
 the ops do not account for of the step's wall time is Python: Keras' layer calls, tracking
 and dispatch, or the reference's few lines. Batch 64, 512 critic units, float32, JSD, one
-view, both on all cores. Writes results/profile_torch[_avx2].{json,md}.
+view, both on all cores. Writes results/profile_torch/profile_torch[_avx2].{json,md}.
 """
 
 import argparse
@@ -53,7 +53,7 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--out", default=os.path.join(HERE, "results"))
+    p.add_argument("--out", default=os.path.join(HERE, "results", "profile_torch"))
     args = p.parse_args(argv)
     os.environ["KERAS_BACKEND"] = "torch"
     import speed

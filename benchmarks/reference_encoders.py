@@ -6,7 +6,7 @@
 Both use InfoBal's encoder (ViewEncoder M=2 rows + ViewAggregator concat). The supervised one
 is trained end to end with a linear softmax on R (crop+flip, Adam 1e-3, cosine decay);
 then, like the self-supervised encoders, it is frozen and linear-probed on conv / fc / R with
-the same protocols. Writes benchmarks/results/reference_encoders.json.
+the same protocols. Writes benchmarks/results/reference_encoders/reference_encoders.json.
 """
 
 import argparse
@@ -23,7 +23,8 @@ def main():
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--limit", type=int, default=0)
-    p.add_argument("--out", default=os.path.join(HERE, "results", "reference_encoders.json"))
+    p.add_argument("--out", default=os.path.join(HERE, "results", "reference_encoders",
+                                                 "reference_encoders.json"))
     args = p.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras

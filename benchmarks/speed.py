@@ -1,7 +1,7 @@
 """Training-step speed on every Keras backend against a plain PyTorch DIM(L) step, on a noisy host.
 
     pip install -e ".[bench,jax,torch]"
-    python benchmarks/speed.py            # ~15 min; writes benchmarks/results/speed.{json,md}
+    python benchmarks/speed.py            # ~15 min; writes benchmarks/results/speed/speed.{json,md}
     python benchmarks/speed.py --set views  # ~5 min; DIM vs InfoBal at M = 2, 4, 8 views
     python benchmarks/speed.py --rounds 2 --steps 2 --contenders dim_tf dim_torch_ref --no-memory
     # both instruction-set levels in the same rounds (~10 min):
@@ -880,7 +880,7 @@ def main():
                    help="instruction-set levels, measured in the same alternating rounds "
                         "(avx2: oneDNN, ATen and MKL capped at AVX2)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
-    p.add_argument("--out", default=RESULTS)
+    p.add_argument("--out", help="results folder (default: benchmarks/results/NAME)")
     p.add_argument("--name", help="results file stem (default: speed, or <set>_speed)")
     p.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -892,6 +892,7 @@ def main():
         args.contenders = [n for n, c in CONTENDERS.items() if c["group"] == args.set]
     args.contenders = at_levels(args.contenders, args.levels)
     stem = args.name or ("speed" if args.set == "main" else f"{args.set}_speed")
+    args.out = args.out or os.path.join(RESULTS, stem)
     out = run(args)
     out["set"] = args.set
     if not args.no_memory and args.set == "main":

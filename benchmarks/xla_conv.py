@@ -1,6 +1,6 @@
 """Why XLA slows the multi-view steps: the aggregator's convolution on small view maps.
 
-    python benchmarks/xla_conv.py     # ~1 min; writes benchmarks/results/xla_conv.{json,md}
+    python benchmarks/xla_conv.py     # ~1 min; writes benchmarks/results/xla_conv/xla_conv.{json,md}
 
 The aggregator applies DIM's 4x4, stride-2, "same" convolution (128 -> 256 channels) to every
 view's map: one 8x8 map per image at M = 1, two 4x8 maps at M = 2 (rows), four 4x4 maps at
@@ -66,8 +66,8 @@ def main(rounds=5, calls=4):
     best = best_of_rounds(fns, rounds, calls)
     rows = [{"views": v, "backend": b, "ms": 1000 * best[(v, b)]} for v, b in fns]
     out = {"machine": machine(), "rounds": rounds, "calls_per_round": calls, "results": rows}
-    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    with open(os.path.join(HERE, "results", "xla_conv.json"), "w") as f:
+    os.makedirs(os.path.join(HERE, "results", "xla_conv"), exist_ok=True)
+    with open(os.path.join(HERE, "results", "xla_conv", "xla_conv.json"), "w") as f:
         json.dump(out, f, indent=2)
     backends = ["TensorFlow (oneDNN)", "TensorFlow + XLA", "JAX (XLA)"]
     m = out["machine"]
@@ -78,7 +78,7 @@ def main(rounds=5, calls=4):
     for v in SHAPES:
         md.append(f"| {v} | " + " | ".join(f"{1000 * best[(v, b)]:.1f}" for b in backends)
                   + " |")
-    with open(os.path.join(HERE, "results", "xla_conv.md"), "w") as f:
+    with open(os.path.join(HERE, "results", "xla_conv", "xla_conv.md"), "w") as f:
         f.write("\n".join(md) + "\n")
     print("\n".join(md))
 

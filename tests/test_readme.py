@@ -1,5 +1,6 @@
 """The README's (and docs') examples run as written; their tables are the committed results."""
 
+import glob
 import math
 import os
 import re
@@ -20,6 +21,13 @@ def block(path, marker, lang="python"):
 
 def readme_example():
     return block("README.md", "<!-- readme-example")
+
+
+def result_file(stem):
+    """benchmarks/results/<study>/<stem>.md: every results file lives in its study's folder."""
+    found = glob.glob(os.path.join(ROOT, "benchmarks", "results", "*", stem + ".md"))
+    assert len(found) == 1, (stem, found)
+    return found[0]
 
 
 @pytest.mark.data
@@ -169,7 +177,7 @@ def test_benchmark_tables_are_the_committed_results(stem):
     """Every table row of a committed benchmark result appears verbatim in docs/benchmarks.md,
     so its speed numbers are the ones its command wrote (regenerate both together)."""
     text = open(os.path.join(ROOT, "docs", "benchmarks.md")).read()
-    path = os.path.join(ROOT, "benchmarks", "results", stem + ".md")
+    path = result_file(stem)
     rows = [line for line in open(path).read().splitlines() if line.startswith("| ")]
     assert rows
     missing = [row for row in rows if row not in text]
@@ -181,7 +189,7 @@ def test_study_tables_are_the_committed_results(stem):
     """The InfoBal studies' tables and verdicts in docs/results.md are the lines their
     `lambda_study.py report` wrote (regenerate both together)."""
     text = open(os.path.join(ROOT, "docs", "results.md")).read()
-    path = os.path.join(ROOT, "benchmarks", "results", stem + ".md")
+    path = result_file(stem)
     lines = [line for line in open(path).read().splitlines() if line.startswith(("| ", "- "))]
     assert lines
     missing = [line for line in lines if line not in text]
@@ -273,8 +281,7 @@ def test_readme_speed_table_is_the_committed_results():
     readme = open(os.path.join(ROOT, "README.md")).read()
     section = readme.split("## Speed", 1)[1].split("\n## ", 1)[0]
     stems = ("levels_speed", "levels_speed_zen4_fused_bn")  # the table's columns, in order
-    results = [open(os.path.join(ROOT, "benchmarks", "results", s + ".md")).read()
-               for s in stems]
+    results = [open(result_file(s)).read() for s in stems]
     rows = [line for line in section.splitlines() if line.startswith("| ")][2:]
     assert len(rows) >= 4
     for row in rows:

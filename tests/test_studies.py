@@ -48,7 +48,7 @@ def test_report_judges_each_route_against_lambda_zero(tmp_path, monkeypatch):
     _write_runs(tmp_path, "adversarial_lambda0.03", "adversarial", 0.03, [0.522, 0.512, 0.502],
                 [4.0, 4.1, 3.9])
     lambda_study.report(type("Args", (), {"study": "study"})())
-    md = open(tmp_path / "study.md").read()
+    md = open(tmp_path / "study" / "study.md").read()
     assert ("- club: best lambda on validation = 0.1 (fc 60.00 vs DIM 50.00, difference "
             "+10.00 points, larger seed std 1.00): beats lambda = 0 beyond the seed spread.") in md
     rows = {line.split(" | ")[0]: line for line in md.splitlines()
@@ -59,7 +59,7 @@ def test_report_judges_each_route_against_lambda_zero(tmp_path, monkeypatch):
     assert rows["| adversarial (0.03)"].startswith("| adversarial (0.03) | +1.20 ± 0.82 | ")
     assert " *" not in rows["| adversarial (0.03)"]
     assert "kNN" not in md  # no kNN column when the runs have no kNN
-    saved = json.load(open(tmp_path / "study.json"))
+    saved = json.load(open(tmp_path / "study" / "study.json"))
     assert saved["differences"][2:] == [rows["| adversarial (0.03)"], rows["| club (0.1)"]]
 
 

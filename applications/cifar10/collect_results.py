@@ -5,8 +5,8 @@
 Reads applications/cifar10/runs/{infobal,dim,dim_pairs,dim_pairs_long,infobal_pairs_long,
 infobal_scales_long}/
 {results,export,config}.json and
-log.csv, and benchmarks/results/reference_encoders.json; writes applications/cifar10/results.{json,md}
-and applications/cifar10/mi_vs_accuracy.png.
+log.csv, and benchmarks/results/reference_encoders/reference_encoders.json; writes
+applications/cifar10/results.{json,md} and applications/cifar10/mi_vs_accuracy.png.
 """
 
 import glob
@@ -65,7 +65,8 @@ def main():
                         "epochs": res["epochs"], "train_minutes": res["wall_seconds_all_epochs"] / 60,
                         "shipped_head": export}
         rows.append((label, res["probe"], export))
-    refs = load(os.path.join(ROOT, "benchmarks", "results", "reference_encoders.json"))
+    refs = load(os.path.join(ROOT, "benchmarks", "results", "reference_encoders",
+                             "reference_encoders.json"))
     out["references"] = refs
     md = ["| encoder | probe | " + " | ".join(layers) + " |", "|---|---|" + "---|" * len(layers)]
     for label, probe, _ in rows:
