@@ -165,29 +165,33 @@ def test_readme_test_command_is_what_ci_runs():
     assert "set -euo pipefail" in script  # a failing part fails the whole command
 
 
-@pytest.mark.parametrize("stem", ["speed", "views_speed", "xla_conv", "profile_step",
-                                  "conv_layout", "levels_speed", "profile_step_avx2",
-                                  "profile_step_bf16", "profile_torch", "profile_torch_avx2",
-                                  "torch_bn_speed", "levels_speed_zen4",
-                                  "profile_step_bf16_zen4", "profile_step_bf16_zen4_b",
-                                  "levels_speed_zen4_fused_bn", "bf16_workers",
-                                  "profile_step_bf16_zen4_fused_bn",
-                                  "resnet18_cpu_speed"])
-def test_benchmark_tables_are_the_committed_results(stem):
-    """Every table row of a committed benchmark result appears verbatim in docs/benchmarks.md,
-    so its speed numbers are the ones its command wrote (regenerate both together)."""
-    text = open(os.path.join(ROOT, "docs", "benchmarks.md")).read()
+# Today's measurements are shown in docs/benchmarks.md, older ones in docs/CHANGELOG.md.
+TODAY = ["levels_speed_zen4_fused_bn", "bf16_workers", "profile_step_bf16_zen4_fused_bn",
+         "xla_conv", "resnet18_cpu_speed", "pipeline"]
+HISTORY = ["speed", "views_speed", "profile_step", "conv_layout", "levels_speed",
+           "profile_step_avx2", "profile_step_bf16", "profile_torch", "profile_torch_avx2",
+           "torch_bn_speed", "levels_speed_zen4", "profile_step_bf16_zen4",
+           "profile_step_bf16_zen4_b"]
+
+
+@pytest.mark.parametrize("stem,doc", [(s, "benchmarks.md") for s in TODAY]
+                         + [(s, "CHANGELOG.md") for s in HISTORY])
+def test_benchmark_tables_are_the_committed_results(stem, doc):
+    """Every table row of a committed benchmark result appears verbatim in the doc that shows
+    it, so its speed numbers are the ones its command wrote (regenerate both together)."""
+    text = open(os.path.join(ROOT, "docs", doc)).read()
     path = result_file(stem)
     rows = [line for line in open(path).read().splitlines() if line.startswith("| ")]
     assert rows
     missing = [row for row in rows if row not in text]
-    assert not missing, f"docs/benchmarks.md lacks these rows of {path}: {missing[:3]}"
+    assert not missing, f"docs/{doc} lacks these rows of {path}: {missing[:3]}"
 
 
-@pytest.mark.parametrize("stem", ["lambda_study", "seeded_mid", "seeded_scales"])
+@pytest.mark.parametrize("stem", ["lambda_study", "seeded_mid", "seeded_scales",
+                                  "note_experiment", "views_study", "recipe_study"])
 def test_study_tables_are_the_committed_results(stem):
     """The InfoBal studies' tables and verdicts in docs/results.md are the lines their
-    `lambda_study.py report` wrote (regenerate both together)."""
+    `lambda_study.py report` or `note_experiment.py` wrote (regenerate both together)."""
     text = open(os.path.join(ROOT, "docs", "results.md")).read()
     path = result_file(stem)
     lines = [line for line in open(path).read().splitlines() if line.startswith(("| ", "- "))]
@@ -266,7 +270,7 @@ def test_relative_links_and_figures_in_the_docs_resolve():
 
 
 def test_targets_table_is_the_committed_results():
-    """docs/results.md's table of issue 22's targets is the one targets.py wrote."""
+    """docs/results.md's table of the default encoder's targets is the one targets.py wrote."""
     text = open(os.path.join(ROOT, "docs", "results.md")).read()
     path = os.path.join(ROOT, "applications", "cifar10", "targets.md")
     rows = [line for line in open(path).read().splitlines() if line.startswith("| ")]
