@@ -21,6 +21,9 @@ scores = np.array([[2.0, -1.0], [0.0, 3.0]])
 estimators.infonce(scores)  # mean_a(s_aa - logsumexp_b s_ab) + log B
 estimators.infonce(np.stack([scores, 2 * scores])[..., None])  # (2,): one per pair
 ```
+
+The critics' score clip (`check_score_clip`, `clip_scores`) lives here too, so the per-pair
+and the batched critic layers share it without importing each other.
 """
 
 import math
@@ -209,3 +212,35 @@ def get(name):
 
 LOG2 = math.log(2.0)
 
+
+# ------------------------------------------------------------------------- score clipping
+def check_score_clip(score_clip):
+    """`score_clip` as None, "auto" or a positive float; a ValueError says what it takes."""
+    if score_clip is None or score_clip == "auto":
+        return score_clip
+    if isinstance(score_clip, bool) or not (isinstance(score_clip, (int, float))
+                                            and score_clip > 0):
+        raise ValueError(
+            "`score_clip` must be None (raw scores), 'auto' (bounded by the batch: "
+            f"c = ln(N) / 2 + 2) or a positive number c; got {score_clip!r}."
+        )
+    return float(score_clip)
+
+
+def clip_scores(s, score_clip, candidates_axis=1):
+    """Soft-clips scores to (-c, c) with c * tanh(s / c).
+
+    c is `score_clip`, or with "auto" ln(N) / 2 + 2 for the N candidates along
+    `candidates_axis` (the negatives and the positive of each row; 2 for per-pair scores
+    (P, B, N, L)): the JSD, DV and InfoNCE estimates then stay within ln(N) + 5 nats of zero
+    whatever the encoder's features look like (for scores in (-c, c) they lie in
+    [-2 softplus(c), 2c], and 2 softplus(c) < 2c + 0.2 for c >= 2.3). NWJ's e^(T - 1) term is
+    not bounded this way."""
+    if score_clip is None:
+        return s
+    if score_clip == "auto":
+        n = ops.cast(ops.shape(s)[candidates_axis], "float32")
+        c = 0.5 * ops.log(n) + 2.0
+    else:
+        c = score_clip
+    return c * ops.tanh(s / c)

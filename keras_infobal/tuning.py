@@ -17,7 +17,7 @@ import numpy as np
 
 from keras_infobal import features as feature_registry
 from keras_infobal.evaluation import linear_probe
-from keras_infobal.layers.critics import critic_names, infomin_critic_names
+from keras_infobal.layers.registry import critic_names, infomin_critic_names
 from keras_infobal.layers.view_encoder import SPLIT_REGISTRY
 from keras_infobal.models import InfoBal, InfoBalBackbone
 

@@ -133,9 +133,10 @@ def test_club_function_gradients_with_a_pair_axis_are_each_pairs():
     mu, logvar, y = (keras.Variable(t.astype("float32")) for t in _pair_qxy(pairs=2, b=4, d=3))
     partners = np.array([[1, 2, 3, 0], [3, 2, 0, 1]])
     coef = np.array([1.0, -2.0], "float32")
+    weights = keras.ops.convert_to_tensor(coef)
     for part in (None, partners):
-        batched = gradients(lambda: keras.ops.sum(coef * club_estimate(mu, logvar, y, part)),
-                            [mu, logvar, y])
+        batched = gradients(
+            lambda: keras.ops.sum(weights * club_estimate(mu, logvar, y, part)), [mu, logvar, y])
         looped = gradients(
             lambda: sum(float(coef[p]) * club_estimate(
                 mu[:, p], logvar[:, p], y[:, p], None if part is None else part[p])

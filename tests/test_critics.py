@@ -7,6 +7,7 @@ import pytest
 from helpers import REFERENCES, ref_critic_encoder, ref_critic_scores
 from keras_infobal import DVCritic, InfoNCECritic, JSDCritic, MICritic, NWJCritic
 from keras_infobal.layers import critics as critics_module
+from keras_infobal.layers import registry
 
 CLASSES = {"jsd": JSDCritic, "dv": DVCritic, "infonce": InfoNCECritic, "nwj": NWJCritic}
 
@@ -105,30 +106,55 @@ def test_normalization_option_picks_the_norm_layer():
 
 
 def test_factories_pass_their_options_on():
-    c = critics_module.get_critic("NWJ", units=7, scorer="concat", score_clip=2.0)
+    c = registry.get_critic("NWJ", units=7, scorer="concat", score_clip=2.0)
     assert isinstance(c, NWJCritic)
     assert (c.units, c.scorer, c.score_clip, c.estimator) == (7, "concat", 2.0, "nwj")
-    d = critics_module.get_infomin_critic("dv", units=5, score_clip=3.0, name="u")
+    d = registry.get_infomin_critic("dv", units=5, score_clip=3.0, name="u")
     assert isinstance(d, DVCritic) and d.name == "u"
     assert (d.units, d.normalization, d.score_clip) == (5, "layer", 3.0)
-    club = critics_module.get_infomin_critic("club_sampled", units=4, name="q")
+    club = registry.get_infomin_critic("club_sampled", units=4, name="q")
     assert type(club).__name__ == "CLUB" and club.sampled and club.units == 4
-    assert not critics_module.get_infomin_critic("CLUB", units=4).sampled
+    assert not registry.get_infomin_critic("CLUB", units=4).sampled
     # The documented defaults: 512 units, no clip, LayerNorm for the discriminators.
-    default = critics_module.get_infomin_critic("jsd")
+    default = registry.get_infomin_critic("jsd")
     assert (default.units, default.score_clip, default.normalization) == (512, None, "layer")
-    assert critics_module.get_infomin_critic("club").units == 512
-    assert critics_module.INFOMIN_CRITICS == ("dv", "infonce", "jsd", "nwj", "club",
-                                              "club_sampled")
-    with pytest.raises(ValueError, match="Unknown critic 'mine'"):
-        critics_module.get_critic("mine")
+    assert registry.get_infomin_critic("club").units == 512
+    assert registry.infomin_critic_names() == ("dv", "infonce", "jsd", "nwj", "club",
+                                               "club_sampled")
+    assert registry.critic_names() == ("dv", "infonce", "jsd", "nwj")
+    assert registry.is_upper_bound("CLUB_sampled") and not registry.is_upper_bound("jsd")
+    with pytest.raises(ValueError, match=r"Unknown critic 'mine'; expected one of \['dv', "):
+        registry.get_critic("mine")
+    with pytest.raises(ValueError, match="Unknown critic 'club'"):  # not an InfoMax critic
+        registry.get_critic("club")
+    with pytest.raises(ValueError, match=r"Unknown InfoMin critic 'mine'; expected one of "
+                                         r"\['dv', 'infonce', 'jsd', 'nwj', 'club', "
+                                         r"'club_sampled'\]"):
+        registry.get_infomin_critic("mine")
+
+
+def test_critics_module_still_lends_the_names_that_moved_to_the_registry():
+    # Kept until models/infobal.py imports registry (critics.py's __getattr__).
+    from keras_infobal.layers.critics import (UPPER_BOUNDS, check_score_clip, critic_names,
+                                              get_critic, get_pair_critics,
+                                              infomin_critic_names)
+    from keras_infobal import estimators
+
+    assert (critic_names, get_critic, get_pair_critics, infomin_critic_names) == (
+        registry.critic_names, registry.get_critic, registry.get_pair_critics,
+        registry.infomin_critic_names)
+    assert UPPER_BOUNDS is registry.UPPER_BOUNDS
+    assert check_score_clip is estimators.check_score_clip
+    assert critics_module.clip_scores is estimators.clip_scores
+    with pytest.raises(AttributeError, match="has no attribute 'CRITICS'"):
+        critics_module.CRITICS  # noqa: B018 -- the table is the registry's alone
 
 
 def test_layer_normalized_critic_holds_no_state():
     # The InfoMin critics use LayerNorm so that calling them (in the encoder step) cannot
     # change them: two calls in training mode give the same value and the same variables.
     g, l = _inputs()
-    critic = critics_module.get_infomin_critic("jsd", units=6)
+    critic = registry.get_infomin_critic("jsd", units=6)
     first = float(critic([g, l[:, 0]], training=True))
     before = [np.array(v) for v in critic.variables]
     assert float(critic([g, l[:, 0]], training=True)) == pytest.approx(first, abs=1e-6)

@@ -501,8 +501,9 @@ def test_pair_axis_gradients_match_each_pair_and_finite_differences(name, offset
     s0 = _pair_scores(shape, seed=13)
     scores = keras.Variable(s0, name="scores")
     coef = np.array([1.0, -2.0, 0.5], "float32")  # distinct weights: a mixed-up pair shows
+    weights = ops.convert_to_tensor(coef)
     fn = estimators.get(name)
-    batched = gradients(lambda: ops.sum(coef * fn(scores, offset=offset)), [scores])[0]
+    batched = gradients(lambda: ops.sum(weights * fn(scores, offset=offset)), [scores])[0]
     looped = gradients(lambda: sum(float(coef[p]) * fn(scores[p], offset=offset)
                                    for p in range(3)), [scores])[0]
     np.testing.assert_allclose(batched, looped, rtol=1e-5, atol=1e-6)
@@ -537,7 +538,8 @@ def test_pair_axis_positive_negative_means():
 
 
 def test_pair_axis_shape_errors():
-    with pytest.raises(ValueError, match=r"square in its batch and candidate axes .*\(2, 3, 4, 1\)"):
+    with pytest.raises(ValueError,
+                       match=r"square in its batch and candidate axes .*\(2, 3, 4, 1\)"):
         estimators.dv(np.ones((2, 3, 4, 1), "float32"))
     with pytest.raises(ValueError, match="Got a batch of 1;"):
         estimators.jsd(np.ones((2, 1, 4, 1), "float32"), offset=0)

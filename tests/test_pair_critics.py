@@ -16,7 +16,7 @@ from helpers import gradients, optimizers, tiny
 from keras_infobal import load_infobal
 from keras_infobal.layers import PairCLUB, PairCritics
 from keras_infobal.layers.club import club_estimate
-from keras_infobal.layers.critics import get_infomin_critic, get_pair_critics
+from keras_infobal.layers.registry import get_infomin_critic, get_pair_critics
 
 PAIRS = [(0, 1), (0, 2), (1, 2), (2, 0)]
 ESTIMATORS = ["jsd", "dv", "infonce", "nwj", "club", "club_sampled"]

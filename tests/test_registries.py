@@ -1,6 +1,7 @@
 """One source per set of names: what is registered (estimators, splits, feature layers) is
 what the tuner searches, the scripts' and CLI's choices offer, and the name checks accept."""
 
+import ast
 import importlib.util
 import os
 import sys
@@ -13,6 +14,7 @@ import pytest
 from helpers import BACKBONE_KEYS, ROOT, TINY, tiny
 from keras_infobal import InfoBal, cli, estimators, features
 from keras_infobal.evaluation import linear_probe
+from keras_infobal.layers import registry
 from keras_infobal.layers import view_encoder as ve
 from keras_infobal.tuning import InfoBalHyperModel
 
@@ -126,6 +128,215 @@ def test_pretraining_runs_take_the_registered_estimator_and_split(registered):
     assert model.infomax_critics[0].estimator == "mean_gap"
     with pytest.raises(ValueError, match="split"):
         _build_task(resolve(recipe="dim", backbone={"split": "spiral"}), (16, 16, 3))
+
+
+def test_a_registered_estimator_is_a_critic_name_with_its_layers(registered):
+    """One table: a registered estimator is an InfoMax and an InfoMin name, builds an
+    MICritic, a per-pair InfoMin critic and the batched PairCritics; CLUB stays an upper
+    bound only."""
+    from keras_infobal.layers import MICritic, PairCLUB, PairCritics
+
+    assert "mean_gap" in registry.critic_names()
+    assert registry.infomin_critic_names()[-2:] == ("club", "club_sampled")
+    assert "mean_gap" in registry.infomin_critic_names()
+    assert not registry.is_upper_bound("mean_gap")
+    critic = registry.get_critic("Mean_Gap", units=4)
+    assert type(critic) is MICritic and critic.estimator == "mean_gap"
+    assert registry.get_infomin_critic("mean_gap", units=4).normalization == "layer"
+    batched = registry.get_pair_critics("mean_gap", [(0, 1), (1, 2)], units=4)
+    assert type(batched) is PairCritics and batched.estimator == "mean_gap"
+    pooled = np.random.default_rng(0).normal(size=(4, 3, 5)).astype("float32")
+    assert tuple(batched(pooled).shape) == (2,)  # applied pair by pair (estimators.per_pair)
+    club = registry.get_pair_critics("club_sampled", [(0, 1)], units=4)
+    assert type(club) is PairCLUB and club.sampled
+    with pytest.raises(ValueError, match="Unknown InfoMin critic 'clubb'.*'club_sampled'"):
+        registry.get_pair_critics("clubb", [(0, 1)])
+
+
+def test_unregistered_estimators_are_not_critic_names():
+    assert "mean_gap" not in registry.critic_names()
+    with pytest.raises(ValueError, match="Unknown critic 'mean_gap'"):
+        registry.get_critic("mean_gap")
+
+
+# --------------------------------------------------------------------- the import graph
+# Every import of a keras_infobal module by another, at module level or inside a function
+# (a lazy import closes a cycle as surely, only later), read from the source with `ast`.
+
+PACKAGE = "keras_infobal"
+LAYERS = "keras_infobal.layers"
+# Kept until models/infobal.py imports registry: critics.py lends the names that moved to the
+# registry through a module __getattr__ that imports the registry. Allowed only while code
+# outside the tests still imports one of them from critics; then the shim must go.
+TRANSITIONAL = {(f"{LAYERS}.critics", f"{LAYERS}.registry")}
+MOVED = ("critic_names", "get_critic", "get_infomin_critic", "get_pair_critics",
+         "infomin_critic_names", "UPPER_BOUNDS")
+
+
+def package_modules(root, package=PACKAGE):
+    """{module name: file} of every module under root/package."""
+    out = {}
+    for dirpath, dirnames, files in os.walk(os.path.join(root, package)):
+        dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
+        for f in sorted(files):
+            if f.endswith(".py"):
+                path = os.path.join(dirpath, f)
+                parts = os.path.relpath(path, root)[:-3].split(os.sep)
+                if parts[-1] == "__init__":
+                    parts = parts[:-1]
+                out[".".join(parts)] = path
+    return out
+
+
+def _imported(node, module, is_package, modules):
+    """The package's modules an Import or ImportFrom node imports."""
+    if isinstance(node, ast.Import):
+        names = [a.name for a in node.names]
+    else:
+        base = node.module or ""
+        if node.level:  # relative: from the module's package, up level - 1 packages
+            parts = module.split(".") if is_package else module.split(".")[:-1]
+            parts = parts[:len(parts) - node.level + 1]
+            base = ".".join(parts + ([node.module] if node.module else []))
+        names = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base
+                 for a in node.names]
+    out = set()
+    for name in names:
+        while name and name not in modules:  # `import a.b.c` of a module, or a name in one
+            name = name.rpartition(".")[0]
+        if name:
+            out.add(name)
+    return out
+
+
+def import_graph(modules):
+    """{module: {imported module: [line, ...]}}; parent packages imported on the way are
+    not edges (importing a.b.c runs a/__init__.py first, but a/__init__ imports what it
+    lists, not what its submodules do)."""
+    graph = {}
+    for module, path in modules.items():
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read(), filename=path)
+        edges = {}
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                for target in _imported(node, module, path.endswith("__init__.py"), modules):
+                    if target != module:
+                        edges.setdefault(target, []).append(node.lineno)
+        graph[module] = edges
+    return graph
+
+
+def find_cycle(graph, ignore=()):
+    """One import cycle [a, b, ..., a], or None; `ignore`: (importer, imported) edges."""
+    state = {}  # module -> "open" while on the path, "done" once all it imports is checked
+    path = []
+
+    def visit(module):
+        state[module] = "open"
+        path.append(module)
+        for target in sorted(graph.get(module, ())):
+            if (module, target) in ignore:
+                continue
+            if state.get(target) == "open":
+                return path[path.index(target):] + [target]
+            if target not in state:
+                cycle = visit(target)
+                if cycle:
+                    return cycle
+        path.pop()
+        state[module] = "done"
+        return None
+
+    for module in sorted(graph):
+        if module not in state:
+            cycle = visit(module)
+            if cycle:
+                return cycle
+    return None
+
+
+def _cycle_message(cycle, graph):
+    return " -> ".join(f"{a} (line {graph[a][b][0]})" for a, b in zip(cycle, cycle[1:])) \
+        + f" -> {cycle[-1]}"
+
+
+def moved_name_users(root=ROOT):
+    """Files outside tests/ that import, from layers.critics, a name moved to the registry."""
+    users = []
+    for folder in (PACKAGE, "benchmarks", "applications"):
+        for dirpath, _, files in os.walk(os.path.join(root, folder)):
+            for f in files:
+                if not f.endswith(".py"):
+                    continue
+                path = os.path.join(dirpath, f)
+                with open(path, encoding="utf-8") as handle:
+                    tree = ast.parse(handle.read(), filename=path)
+                if any(isinstance(node, ast.ImportFrom) and node.module == f"{LAYERS}.critics"
+                       and any(a.name in MOVED for a in node.names)
+                       for node in ast.walk(tree)):
+                    users.append(os.path.relpath(path, root))
+    return sorted(users)
+
+
+def test_the_package_has_no_import_cycle():
+    graph = import_graph(package_modules(ROOT))
+    users = moved_name_users()
+    cycle = find_cycle(graph, ignore=TRANSITIONAL if users else ())
+    assert cycle is None, (
+        "import cycle: " + _cycle_message(cycle, graph)
+        + ("" if users or tuple(cycle[:2]) not in TRANSITIONAL else
+           "; nothing imports the moved names from layers.critics any more: remove its "
+           "__getattr__ and TRANSITIONAL here"))
+
+
+def test_critic_layers_do_not_import_the_registry_or_each_other():
+    graph = import_graph(package_modules(ROOT))
+    layers = {f"{LAYERS}.{m}" for m in ("critics", "pair_critics", "club")}
+    assert layers | {"keras_infobal.estimators"} <= set(graph[f"{LAYERS}.registry"])
+    for module in layers:
+        imported = set(graph[module]) & (layers | {f"{LAYERS}.registry"})
+        imported -= {target for importer, target in TRANSITIONAL if importer == module}
+        allowed = {f"{LAYERS}.club"} if module == f"{LAYERS}.pair_critics" else set()
+        assert imported <= allowed, (module, sorted(imported))
+
+
+def _write_package(root, files):
+    for name, text in files.items():
+        path = os.path.join(root, *name.split("/"))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+
+
+def test_the_cycle_check_sees_module_level_function_level_and_relative_imports(tmp_path):
+    """The checker itself, on small packages: a planted cycle is found however it is
+    written, and an acyclic package passes."""
+    base = {
+        "keras_infobal/__init__.py": "from keras_infobal import a\n",
+        "keras_infobal/a.py": "import keras\nfrom keras_infobal.sub import b\n",
+        "keras_infobal/sub/__init__.py": "",
+        "keras_infobal/sub/b.py": "import numpy as np\nfrom keras_infobal.sub.c import f\n",
+        "keras_infobal/sub/c.py": "def f():\n    return 1\n",
+    }
+    _write_package(tmp_path, base)
+    graph = import_graph(package_modules(str(tmp_path)))
+    assert graph["keras_infobal.a"] == {"keras_infobal.sub.b": [2]}
+    assert find_cycle(graph) is None
+    closing = {  # c imports a back, written four ways
+        "module level": "from keras_infobal import a\n",
+        "in a function": "def f():\n    from keras_infobal import a\n    return a\n",
+        "relative": "def f():\n    from .. import a\n    return a\n",
+        "dotted": "def f():\n    import keras_infobal.a.missing_attribute\n",
+    }
+    for how, text in closing.items():
+        _write_package(tmp_path, {**base, "keras_infobal/sub/c.py": text})
+        graph = import_graph(package_modules(str(tmp_path)))
+        cycle = find_cycle(graph)
+        assert cycle == ["keras_infobal.a", "keras_infobal.sub.b", "keras_infobal.sub.c",
+                         "keras_infobal.a"], how
+        assert "keras_infobal.sub.c (line" in _cycle_message(cycle, graph)
+        assert find_cycle(graph, ignore={("keras_infobal.sub.c", "keras_infobal.a")}) is None
 
 
 # ----------------------------------------------------------------------- feature layers

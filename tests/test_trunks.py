@@ -9,7 +9,7 @@ import keras
 
 from keras_infobal import estimators
 from keras_infobal.layers import ViewEncoder, trunk_scales_inputs
-from keras_infobal.layers.critics import clip_scores
+from keras_infobal.estimators import clip_scores
 from keras_infobal.models import InfoBal, InfoBalBackbone
 
 

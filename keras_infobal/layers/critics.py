@@ -1,9 +1,15 @@
-"""Encode-and-dot MI critics (DIM's local critic), one class per estimator."""
+"""Encode-and-dot MI critics (DIM's local critic), one class per estimator.
+
+The names that pick a critic ("jsd", ..., and the CLUB upper bounds) are in
+`keras_infobal.layers.registry`, which builds the critics of this module, `club.py` and
+`pair_critics.py`; the score clip they share is `estimators.check_score_clip`/`clip_scores`.
+"""
 
 import keras
 from keras import ops
 
 from keras_infobal import estimators
+from keras_infobal.estimators import check_score_clip, clip_scores
 from keras_infobal.layers.batch_normalization import BatchNormalization
 
 PACKAGE = "keras_infobal"
@@ -22,37 +28,6 @@ def _flatten_locals(x, name):
         f"The critic's {name} input must have rank 2 (B, C), 3 (B, L, C) or 4 (B, H, W, C); "
         f"got shape {tuple(x.shape)}."
     )
-
-
-def check_score_clip(score_clip):
-    """`score_clip` as None, "auto" or a positive float; a ValueError says what it takes."""
-    if score_clip is None or score_clip == "auto":
-        return score_clip
-    if isinstance(score_clip, bool) or not (isinstance(score_clip, (int, float))
-                                            and score_clip > 0):
-        raise ValueError(
-            "`score_clip` must be None (raw scores), 'auto' (bounded by the batch: "
-            f"c = ln(N) / 2 + 2) or a positive number c; got {score_clip!r}."
-        )
-    return float(score_clip)
-
-
-def clip_scores(s, score_clip, candidates_axis=1):
-    """Soft-clips scores to (-c, c) with c * tanh(s / c).
-
-    c is `score_clip`, or with "auto" ln(N) / 2 + 2 for the N candidates along
-    `candidates_axis` (the negatives and the positive of each row): the JSD, DV and
-    InfoNCE estimates then stay within ln(N) + 5 nats of zero whatever the encoder's
-    features look like (for scores in (-c, c) they lie in [-2 softplus(c), 2c], and
-    2 softplus(c) < 2c + 0.2 for c >= 2.3). NWJ's e^(T - 1) term is not bounded this way."""
-    if score_clip is None:
-        return s
-    if score_clip == "auto":
-        n = ops.cast(ops.shape(s)[candidates_axis], "float32")
-        c = 0.5 * ops.log(n) + 2.0
-    else:
-        c = score_clip
-    return c * ops.tanh(s / c)
 
 
 class _Encoder(keras.layers.Layer):
@@ -319,64 +294,20 @@ class NWJCritic(_FixedEstimatorCritic):
     ESTIMATOR = "nwj"
 
 
-CRITICS = {"jsd": JSDCritic, "dv": DVCritic, "infonce": InfoNCECritic, "nwj": NWJCritic}
+# Which name builds which critic (and CLUB) is in layers/registry.py, the one table of names.
+
+# Kept until models/infobal.py imports registry: the names below moved to
+# keras_infobal.layers.registry, and `from keras_infobal.layers.critics import get_critic`
+# still finds them, looked up on first use (the registry imports this module, so this
+# module may not import the registry at its top). Then this goes, with its TRANSITIONAL
+# entry in tests/test_registries.py.
+_MOVED_TO_REGISTRY = ("critic_names", "get_critic", "get_infomin_critic", "get_pair_critics",
+                      "infomin_critic_names", "UPPER_BOUNDS")
 
 
-# InfoMin estimators: the lower-bound critics above, trained adversarially, or the CLUB upper
-# bound (layers/club.py), whose q network is fitted by maximum likelihood.
-UPPER_BOUNDS = {"club": dict(sampled=False), "club_sampled": dict(sampled=True)}
-def infomin_critic_names():
-    """The InfoMin estimators: lower-bound critics (adversarial) and the CLUB upper bounds."""
-    return critic_names() + tuple(UPPER_BOUNDS)
+def __getattr__(name):
+    if name in _MOVED_TO_REGISTRY:
+        from keras_infobal.layers import registry  # kept until models/infobal.py imports registry
 
-
-INFOMIN_CRITICS = tuple(sorted(CRITICS)) + tuple(UPPER_BOUNDS)
-
-
-def get_infomin_critic(estimator, units=512, score_clip=None, name=None):
-    """The InfoMin term's estimator for one view pair: a critic in CRITICS or a CLUB.
-
-    `InfoBal` holds all pairs' estimators in one batched layer (`get_pair_critics`); pair
-    p's slice of it computes what this layer computes.
-    """
-    key = str(estimator).lower()
-    if key in UPPER_BOUNDS:
-        from keras_infobal.layers.club import CLUB
-
-        return CLUB(units=units, name=name, **UPPER_BOUNDS[key])
-    # LayerNorm, not BatchNorm, in the discriminators: they then hold no running state,
-    # so the encoder step cannot change them by merely calling them.
-    return get_critic(key, units=units, normalization="layer", score_clip=score_clip,
-                      name=name)
-
-
-def get_pair_critics(estimator, pairs, units=512, score_clip=None, name=None):
-    """The InfoMin discriminators of all view `pairs` as one batched layer
-    (`layers.PairCritics` or `layers.PairCLUB`): pair p's slice is what
-    `get_infomin_critic(estimator, units, score_clip)` builds for that pair."""
-    from keras_infobal.layers.pair_critics import PairCLUB, PairCritics
-
-    key = str(estimator).lower()
-    if key in UPPER_BOUNDS:
-        return PairCLUB(pairs, units=units, name=name, **UPPER_BOUNDS[key])
-    if key not in critic_names():
-        raise ValueError(
-            f"Unknown InfoMin critic {estimator!r}; expected one of {list(infomin_critic_names())}."
-        )
-    return PairCritics(pairs, units=units, estimator=key, score_clip=score_clip, name=name)
-
-
-def critic_names():
-    """Every estimator a critic can use: the built-ins and those added with
-    `estimators.register_estimator`."""
-    return tuple(sorted(set(CRITICS) | set(estimators.ESTIMATORS)))
-
-
-def get_critic(estimator, **kwargs):
-    """A critic for an estimator name ('jsd', 'dv', 'infonce', 'nwj', or a registered one)."""
-    key = str(estimator).lower()
-    if key in CRITICS:
-        return CRITICS[key](**kwargs)
-    if key in estimators.ESTIMATORS:
-        return MICritic(estimator=key, **kwargs)
-    raise ValueError(f"Unknown critic {estimator!r}; expected one of {list(critic_names())}.")
+        return getattr(registry, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -4,8 +4,8 @@ InfoBal's InfoMin term has a discriminator U_ij for every pair of views (i < j):
 them (28 at M = 8). Instead of one layer per pair, called in a Python loop, the layers here
 hold every pair's parameters stacked on a leading pair axis P and score all pairs at once
 with batched matmuls (`einsum` over the pair axis). Pair p's slice computes exactly what
-the per-pair critic computes (`get_infomin_critic`: an encode-and-dot `MICritic` with
-LayerNorm encoders, or a `CLUB`), so estimates and gradients are the same. The maths
+the per-pair critic computes (`registry.get_infomin_critic`: an encode-and-dot `MICritic`
+with LayerNorm encoders, or a `CLUB`), so estimates and gradients are the same. The maths
 after the scores is not repeated here: the estimators (`keras_infobal.estimators`) and
 CLUB's functions (`layers/club.py`) take the pair axis themselves.
 """
@@ -15,8 +15,8 @@ import numpy as np
 from keras import ops
 
 from keras_infobal import estimators
+from keras_infobal.estimators import check_score_clip, clip_scores
 from keras_infobal.layers.club import club_estimate, gaussian_log_likelihood
-from keras_infobal.layers.critics import check_score_clip, clip_scores
 
 PACKAGE = "keras_infobal"
 _LN_EPSILON = 1e-3  # keras.layers.LayerNormalization's default, as in the per-pair critics
