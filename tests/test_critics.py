@@ -134,7 +134,10 @@ def test_factories_pass_their_options_on():
 
 
 def test_critics_module_still_lends_the_names_that_moved_to_the_registry():
-    # Kept until models/infobal.py imports registry (critics.py's __getattr__).
+    # Kept until models/infobal.py imports registry (critics.py's __getattr__); once that
+    # shim is deleted, this test skips.
+    if not hasattr(critics_module, "_MOVED_TO_REGISTRY"):
+        pytest.skip("critics.py no longer lends the registry's names")
     from keras_infobal.layers.critics import (UPPER_BOUNDS, check_score_clip, critic_names,
                                               get_critic, get_pair_critics,
                                               infomin_critic_names)
