@@ -3,9 +3,9 @@
 A run's configuration has one schema, the same in a recipe, a `--config` file and
 `pretrain(...)`'s keywords:
 
-- `backbone`: `InfoBalBackbone` arguments (with `init_from` a preset, the preset's
-  architecture with these few over it, e.g. `local_scales`); `task`: `InfoBal` arguments
-  (the objective);
+- `backbone`: `InfoBalBackbone` arguments (the architecture; a run with `init_from` has
+  its preset's); `task`: `InfoBal` arguments (the objective: the shorthand arguments, e.g.
+  `infomin_weight`, `local_scales`, or `objectives`, a list of serialized terms);
   `augmentation`: `augmentation.augmentation_pipeline`'s `color_jitter`, `grayscale`,
   `translate`, `flip`, `crop` (a Keras preprocessing pipeline). A recipe
   (`pretraining_recipes.json`) gives the three, and may set training options (`options`:
@@ -57,6 +57,11 @@ DEFAULTS = dict(recipe="infobal", backbone=None, task=None, augmentation=None,
 
 
 MIXED_POLICIES = ("mixed_float16", "mixed_bfloat16")
+# InfoBal's shorthand arguments for its default terms (`models.infobal.SHORTHAND`, which
+# this module does not import: the command line reads recipes without TensorFlow).
+SHORTHAND_KEYS = ("critic", "infomin_critic", "critic_units", "infomin_units",
+                  "infomin_weight", "view_weights", "correlation_weights", "local_scales",
+                  "view_pooling", "score_clip")
 
 # oneDNN ISA caps (ONEDNN_MAX_CPU_ISA) at or above native bfloat16 compute.
 _BF16_ISAS = ("AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX10", "ALL",
@@ -101,9 +106,18 @@ def resolve(**options):
         if not isinstance(given, dict):
             raise ValueError(f"`{section}` must be a dict of arguments; got {given!r}.")
         if section == "backbone" and run["init_from"]:
-            # A continued run's architecture is its preset's; the run's own backbone keys
-            # only change what keeps the weights (e.g. local_scales).
-            run[section] = dict(given)
+            # A continued run's architecture is its preset's (or its .keras model's).
+            if given:
+                raise ValueError(
+                    f"`backbone` options {sorted(given)} change the architecture, but the run "
+                    f"continues from `{run['init_from']}`, whose architecture is fixed. Drop "
+                    "them, or train from scratch without init_from; objective options (e.g. "
+                    "local_scales) go under `task`.")
+            run[section] = {}
+        elif section == "task" and "objectives" in given:
+            # Terms given: the recipe's shorthand for its default terms gives way to them.
+            kept = {k: v for k, v in recipe.get(section, {}).items() if k not in SHORTHAND_KEYS}
+            run[section] = {**kept, **given}
         else:
             run[section] = {**recipe.get(section, {}), **given}
     if run["mixed_precision"] == "auto":
@@ -153,11 +167,6 @@ def _build_task(run, image_shape):
             if str(source).endswith(".keras"):
                 from keras_infobal.models import load_infobal
 
-                if run["backbone"]:
-                    raise ValueError(
-                        f"`backbone` options {sorted(run['backbone'])} need `init_from` to be "
-                        f"a preset (a name or folder); `{source}` is a .keras model, whose "
-                        "architecture is fixed. Continue from its run's preset/ folder.")
                 trained = load_infobal(source)
                 # A .keras model keeps its own objective; only where it augments follows
                 # the run.
@@ -167,8 +176,7 @@ def _build_task(run, image_shape):
                 model = InfoBal.from_config(config)
                 model.set_weights(trained.get_weights())
             else:
-                model = InfoBal.from_preset(source, backbone_overrides=run["backbone"],
-                                            **task)
+                model = InfoBal.from_preset(source, **task)
         else:
             backbone = InfoBalBackbone(**run["backbone"], image_shape=image_shape,
                                        name="backbone")
@@ -277,7 +285,7 @@ def pretrain(**options):
         return keras.optimizers.Adam(schedule, beta_1=0.5, beta_2=0.999)
 
     model = _build_task(run, tuple(x_train.shape[1:]))
-    needs_discriminator = bool(model.pairs) and model.infomin_weight != 0
+    needs_discriminator = model.discriminator_active  # before compile: a weight != 0
     model.compile(optimizer=optimizer(),
                   discriminator_optimizer=optimizer() if needs_discriminator else None)
     if run["device_augmentation"]:

@@ -10,9 +10,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export TF_CPP_MIN_LOG_LEVEL=3
-python -m pytest -q -n auto
-python -m pytest -q -n auto -m slow
-ONEDNN_MAX_CPU_ISA=AVX2 python -m pytest -q -n auto -m backend
-KERAS_BACKEND=jax python -m pytest -q -n auto -m backend
-KERAS_BACKEND=torch python -m pytest -q -m backend
-bash .ci/floors
+part() {  # runs one part and says how long it took (CI keeps the whole under 30 minutes)
+  local start=$SECONDS
+  "$@"
+  echo "run_all: $((SECONDS - start)) s for: $*"
+}
+part python -m pytest -q -n auto
+part python -m pytest -q -n auto -m slow
+part env ONEDNN_MAX_CPU_ISA=AVX2 python -m pytest -q -n auto -m backend
+part env KERAS_BACKEND=jax python -m pytest -q -n auto -m backend
+part env KERAS_BACKEND=torch python -m pytest -q -m backend
+part bash .ci/floors

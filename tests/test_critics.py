@@ -133,26 +133,6 @@ def test_factories_pass_their_options_on():
         registry.get_infomin_critic("mine")
 
 
-def test_critics_module_still_lends_the_names_that_moved_to_the_registry():
-    # Kept until models/infobal.py imports registry (critics.py's __getattr__); once that
-    # shim is deleted, this test skips.
-    if not hasattr(critics_module, "_MOVED_TO_REGISTRY"):
-        pytest.skip("critics.py no longer lends the registry's names")
-    from keras_infobal.layers.critics import (UPPER_BOUNDS, check_score_clip, critic_names,
-                                              get_critic, get_pair_critics,
-                                              infomin_critic_names)
-    from keras_infobal import estimators
-
-    assert (critic_names, get_critic, get_pair_critics, infomin_critic_names) == (
-        registry.critic_names, registry.get_critic, registry.get_pair_critics,
-        registry.infomin_critic_names)
-    assert UPPER_BOUNDS is registry.UPPER_BOUNDS
-    assert check_score_clip is estimators.check_score_clip
-    assert critics_module.clip_scores is estimators.clip_scores
-    with pytest.raises(AttributeError, match="has no attribute 'CRITICS'"):
-        critics_module.CRITICS  # noqa: B018 -- the table is the registry's alone
-
-
 def test_layer_normalized_critic_holds_no_state():
     # The InfoMin critics use LayerNorm so that calling them (in the encoder step) cannot
     # change them: two calls in training mode give the same value and the same variables.

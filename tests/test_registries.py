@@ -100,7 +100,7 @@ def test_registered_estimator_and_split_are_searched_by_the_tuner(registered):
     hp.Fixed("num_views", 2)
     model = hypermodel.build(hp)
     assert model.backbone.split == "diagonal"
-    assert model.infomax_critics[0].estimator == "mean_gap"
+    assert model.objectives[0].critics[0].estimator == "mean_gap"
 
 
 def test_tuner_space_can_be_restricted_to_registered_names(registered):
@@ -124,8 +124,8 @@ def test_pretraining_runs_take_the_registered_estimator_and_split(registered):
     run = resolve(recipe="dim", backbone={**small, "split": "diagonal"},
                   task={"critic": "mean_gap", "critic_units": 8})
     model = _build_task(run, (16, 16, 3))
-    assert model.backbone.split == "diagonal" and model.critic == "mean_gap"
-    assert model.infomax_critics[0].estimator == "mean_gap"
+    assert model.backbone.split == "diagonal" and model.objectives[0].estimator == "mean_gap"
+    assert model.objectives[0].critics[0].estimator == "mean_gap"
     with pytest.raises(ValueError, match="split"):
         _build_task(resolve(recipe="dim", backbone={"split": "spiral"}), (16, 16, 3))
 
@@ -168,9 +168,6 @@ LAYERS = "keras_infobal.layers"
 # Kept until models/infobal.py imports registry: critics.py lends the names that moved to the
 # registry through a module __getattr__ that imports the registry. Allowed only while code
 # outside the tests still imports one of them from critics; then the shim must go.
-TRANSITIONAL = {(f"{LAYERS}.critics", f"{LAYERS}.registry")}
-MOVED = ("critic_names", "get_critic", "get_infomin_critic", "get_pair_critics",
-         "infomin_critic_names", "UPPER_BOUNDS")
 
 
 def package_modules(root, package=PACKAGE):
@@ -261,33 +258,10 @@ def _cycle_message(cycle, graph):
         + f" -> {cycle[-1]}"
 
 
-def moved_name_users(root=ROOT):
-    """Files outside tests/ that import, from layers.critics, a name moved to the registry."""
-    users = []
-    for folder in (PACKAGE, "benchmarks", "applications"):
-        for dirpath, _, files in os.walk(os.path.join(root, folder)):
-            for f in files:
-                if not f.endswith(".py"):
-                    continue
-                path = os.path.join(dirpath, f)
-                with open(path, encoding="utf-8") as handle:
-                    tree = ast.parse(handle.read(), filename=path)
-                if any(isinstance(node, ast.ImportFrom) and node.module == f"{LAYERS}.critics"
-                       and any(a.name in MOVED for a in node.names)
-                       for node in ast.walk(tree)):
-                    users.append(os.path.relpath(path, root))
-    return sorted(users)
-
-
 def test_the_package_has_no_import_cycle():
     graph = import_graph(package_modules(ROOT))
-    users = moved_name_users()
-    cycle = find_cycle(graph, ignore=TRANSITIONAL if users else ())
-    assert cycle is None, (
-        "import cycle: " + _cycle_message(cycle, graph)
-        + ("" if users or tuple(cycle[:2]) not in TRANSITIONAL else
-           "; nothing imports the moved names from layers.critics any more: remove its "
-           "__getattr__ and TRANSITIONAL here"))
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + _cycle_message(cycle, graph)
 
 
 def test_critic_layers_do_not_import_the_registry_or_each_other():
@@ -296,7 +270,6 @@ def test_critic_layers_do_not_import_the_registry_or_each_other():
     assert layers | {"keras_infobal.estimators"} <= set(graph[f"{LAYERS}.registry"])
     for module in layers:
         imported = set(graph[module]) & (layers | {f"{LAYERS}.registry"})
-        imported -= {target for importer, target in TRANSITIONAL if importer == module}
         allowed = {f"{LAYERS}.club"} if module == f"{LAYERS}.pair_critics" else set()
         assert imported <= allowed, (module, sorted(imported))
 

@@ -295,19 +295,3 @@ class NWJCritic(_FixedEstimatorCritic):
 
 
 # Which name builds which critic (and CLUB) is in layers/registry.py, the one table of names.
-
-# Kept until models/infobal.py imports registry: the names below moved to
-# keras_infobal.layers.registry, and `from keras_infobal.layers.critics import get_critic`
-# still finds them, looked up on first use (the registry imports this module, so this
-# module may not import the registry at its top). Then this goes, with its TRANSITIONAL
-# entry in tests/test_registries.py.
-_MOVED_TO_REGISTRY = ("critic_names", "get_critic", "get_infomin_critic", "get_pair_critics",
-                      "infomin_critic_names", "UPPER_BOUNDS")
-
-
-def __getattr__(name):
-    if name in _MOVED_TO_REGISTRY:
-        from keras_infobal.layers import registry  # kept until models/infobal.py imports registry
-
-        return getattr(registry, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -57,21 +57,6 @@ def image_shape_of(data):
     return tuple(int(d) for d in shape[1:])
 
 
-def check_local_scales(local_scales):
-    """`local_scales` as a tuple of distinct positive pooling sizes that includes 1."""
-    try:
-        sizes = tuple(local_scales)
-    except TypeError:
-        sizes = None
-    if (not sizes or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1
-                         for v in sizes) or len(set(sizes)) != len(sizes) or 1 not in sizes):
-        raise ValueError(
-            "`local_scales` must be distinct positive integer pooling sizes that include 1 "
-            "(the views' own locations), e.g. (1,) for DIM or (1, 2, 4) for the 8x8, 7x7 and "
-            f"5x5 grids of an 8x8 map; got {local_scales!r}.")
-    return tuple(sorted(int(v) for v in sizes))
-
-
 class ServesUint8:
     """`export` with a uint8 serving signature by default: the exported artifact takes the
     images as they are stored (uint8 `(B, H, W, 3)`, H x W the size the model was built
@@ -248,11 +233,6 @@ class InfoBalBackbone(FeatureExtractor, keras.Model):
         conv_filters, fc_units, output_dim: the aggregator's conv, fc and R widths
             (DIM: 256, 1024, 64).
         image_shape: `(height, width, 3)`; None builds from the data.
-        local_scales: the scales of the local features the task's InfoMax scores R
-            against, as pooling sizes (AMDIM's multi-scale InfoMax, Bachman et al. 2019):
-            1 is each view's own locations; s > 1 adds the view's s x s average-pooled
-            locations (stride 1, inside the view, so no scale mixes two views). On DIM's
-            8x8 map, (1, 2, 4) gives the 8x8, 7x7 and 5x5 grids. Default (1,): DIM.
 
     ```python
     backbone = InfoBalBackbone(num_views=2, split="rows", image_shape=(64, 64, 3))
@@ -264,9 +244,8 @@ class InfoBalBackbone(FeatureExtractor, keras.Model):
 
     def __init__(self, num_views=2, split="rows", filters=(64, 128), trunk=None,
                  aggregator="concat", conv_filters=256, fc_units=1024, output_dim=64,
-                 image_shape=None, rescale="auto", local_scales=(1,), **kwargs):
+                 image_shape=None, rescale="auto", **kwargs):
         super().__init__(**kwargs)
-        self.local_scales = check_local_scales(local_scales)
         if aggregator not in MODES:
             raise ValueError(f"`aggregator` must be one of {MODES}; got {aggregator!r}.")
         if isinstance(trunk, dict):  # a serialized trunk, e.g. from a JSON run config
@@ -302,11 +281,6 @@ class InfoBalBackbone(FeatureExtractor, keras.Model):
     def output_dim(self):
         return self.aggregator.output_dim
 
-    @property
-    def pooled_scales(self):
-        """The `local_scales` above 1: the pooled grids beside the views' own locations."""
-        return tuple(size for size in self.local_scales if size != 1)
-
     def build(self, input_shape):
         shape = tuple(input_shape)
         if self.image_shape is None:
@@ -315,12 +289,6 @@ class InfoBalBackbone(FeatureExtractor, keras.Model):
         if not self.encoder.built:
             self.encoder.build(shape)
         views_shape = self.encoder.compute_output_shape(shape)
-        vh, vw = views_shape[2:4]
-        too_large = [size for size in self.local_scales if size > min(vh, vw)]
-        if too_large:
-            raise ValueError(
-                f"`local_scales` {list(self.local_scales)}: pooling sizes {too_large} exceed "
-                f"the views' {vh}x{vw} locations; use sizes up to {min(vh, vw)}.")
         if not self.aggregator.built:
             self.aggregator.build(views_shape)
         self.image_shape = image_shape
@@ -389,7 +357,6 @@ class InfoBalBackbone(FeatureExtractor, keras.Model):
             "output_dim": self.output_dim,
             "image_shape": None if self.image_shape is None else list(self.image_shape),
             "rescale": self.encoder.rescale,
-            "local_scales": list(self.local_scales),
         }
 
     @classmethod
@@ -406,12 +373,11 @@ class InfoBalBackbone(FeatureExtractor, keras.Model):
         """A backbone from a built-in preset name (`presets.list_presets()`) or a preset
         folder written by `save_to_preset`; every file is checked against the sha256 in its
         `metadata.json` first. `overrides` replace constructor arguments of the preset's
-        config; the weights must still fit (e.g. `local_scales`, which adds no weights).
+        config; the weights must still fit (e.g. `rescale`).
 
         ```python
         backbone = InfoBalBackbone.from_preset("dim_pairs_long")
         backbone = InfoBalBackbone.from_preset("my_run/preset")
-        backbone = InfoBalBackbone.from_preset("dim_pairs", local_scales=(1, 2, 4))
         ```
         """
         folder = presets.checked_folder(preset)

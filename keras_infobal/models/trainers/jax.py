@@ -119,24 +119,24 @@ class JAXTrainer(JAXOptimizerStateSeam, BaseTrainer):
                 self.optimizer, enc_opt)[0]
         # Under mixed_float16 the optimizer divides the gradients by its loss scale.
         scale = _optimizer_reading(self.discriminator_optimizer, disc_opt)[1]
-        pooled = ops.stop_gradient(self._pool(views))
+        views = ops.stop_gradient(views)
         d_idx = self._indices(self.discriminator_variables)
         refs = self.trainable_variables + self.non_trainable_variables
 
         def loss_fn(d_values):
             values = self._put(trainable, d_idx, d_values) + list(non_trainable)
-            (fit, terms), new_nt, _ = _stateless(
-                lambda: self._discriminator_objective(pooled), refs, values,
+            (fit, logs), new_nt, _ = _stateless(
+                lambda: self.discriminator_objective(views), refs, values,
                 self.non_trainable_variables)
-            return -fit / self._replicas() * scale, (fit, terms, new_nt)
+            return -fit / self._replicas() * scale, (fit, logs, new_nt)
 
         d_values = [trainable[i] for i in d_idx]
-        (_, (fit, terms, non_trainable)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        (_, (fit, logs, non_trainable)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             d_values)
         d_values, disc_opt = _stateless_apply(self.discriminator_optimizer, disc_opt, grads,
                                               self.discriminator_variables, d_values,
                                               learning_rate)
-        return self._put(trainable, d_idx, d_values), non_trainable, disc_opt, (fit, terms)
+        return self._put(trainable, d_idx, d_values), non_trainable, disc_opt, (fit, logs)
 
     def _jax_update(self, trainable, non_trainable, enc_opt, disc_opt, x, disc_steps):
         """`disc_steps` discriminator updates, then one encoder update, on values.
@@ -155,25 +155,26 @@ class JAXTrainer(JAXOptimizerStateSeam, BaseTrainer):
             views, nt, _ = _stateless(
                 lambda: self.backbone.encoder(self.augment_batch(x), training=True), refs,
                 values + list(non_trainable), self.non_trainable_variables)
-            d_out = None
+            d_logs = {}
             for _ in range(disc_steps):
-                values, nt, disc_opt, d_out = self._jax_discriminator_update(
+                values, nt, disc_opt, (_, d_logs) = self._jax_discriminator_update(
                     values, nt, enc_opt, disc_opt, views)
-            (loss, j, infomax), nt, losses = _stateless(
-                lambda: self._encoder_loss(views), refs, values + nt,
+            (loss, logs), nt, losses = _stateless(
+                lambda: self.encoder_loss(views), refs, values + nt,
                 self.non_trainable_variables, collect_losses=True)
-            if losses:
+            if losses:  # layers' added losses (regularizers) reach the scope, not self.losses
                 loss = loss + sum(losses)
+                logs = {**logs, "loss": loss}
             return (loss / self._replicas() * scale,
-                    (loss, j, infomax, d_out, values, nt, disc_opt))
+                    ({**logs, **d_logs}, values, nt, disc_opt))
 
         e_values = [trainable[i] for i in e_idx]
         (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(e_values, disc_opt)
-        loss, j, infomax, d_out, values, non_trainable, disc_opt = aux
+        logs, values, non_trainable, disc_opt = aux
         e_values, enc_opt = _stateless_apply(self.optimizer, enc_opt, grads,
                                              self.encoder_variables, e_values)
         trainable = self._put(values, e_idx, e_values)
-        return (trainable, non_trainable, enc_opt, disc_opt), (loss, j, infomax, d_out)
+        return (trainable, non_trainable, enc_opt, disc_opt), logs
 
     def _jax_trackers(self, metrics_values, logs):
         out, new, _ = _stateless(lambda: self._update_trackers(logs), self.metrics_variables,
@@ -183,15 +184,12 @@ class JAXTrainer(JAXOptimizerStateSeam, BaseTrainer):
     # ---- Keras' stateless step API -------------------------------------------------------------
     def train_step(self, state, data):
         trainable, non_trainable, optimizer_values, metrics = state
-        x = self._checked_batch(self._check_data(data))
-        disc_steps = 0
-        if self.discriminator_active:
-            self._require_discriminator_optimizer()
-            disc_steps = self.discriminator_steps
+        x = self._training_batch(data)
+        disc_steps = self._discriminator_steps_to_run()
         enc_opt, disc_opt = self._split_optimizer_state(optimizer_values)
-        (trainable, non_trainable, enc_opt, disc_opt), (loss, j, infomax, d_out) = (
+        (trainable, non_trainable, enc_opt, disc_opt), logs = (
             self._jax_update(trainable, non_trainable, enc_opt, disc_opt, x, disc_steps))
-        logs, metrics = self._jax_trackers(metrics, self._train_logs(loss, j, infomax, d_out))
+        logs, metrics = self._jax_trackers(metrics, logs)
         return logs, (trainable, non_trainable, enc_opt + disc_opt, metrics)
 
     def test_step(self, state, data):
@@ -227,7 +225,8 @@ class JAXTrainer(JAXOptimizerStateSeam, BaseTrainer):
             ref.assign(value)
 
     def discriminator_step(self, views):
-        """One update of the InfoMin discriminators on (fixed) views; returns their terms."""
+        """One update of the adversarial terms' critics on (fixed) views; returns (what
+        they maximize, their logs)."""
         self._require_discriminator_optimizer()
         trainable, non_trainable, enc_opt, disc_opt = self._current()
         trainable, non_trainable, disc_opt, out = self._jax_discriminator_update(
@@ -236,7 +235,8 @@ class JAXTrainer(JAXOptimizerStateSeam, BaseTrainer):
         return out
 
     def encoder_step(self, images, before_update=None):
-        """One update of encoder, aggregator and InfoMax critics; returns (loss, J, terms).
+        """One update of the encoder (backbone and non-adversarial critics); returns
+        (loss, logs).
 
         On JAX the discriminator steps run inside the update (see `_jax_update`); an eager
         `before_update` callback cannot, so it is refused.
@@ -247,7 +247,6 @@ class JAXTrainer(JAXOptimizerStateSeam, BaseTrainer):
                 "steps run inside the jitted update. Call model.discriminator_step(views) "
                 "first, or use model.fit / model.train_on_batch.")
         trainable, non_trainable, enc_opt, disc_opt = self._current()
-        state, (loss, j, infomax, _) = self._jax_update(
-            trainable, non_trainable, enc_opt, disc_opt, images, 0)
+        state, logs = self._jax_update(trainable, non_trainable, enc_opt, disc_opt, images, 0)
         self._assign(*state)
-        return loss, j, infomax
+        return logs["loss"], logs

@@ -6,6 +6,7 @@ Only this module (and the data pipeline) imports TensorFlow; `tf.distribute` str
 
 import tensorflow as tf
 
+from keras_infobal.models.batches import PAIR_SIZES_MESSAGE, batch_size_message
 from keras_infobal.models.trainers.base import BaseTrainer
 
 
@@ -39,38 +40,39 @@ class TensorFlowTrainer(BaseTrainer):
             strategy.extended._in_multi_worker_mode()
         )
 
-    def _checked_batch(self, x):
-        need = self._check_static_batch(x)
+    def _stack(self, parts):
         # Traced functions may relax the batch size to None: check it when it runs too.
-        check = tf.debugging.assert_greater_equal(
-            tf.shape(x)[0], need, message=self._batch_message("1"))
-        with tf.control_dependencies([check]):
-            return tf.identity(x)
-
-    def _checked_pair(self, x1, x2, message):
-        check = tf.debugging.assert_equal(tf.shape(x1)[0], tf.shape(x2)[0], message=message)
-        with tf.control_dependencies([check]):
-            # One encoder pass over both halves; _objective splits them again.
-            return tf.concat([x1, x2], axis=0)
+        checks = [tf.debugging.assert_greater_equal(
+            tf.shape(parts[0])[0] * len(parts), self.min_batch_size,
+            message=batch_size_message("fewer"))]
+        if len(parts) == 2:
+            checks.append(tf.debugging.assert_equal(tf.shape(parts[0])[0],
+                                                    tf.shape(parts[1])[0],
+                                                    message=PAIR_SIZES_MESSAGE))
+        with tf.control_dependencies(checks):
+            # One encoder pass over both halves of a pair; the objective terms split them.
+            return tf.identity(parts[0]) if len(parts) == 1 else tf.concat(parts, axis=0)
 
     def discriminator_step(self, views):
-        """One update of the InfoMin discriminators on (fixed) views; returns their terms."""
+        """One update of the adversarial terms' critics on (fixed) views; returns (what
+        they maximize, their logs)."""
         self._require_discriminator_optimizer()
-        pooled = tf.stop_gradient(self._pool(views))
         variables = self.discriminator_variables
         optimizer = self.discriminator_optimizer
         with tf.GradientTape() as tape:
-            fit, terms = self._discriminator_objective(pooled)
+            fit, logs = self.discriminator_objective(tf.stop_gradient(views),
+                                                     gather_fn=self._gather_fn())
             # Under mixed_float16 `optimizer` is a LossScaleOptimizer, which divides the
             # gradients by its scale: the loss is multiplied by it first.
             loss = optimizer.scale_loss(-fit / self._replicas())
         grads = tape.gradient(loss, variables)
         self._follow_encoder_learning_rate()
         optimizer.apply(grads, variables)
-        return fit, terms
+        return fit, logs
 
     def encoder_step(self, images, before_update=None):
-        """One update of encoder, aggregator and InfoMax critics; returns (loss, J, terms).
+        """One update of the encoder (backbone and non-adversarial critics); returns
+        (loss, logs).
 
         `before_update(views)` runs on this step's views before the encoder's objective, off
         the gradient tape: `train_step` runs the discriminator steps there, so both updates
@@ -82,11 +84,11 @@ class TensorFlowTrainer(BaseTrainer):
             if before_update is not None:
                 with tape.stop_recording():
                     before_update(views)
-            loss, j, infomax = self._encoder_loss(views)
+            loss, logs = self.encoder_loss(views, gather_fn=self._gather_fn())
             scaled = self.optimizer.scale_loss(loss / self._replicas())
         grads = tape.gradient(scaled, variables)
         self.optimizer.apply(grads, variables)
-        return loss, j, infomax
+        return loss, logs
 
     def train_step(self, data):
         return self._stateful_train_step(data)

@@ -1,13 +1,17 @@
 """The PyTorch update steps: zero_grad, backward, optimizer.apply, once per update.
 
 Runs eagerly, one process, one device: `tf.distribute` features raise a clear error at
-construction (see `InfoBal._check_backend_support`).
+`compile` (`check_distribution_options`).
 """
 
 import torch
 from keras import ops
 
 from keras_infobal.models.trainers.base import BaseTrainer
+
+
+def _detached(logs):
+    return {k: v.detach() for k, v in logs.items()}
 
 
 class TorchTrainer(BaseTrainer):
@@ -30,17 +34,18 @@ class TorchTrainer(BaseTrainer):
             optimizer.apply(grads, variables)
 
     def discriminator_step(self, views):
-        """One update of the InfoMin discriminators on (fixed) views; returns their terms."""
+        """One update of the adversarial terms' critics on (fixed) views; returns (what
+        they maximize, their logs)."""
         self._require_discriminator_optimizer()
-        pooled = ops.stop_gradient(self._pool(views))
-        fit, terms = self._discriminator_objective(pooled)
+        fit, logs = self.discriminator_objective(ops.stop_gradient(views))
         self._follow_encoder_learning_rate()
         self._backward_and_apply(-fit / self._replicas(), self.discriminator_optimizer,
                                  self.discriminator_variables)
-        return fit.detach(), terms.detach()
+        return fit.detach(), _detached(logs)
 
     def encoder_step(self, images, before_update=None):
-        """One update of encoder, aggregator and InfoMax critics; returns (loss, J, terms).
+        """One update of the encoder (backbone and non-adversarial critics); returns
+        (loss, logs).
 
         `before_update(views)` (the discriminator steps in `train_step`) runs on this
         step's views before the encoder's objective; it detaches them itself, so it never
@@ -49,10 +54,10 @@ class TorchTrainer(BaseTrainer):
         views = self.backbone.encoder(self.augment_batch(images), training=True)
         if before_update is not None:
             before_update(views)
-        loss, j, infomax = self._encoder_loss(views)
+        loss, logs = self.encoder_loss(views)
         self._backward_and_apply(loss / self._replicas(), self.optimizer,
                                  self.encoder_variables)
-        return loss.detach(), j.detach(), [t.detach() for t in infomax]
+        return loss.detach(), _detached(logs)
 
     def train_step(self, data):
         return self._stateful_train_step(data)
