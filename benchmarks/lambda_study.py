@@ -80,10 +80,11 @@ def monitor_view_mi(model, x_fit, x_val, epochs=3, seed=0):
     import tensorflow as tf
 
     from keras_infobal.layers.critics import InfoNCECritic
+    from keras_infobal.objectives.infomin import pool_views
 
     @tf.function(autograph=False)
     def pooled(x):
-        return model._pool(model.backbone.encoder(x, training=False))
+        return pool_views(model.backbone.encoder(x, training=False), "mean")
 
     def views(x):
         return np.concatenate([pooled(x[i:i + 500]).numpy() for i in range(0, len(x), 500)])
@@ -139,7 +140,7 @@ def evaluate(run_dir, x_train, y_train, x_test, y_test, seed, knn=False):
         rows = list(csv.DictReader(f))
     out["seconds_per_epoch"] = [float(r["epoch_seconds"]) for r in rows]
     out["final_log"] = {k: float(v) for k, v in rows[-1].items()
-                        if k.startswith(("mi_", "objective", "discriminator"))}
+                        if k.startswith(("mi_", "cmc_", "cpc_", "objective", "discriminator"))}
     return out
 
 
@@ -218,8 +219,8 @@ def run(args):
             if lam:
                 task["infomin_critic"] = ROUTES[args.route]
             cfg = dict(recipe="dim_pairs" if lam == 0 else "infobal_pairs", task=task)
-            if args.local_scales:
-                cfg["backbone"] = dict(local_scales=list(args.local_scales))
+            if args.local_scales:  # an objective option: InfoBal(local_scales=...)
+                task["local_scales"] = list(args.local_scales)
             t0 = time.time()
             pretrain(**cfg, epochs=args.epochs, limit=limit, seed=seed,
                              data=args.data, out=run_dir, threads=args.threads,
@@ -372,7 +373,9 @@ def report(args):
                        + ("beats lambda = 0 beyond the seed spread." if diff > spread else
                           "does not beat lambda = 0 beyond the seed spread."))
     first = next(iter(cells.values()))[0]
-    scales = first["config"].get("backbone", {}).get("local_scales")
+    # Runs before the objectives-as-parts refactor saved the scales under "backbone".
+    scales = (first["config"].get("task", {}).get("local_scales")
+              or first["config"].get("backbone", {}).get("local_scales"))
     recipe = "dim_pairs recipe" + (f", local_scales {tuple(scales)}" if scales else "")
     md = [f"Recipe: {recipe}. "
           f"Budget per run: {budget['epochs']} epochs x {budget['images']} images, batch "
@@ -453,7 +456,7 @@ def main():
     r.add_argument("--data", default=os.environ.get("KERAS_INFOBAL_CIFAR10"))
     r.add_argument("--knn", action="store_true", help="also score weighted kNN (conv, fc, R)")
     r.add_argument("--local-scales", type=int, nargs="+", default=None,
-                   help="the backbone's local_scales, e.g. 1 2 4 (AMDIM's multi-scale "
+                   help="the InfoMax term's local_scales, e.g. 1 2 4 (AMDIM's multi-scale "
                         "InfoMax, the default preset's recipe); default: the recipe's (1)")
     rs = sub.add_parser("rescore")
     rs.add_argument("--data", default=os.environ.get("KERAS_INFOBAL_CIFAR10"))

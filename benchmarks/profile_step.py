@@ -56,19 +56,19 @@ def ours(batch, bf16=False):
 
     @tf.function
     def forward():
-        return model._encoder_loss(model.backbone.encoder(x, training=True))[0]
+        return model.encoder_loss(model.backbone.encoder(x, training=True))[0]
 
     @tf.function
     def backward():
         with tf.GradientTape() as tape:
-            loss = model._encoder_loss(model.backbone.encoder(x, training=True))[0]
+            loss = model.encoder_loss(model.backbone.encoder(x, training=True))[0]
         grads = tape.gradient(loss, variables)
         return tf.add_n([tf.reduce_sum(g) for g in grads])
 
     @tf.function
     def step():
         with tf.GradientTape() as tape:
-            loss = model._encoder_loss(model.backbone.encoder(x, training=True))[0]
+            loss = model.encoder_loss(model.backbone.encoder(x, training=True))[0]
         grads = tape.gradient(loss, variables)
         opt.apply(grads, variables)
         return loss

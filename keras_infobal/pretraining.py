@@ -114,6 +114,10 @@ def resolve(**options):
                     "them, or train from scratch without init_from; objective options (e.g. "
                     "local_scales) go under `task`.")
             run[section] = {}
+        elif section == "task" and str(run["init_from"] or "").endswith(".keras"):
+            # A .keras model keeps its own objective: only the run's own keys (checked when
+            # the task builds), not the recipe's.
+            run[section] = dict(given)
         elif section == "task" and "objectives" in given:
             # Terms given: the recipe's shorthand for its default terms gives way to them.
             kept = {k: v for k, v in recipe.get(section, {}).items() if k not in SHORTHAND_KEYS}
@@ -167,6 +171,13 @@ def _build_task(run, image_shape):
             if str(source).endswith(".keras"):
                 from keras_infobal.models import load_infobal
 
+                objective = sorted(set(task) - {"augmentation"})
+                if objective:
+                    raise ValueError(
+                        f"`task` options {objective} change the objective, but the run "
+                        f"continues from `{source}`, a .keras model that keeps its own. "
+                        "Continue from its run's preset/ folder (InfoBal.from_preset takes "
+                        "objective overrides), or drop them.")
                 trained = load_infobal(source)
                 # A .keras model keeps its own objective; only where it augments follows
                 # the run.

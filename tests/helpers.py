@@ -16,7 +16,7 @@ CIFAR_TAR = os.path.join(os.path.dirname(ROOT), "shared", "data", "cifar10-jpeg.
 TINY = dict(filters=(8, 16), conv_filters=16, fc_units=32, output_dim=8, critic_units=16,
             image_shape=(16, 16, 3))
 BACKBONE_KEYS = ("num_views", "split", "filters", "trunk", "aggregator", "conv_filters",
-                 "fc_units", "output_dim", "image_shape", "local_scales")
+                 "fc_units", "output_dim", "image_shape")
 
 
 def tiny(cls=None, **kwargs):
@@ -35,6 +35,25 @@ def tiny_backbone(**kwargs):
 
     config = {**TINY, **kwargs}
     return InfoBalBackbone(**{k: config[k] for k in BACKBONE_KEYS if k in config})
+
+
+def infomax_critics(model):
+    """The critics of the InfoMax term (`model.objectives[0]`) that score R against the
+    views' own locations: its first M critics, or the one critic all views share."""
+    term = model.objectives[0]
+    return term.critics[:len(term.critics) - model.num_views * len(term.pooled_scales)]
+
+
+def scale_critics(model):
+    """The InfoMax term's critics of the pooled scales, view-major
+    (`infomax_critic_{i}_pool{size}`): its critics after the views' own."""
+    term = model.objectives[0]
+    return term.critics[len(term.critics) - model.num_views * len(term.pooled_scales):]
+
+
+def infomin_critics(model):
+    """The InfoMin term's batched pair critics (`PairCritics` / `PairCLUB`)."""
+    return model.objectives[1].critics[0]
 
 
 def bf16_matmul_unavailable():

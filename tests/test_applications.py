@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from helpers import CIFAR_TAR
+from helpers import CIFAR_TAR, infomax_critics, infomin_critics
 from keras_infobal.applications import InfoBalCIFAR, decode_predictions
 from keras_infobal import InfoBal, InfoBalBackbone
 from keras_infobal.applications import infobal_cifar
@@ -291,21 +291,27 @@ def test_from_preset_continues_pretraining_with_the_shipped_critics(builtin_dir)
     assert any(not np.array_equal(a, b) for a, b in zip(before, model.backbone.get_weights()))
 
     # Another InfoMin estimator: the backbone and InfoMax critics still come along.
-    with pytest.warns(UserWarning, match="InfoMin critics"):
+    fresh = r"InfoBal.from_preset\('p'\): the critics {} start from a random initialization"
+    with pytest.warns(UserWarning, match=fresh.format(r"\['infomin_critics'\]")):
         club = InfoBal.from_preset("p", infomin_critic="club")
-    with pytest.warns(UserWarning, match="InfoMin critics"):
+    with pytest.warns(UserWarning, match=fresh.format(r"\['infomin_critics'\]")):
         narrow = InfoBal.from_preset("p", infomin_units=8)  # another width: fresh critics
-    assert narrow.infomin_critics.units == 8
-    with pytest.warns(UserWarning, match="InfoMax critics"):
+    assert infomin_critics(narrow).units == 8
+    # Another InfoMax width: its critics start fresh, and so do the InfoMin critics, whose
+    # width follows critic_units.
+    with pytest.warns(UserWarning, match=fresh.format(
+            r"\['infomax_critic_1', 'infomax_critic_2', 'infomin_critics'\]")):
         wide = InfoBal.from_preset("p", critic_units=32)
-    assert wide.infomax_critics[0].units == 32
+    assert infomax_critics(wide)[0].units == 32
     for m in (narrow, club):
-        for a, b in zip(m.infomax_critics[0].get_weights(),
-                        source.infomax_critics[0].get_weights()):
-            np.testing.assert_array_equal(a, b)
+        for c, c_source in zip(infomax_critics(m), infomax_critics(source), strict=True):
+            for a, b in zip(c.get_weights(), c_source.get_weights(), strict=True):
+                np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match=r"objective overrides.*got \['num_views'\].*"
-                                         r"`backbone_overrides`"):
+                                         r"InfoBal\(backbone=InfoBalBackbone"):
         InfoBal.from_preset("p", num_views=4)
+    with pytest.raises(ValueError, match=r"got \['backbone_overrides'\]"):  # no longer exists
+        InfoBal.from_preset("p", backbone_overrides={"num_views": 4})
     with open(builtin_dir / "p" / presets.CRITICS_FILE, "ab") as f:
         f.write(b"x")
     with pytest.raises(ValueError, match="sha256"):
@@ -313,7 +319,9 @@ def test_from_preset_continues_pretraining_with_the_shipped_critics(builtin_dir)
 
 
 def test_backbone_only_preset_starts_critics_fresh(fake_dim):
-    with pytest.warns(UserWarning, match="ships its backbone only"):
+    with pytest.warns(UserWarning, match=r"the critics \['infomax_critic_1', "
+                                         r"'infomax_critic_2', 'infomin_critics'\] start from "
+                                         r"a random initialization"):
         model = InfoBal.from_preset("dim", critic_units=16, infomin_weight=0.0)
     backbone, _ = fake_dim
     for a, b in zip(model.backbone.get_weights(), backbone.get_weights()):

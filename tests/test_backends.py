@@ -16,7 +16,7 @@ import keras
 import numpy as np
 import pytest
 
-from helpers import ROOT, optimizers, tiny
+from helpers import ROOT, infomin_critics, optimizers, tiny
 
 WORKER = os.path.join(ROOT, "tests", "backend_worker.py")
 BACKENDS = ("tensorflow", "jax", "torch")
@@ -134,7 +134,7 @@ def test_club_sampled_trains_and_its_seed_state_advances(images):
     model = tiny(infomin_weight=1.0, infomin_critic="club_sampled",
                     discriminator_steps=2)
     model.compile(**optimizers())
-    seed = model.infomin_critics.seed_generator.state
+    seed = infomin_critics(model).seed_generator.state
     before = np.array(seed)
     disc_before = [np.array(v) for v in model.discriminator_variables]
     hist = model.fit(images, batch_size=4, epochs=1, verbose=0)

@@ -41,7 +41,7 @@ def test_pretrain_evaluate_extract_plot(tiny_cifar, tmp_path, capsys):
     from keras_infobal import InfoBal
 
     continued = InfoBal.from_preset(os.path.join(out, "preset"))
-    assert continued.infomin_weight == 0.5 and continued.critic_units == 8
+    assert continued.infomin_weight == 0.5 and continued.objectives[0].critic_units == 8
     assert cli.main(["evaluate", "--model", os.path.join(out, "preset"), "--data",
                      tiny_cifar, "--layers", "fc", "--knn", "0"]) == 0
 
@@ -87,7 +87,7 @@ def test_pretrain_with_the_augmented_pairs_recipe(tiny_cifar, tmp_path):
     assert saved["augmentation"] == {"color_jitter": 0.5, "grayscale": 0.2}
     assert saved["task"]["augmented_pairs"] and saved["task"]["score_clip"] == 20.0
     model = keras.models.load_model(os.path.join(out, "model.keras"))
-    assert model.augmented_pairs and model.score_clip == 20.0
+    assert model.augmented_pairs and [t.score_clip for t in model.objectives] == [20.0, 20.0]
     assert model.backbone.encoder.compute_dtype == "float32"  # saved as a float32 model
     # The probe accuracy is a fraction of the 40 test images (0 <= alone could never fail).
     accuracy = json.load(open(os.path.join(out, "results.json")))["probe"]["note"]["conv"]

@@ -11,7 +11,8 @@ from keras_infobal.layers.club import club_estimate, gaussian_log_likelihood
 from keras_infobal.layers.critics import InfoNCECritic, JSDCritic
 from keras_infobal.layers.pair_critics import PairCLUB
 
-from helpers import TINY, tiny
+from helpers import TINY, infomin_critics, tiny
+from keras_infobal.objectives.infomin import pool_views
 
 
 def _np_log_q(mu, logvar, y):
@@ -287,9 +288,9 @@ def _changed(before, variables):
 def test_model_builds_club_in_the_discriminator_slot(estimator):
     model = _model(infomin_critic=estimator)
     # One layer holds the CLUB of every view pair (stacked on a pair axis).
-    assert isinstance(model.infomin_critics, PairCLUB)
-    assert model.infomin_critics.num_pairs == len(model.pairs) == 1
-    assert model.infomin_critics.sampled == (estimator == "club_sampled")
+    assert isinstance(infomin_critics(model), PairCLUB)
+    assert infomin_critics(model).num_pairs == len(model.objectives[1].pairs) == 1
+    assert infomin_critics(model).sampled == (estimator == "club_sampled")
     assert model.discriminator_variables  # q's variables
     assert not set(map(id, model.discriminator_variables)) & set(map(id, model.encoder_variables))
 
@@ -297,15 +298,15 @@ def test_model_builds_club_in_the_discriminator_slot(estimator):
 def test_q_step_changes_only_q_and_maximizes_likelihood():
     model = _model()
     views = model.backbone.encoder(_images(), training=False)
-    pooled = model._pool(views)
-    ll_before = float(model.infomin_critics.log_likelihood(pooled)[0])
+    pooled = pool_views(views, "mean")
+    ll_before = float(infomin_critics(model).log_likelihood(pooled)[0])
     enc_before = _values(model.encoder_variables)
     q_before = _values(model.discriminator_variables)
     for _ in range(5):
         model.discriminator_step(views)
     assert not any(_changed(enc_before, model.encoder_variables))
     assert all(_changed(q_before, model.discriminator_variables))
-    ll_after = float(model.infomin_critics.log_likelihood(pooled)[0])
+    ll_after = float(infomin_critics(model).log_likelihood(pooled)[0])
     assert ll_after > ll_before  # q's step maximizes the likelihood, not the bound
 
 
@@ -315,9 +316,10 @@ def test_encoder_step_changes_only_the_encoder_and_subtracts_the_bound():
     q_before = _values(model.discriminator_variables)
     enc_before = _values(model.encoder_variables)
     views = model.backbone.encoder(x, training=True)
-    j, infomax = model._objective(views, training=True)
-    pooled = model._pool(views)
-    club = float(model.infomin_critics(pooled)[0])  # pair (V1, V2)
+    _, logs = model.encoder_loss(views, training=True)
+    j, infomax = logs["objective"], [logs["mi_R_V1"], logs["mi_R_V2"]]
+    pooled = pool_views(views, "mean")
+    club = float(infomin_critics(model)(pooled)[0])  # pair (V1, V2)
     # J = sum_i I(R; V_i) - lambda * I_CLUB(V1; V2) (alpha = beta = 1).
     np.testing.assert_allclose(float(j), float(sum(infomax)) - 0.5 * club, rtol=1e-4, atol=1e-4)
     model.encoder_step(x)
@@ -344,7 +346,7 @@ def test_save_and_reload_keeps_q_and_its_optimizer(tmp_path):
     model.save(path)
     loaded = keras.models.load_model(path)
     assert loaded.get_config()["infomin_critic"] == "club_sampled"
-    assert isinstance(loaded.infomin_critics, PairCLUB) and loaded.infomin_critics.sampled
+    assert isinstance(infomin_critics(loaded), PairCLUB) and infomin_critics(loaded).sampled
     for a, b in zip(model.discriminator_variables, loaded.discriminator_variables):
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
     assert int(loaded.discriminator_optimizer.iterations) == int(

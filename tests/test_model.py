@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 from keras import ops
 
-from helpers import optimizers, tiny
+from helpers import infomax_critics, infomin_critics, optimizers, tiny
 from keras_infobal import InfoBal, InfoBalBackbone
 
 # The core model tests: CI runs them under TensorFlow, JAX and PyTorch (`pytest -m backend`).
@@ -58,8 +58,8 @@ def test_each_update_changes_exactly_its_own_variables(tiny_config, images):
     model = make(tiny_config, infomin_weight=1.0)
     model.compile(**optimizers())
     enc_vars = model.backbone.encoder.variables + model.backbone.aggregator.variables + [
-        v for c in model.infomax_critics for v in c.variables]
-    disc_vars = list(model.infomin_critics.variables)  # all pairs' critics, stacked
+        v for c in infomax_critics(model) for v in c.variables]
+    disc_vars = list(infomin_critics(model).variables)  # all pairs' critics, stacked
     x = ops.convert_to_tensor(images)
 
     views = model.backbone.encoder(x, training=False)
@@ -199,7 +199,7 @@ def test_an_unbuilt_model_takes_its_image_size_from_the_data(tiny_config, size):
         model.compile(**optimizers())
         fit_kwargs = {"batch_size": 4} if data is images else {}
         model.fit(data, epochs=1, verbose=0, **fit_kwargs)
-        assert model.image_shape == (size, size, 3)
+        assert model.backbone.image_shape == (size, size, 3)
         assert model.backbone.get_config()["image_shape"] == [size, size, 3]
         other = size + 8
         wrong = np.zeros((4, other, other, 3), "uint8")
@@ -256,14 +256,14 @@ def test_augmented_pairs_score_each_R_against_the_other_augmentation(tiny_config
     x1, x2 = images[:4], images[4:]  # different images stand in for two augmentations
     # Larger critic weights spread the scores, so cross- and same-view estimates differ
     # clearly whatever the random initialization.
-    for critic in model.infomax_critics:
+    for critic in infomax_critics(model):
         for v in critic.trainable_variables:
             v.assign(v * 4.0)
     logs = model.evaluate(tf.data.Dataset.from_tensors((x1, x2)), verbose=0,
                           return_dict=True)
     views = model.backbone.encoder(np.concatenate([x1, x2]), training=False)
     r = model.backbone.aggregator(views, training=False)
-    for i, critic in enumerate(model.infomax_critics):
+    for i, critic in enumerate(infomax_critics(model)):
         cross = (critic([r[:4], _locals(views[4:], i)], training=False)
                  + critic([r[4:], _locals(views[:4], i)], training=False)) / 2
         same = (critic([r[:4], _locals(views[:4], i)], training=False)
@@ -336,7 +336,7 @@ def test_mixed_bfloat16_policy_trains_with_float32_estimates(tiny_config, images
         x = ops.convert_to_tensor(images)
         views = model.backbone.encoder(x, training=False)
         r = model.backbone.aggregator(views, training=False)
-        critic = model.infomax_critics[0]
+        critic = infomax_critics(model)[0]
         mi = critic([r, _locals(views, 0)], training=False)
         assert keras.backend.standardize_dtype(mi.dtype) == "float32"
     finally:
@@ -345,8 +345,8 @@ def test_mixed_bfloat16_policy_trains_with_float32_estimates(tiny_config, images
     full = make(tiny_config, infomin_weight=1.0, critic="infonce")
     full.set_weights(model.get_weights())
     views32 = full.backbone.encoder(x, training=False)
-    mi32 = full.infomax_critics[0]([full.backbone.aggregator(views32, training=False),
-                                    _locals(views32, 0)], training=False)
+    mi32 = infomax_critics(full)[0]([full.backbone.aggregator(views32, training=False),
+                                     _locals(views32, 0)], training=False)
     assert float(mi) == pytest.approx(float(mi32), abs=0.05)
 
 

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import optimizers, ref_critic_scores, tiny
+from helpers import infomax_critics, infomin_critics, optimizers, ref_critic_scores, tiny
+from keras_infobal.objectives.infomin import check_correlation_weights
 
 
 def make(**kwargs):
@@ -23,7 +24,7 @@ def n_changed(before, variables):
 def pooled(model, views):
     """The discriminators' inputs by numpy: mean over a view's locations, or flattened."""
     v = np.asarray(views)
-    if model.view_pooling == "mean":
+    if model.objectives[1].view_pooling == "mean":
         return v.mean(axis=(2, 3))
     return v.reshape(v.shape[0], v.shape[1], -1)
 
@@ -32,8 +33,10 @@ def infomin_objective(model, views):
     """sum_{i<j} beta_ij I_U(V_i; V_j), from the critics on numpy-pooled views."""
     p = pooled(model, views)
     # One batched layer holds every pair's critic; it returns the (P,) estimates.
-    terms = np.asarray(model.infomin_critics(p, training=False))
-    return sum(model._beta[i, j] * float(t) for t, (i, j) in zip(terms, model.pairs))
+    infomin = model.objectives[1]
+    terms = np.asarray(infomin.critics[0](p, training=False))
+    beta = check_correlation_weights(infomin.correlation_weights, model.num_views)
+    return sum(beta[i, j] * float(t) for t, (i, j) in zip(terms, infomin.pairs, strict=True))
 
 
 # ------------------------------------------------------------------ adversarial direction
@@ -63,7 +66,7 @@ def test_encoder_steps_lower_the_infomin_term(images, critic):
     model.compile(optimizer=keras.optimizers.Adam(1e-2),
                   discriminator_optimizer=keras.optimizers.Adam(1e-3))
     # Spread the critics' scores so their estimates respond.
-    for v in model.infomin_critics.trainable_variables:
+    for v in infomin_critics(model).trainable_variables:
         v.assign(v * 3.0)
     x = tf.constant(images)
     disc_before = snapshot(model.discriminator_variables)
@@ -96,7 +99,7 @@ def test_train_step_moves_both_terms_the_right_way(images):
     down = make(infomin_weight=1.0, critic="jsd", view_weights=[0.0, 0.0])
     down.compile(optimizer=keras.optimizers.Adam(1e-2),
                  discriminator_optimizer=keras.optimizers.Adam(0.0))
-    for v in down.infomin_critics.trainable_variables:
+    for v in infomin_critics(down).trainable_variables:
         v.assign(v * 3.0)
     before = infomin_objective(down, down.backbone.encoder(x, training=True))
     down.fit(images, batch_size=8, epochs=5, verbose=0, shuffle=False)
@@ -113,10 +116,11 @@ def test_encoder_step_encodes_in_training_mode(images):
     x = tf.constant(images)
     moving = model.backbone.encoder.non_trainable_variables
     assert moving  # BatchNormalization's moving means and variances
-    j_ref, _ = model._objective(model.backbone.encoder(x, training=True), training=True)
+    _, logs_ref = model.encoder_loss(model.backbone.encoder(x, training=True), training=True)
+    j_ref = logs_ref["objective"]
     after_ref = snapshot(moving)
-    loss, j, _ = model.encoder_step(x)
-    assert float(j) == pytest.approx(float(j_ref), rel=1e-5, abs=1e-5)
+    loss, logs = model.encoder_step(x)
+    assert float(logs["objective"]) == pytest.approx(float(j_ref), rel=1e-5, abs=1e-5)
     assert float(loss) == pytest.approx(-float(j_ref), rel=1e-5, abs=1e-5)
     assert n_changed(after_ref, moving) == len(moving)
 
@@ -197,8 +201,8 @@ def test_score_clip_bounds_every_critic_the_model_builds(images, scorer, infomin
     model = make(infomin_weight=1.0, critic=_critics(scorer, clip),
                  infomin_critic=infomin_critic, score_clip=clip)
     # The InfoMax critics, and the one layer holding the InfoMin critics of all pairs.
-    critics = model.infomax_critics + [model.infomin_critics]
-    assert len(critics) == 3 and model.infomin_critics.num_pairs == 1
+    critics = infomax_critics(model) + [infomin_critics(model)]
+    assert len(critics) == 3 and infomin_critics(model).num_pairs == 1
     _spread(critics, 3.0)  # raw scores then exceed the clip by far
     views = model.backbone.encoder(tf.constant(images), training=False)
     r = model.backbone.aggregator(views, training=False)
@@ -224,7 +228,7 @@ def test_score_clip_bounds_every_critic_the_model_builds(images, scorer, infomin
 @pytest.mark.parametrize("scorer", ["dot", "concat"])
 def test_infomax_critic_scores_match_numpy_reference(images, scorer):
     model = make(infomin_weight=0.0, critic=_critics(scorer, 3.0), score_clip=3.0)
-    critic = model.infomax_critics[0]
+    critic = infomax_critics(model)[0]
     critic_ref = type(critic)(units=critic.units, scorer=scorer, normalization="layer",
                               score_clip=3.0)
     views = np.asarray(model.backbone.encoder(tf.constant(images), training=False))
@@ -266,11 +270,11 @@ def test_zero_correlation_weight_leaves_that_discriminator_untrained(images):
     model = make(num_views=3, split="separate", correlation_weights=beta)
     model.compile(**optimizers(1e-2))
     # Each pair's critic is slice p of the batched layer's stacked weights.
-    variables = model.infomin_critics.trainable_variables
+    variables = infomin_critics(model).trainable_variables
     before = snapshot(variables)
     model.fit(images, batch_size=4, epochs=1, verbose=0)
     moved = [sum(not np.array_equal(b[k], np.array(v)[k]) for b, v in zip(before, variables))
-             for k in range(len(model.pairs))]
+             for k in range(len(model.objectives[1].pairs))]
     # pairs (1,2), (1,3), (2,3): the (1,3) pair has weight 0, so no gradient reaches it.
     assert moved[1] == 0 and moved[0] > 0 and moved[2] > 0
 
@@ -282,7 +286,7 @@ def test_view_pooling_feeds_the_discriminators(images, pooling):
     views = model.backbone.encoder(tf.constant(images), training=False)
     v = np.asarray(views)
     width = v.shape[-1] if pooling == "mean" else v.shape[2] * v.shape[3] * v.shape[4]
-    assert model.infomin_critics.view_dim == width
+    assert infomin_critics(model).view_dim == width
     logs = model.evaluate(images, batch_size=8, verbose=0, return_dict=True)
     assert logs["mi_V1_V2"] == pytest.approx(infomin_objective(model, views), abs=1e-4)
     # Flattened views keep where a feature is: swapping two locations of view 2 changes

@@ -5,6 +5,7 @@ configuration composes terms; the task's structure stays small."""
 import ast
 import json
 import os
+import re
 
 import keras
 import numpy as np
@@ -156,3 +157,24 @@ def test_the_task_class_stays_small():
     methods = _class_methods(os.path.join(ROOT, "keras_infobal", "models", "infobal.py"),
                              "InfoBal")
     assert len(methods) <= 20, methods
+
+
+# Keras' (and tf.distribute's) private names the package relies on; models/keras_seams.py is
+# the one module allowed to use them, each with its reason.
+PRIVATE_KERAS = ("keras.src", "._flatten_layers", "._in_multi_worker_mode", "._value",
+                 "._tracker", "_get_jax_state", "_purge_model_variables",
+                 "_get_state_sharding_spec", "_maybe_symbolic_build")
+
+
+def test_private_keras_names_only_in_the_seams_module():
+    found = []
+    for dirpath, _, files in os.walk(os.path.join(ROOT, "keras_infobal")):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            if not name.endswith(".py") or name == "keras_seams.py":
+                continue
+            for number, line in enumerate(open(path), 1):
+                code = line.split("#", 1)[0]
+                if any(re.search(re.escape(p) + r"\b", code) for p in PRIVATE_KERAS):
+                    found.append(f"{os.path.relpath(path, ROOT)}:{number}: {line.strip()}")
+    assert not found, found

@@ -150,7 +150,7 @@ def test_pretrain_evaluate_and_extract_from_a_folder_of_pngs(tmp_path, monkeypat
     meta = json.load(open(os.path.join(out, "preset", "metadata.json")))
     assert "training_log.csv" in meta["files"]
     task = InfoBal.from_preset(os.path.join(out, "preset"))  # continue pretraining
-    assert task.infomin_weight == 0.0 and task.critic_units == 8
+    assert task.infomin_weight == 0.0 and task.objectives[0].critic_units == 8
 
     for c, seed in (("a", 1), ("b", 2)):
         write_pngs(str(tmp_path / "labelled" / c), rng_images(10, 40, 40, 1, seed=seed))

@@ -16,6 +16,7 @@ from helpers import gradients, optimizers, tiny
 from keras_infobal import load_infobal
 from keras_infobal.layers import PairCLUB, PairCritics
 from keras_infobal.layers.club import club_estimate
+from keras_infobal.objectives.infomin import pool_views
 from keras_infobal.layers.registry import get_infomin_critic, get_pair_critics
 
 PAIRS = [(0, 1), (0, 2), (1, 2), (2, 0)]
@@ -171,17 +172,20 @@ def test_pair_layers_refuse_bad_input():
 @pytest.mark.backend
 def test_model_saves_and_loads_the_batched_layout(images):
     model = tiny(num_views=4, infomin_critic="dv", score_clip=4.0)
-    assert isinstance(model.infomin_critics, PairCritics)
-    assert model.infomin_critics.num_pairs == 6
+    assert isinstance(model.objectives[1].critics[0], PairCritics)
+    assert model.objectives[1].critics[0].num_pairs == 6
     model.compile(**optimizers())
     model.fit(images, batch_size=len(images), epochs=1, verbose=0)  # optimizer state to keep
-    pooled = model._pool(model.backbone.encoder(images, training=False))
-    before = ops.convert_to_numpy(model._infomin_terms(pooled, training=False))
+    pooled = pool_views(model.backbone.encoder(images, training=False), "mean")
+    before = ops.convert_to_numpy(model.objectives[1].critics[0](pooled, training=False))
     with tempfile.TemporaryDirectory() as tmp:
         model.save(os.path.join(tmp, "m.keras"))
         model.save_weights(os.path.join(tmp, "m.weights.h5"))
         with h5py.File(os.path.join(tmp, "m.weights.h5")) as f:
-            assert sorted(f["infomin_critics"].keys()) == ["vars"]
+            # One stacked layer: its weights in one group, no per-pair layers.
+            group = f["layers/info_min/critics/pair_critics"]
+            assert sorted(group.keys()) == ["vars"] and len(group["vars"]) == len(
+                model.objectives[1].critics[0].weights)
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # nothing to migrate: no warning, nothing lost
             loaded = load_infobal(os.path.join(tmp, "m.keras"))
@@ -195,8 +199,8 @@ def test_model_saves_and_loads_the_batched_layout(images):
         again.load_weights(os.path.join(tmp, "m.weights.h5"))
     assert loaded.get_config() == model.get_config()
     for m in (loaded, again):
-        pooled = m._pool(m.backbone.encoder(images, training=False))
-        np.testing.assert_allclose(ops.convert_to_numpy(m._infomin_terms(pooled, False)),
+        pooled = pool_views(m.backbone.encoder(images, training=False), "mean")
+        np.testing.assert_allclose(ops.convert_to_numpy(m.objectives[1].critics[0](pooled)),
                                    before, rtol=1e-6)
 
 
@@ -239,7 +243,7 @@ def test_infobal_step_under_xla_and_mixed_bfloat16(images):
         model, logs = _sgd_step("jsd", True, images)
     finally:
         keras.mixed_precision.set_global_policy("float32")
-    layer = model.infomin_critics
+    layer = model.objectives[1].critics[0]
     assert layer.compute_dtype == "bfloat16"
     assert all(v.dtype == "float32" for v in layer.weights)
     assert all(np.isfinite(v[-1]) for v in logs.values())

@@ -2,7 +2,8 @@ import keras_tuner as kt
 import numpy as np
 import pytest
 
-from helpers import BACKBONE_KEYS, TINY
+from helpers import BACKBONE_KEYS, TINY, infomax_critics
+from keras_infobal.objectives.infomin import check_correlation_weights
 from keras_infobal.tuning import OBJECTIVE, InfoBalHyperModel
 from test_evaluation import class_images
 
@@ -46,12 +47,14 @@ def test_the_chosen_hyperparameters_and_presets_reach_the_model():
             hp.Fixed(name, value)
         model = InfoBalHyperModel(None, None, backbone_kwargs=FIXED).build(hp)
         alpha, beta = by_hand[preset]
-        assert (model.num_views, model.backbone.split, model.critic) == (4, "grid", critic)
-        assert model.infomin_weight == lam and model.critic_units == units
-        np.testing.assert_array_equal(model._alpha, alpha)
-        np.testing.assert_array_equal(model._beta, beta)
-        assert len(model.infomax_critics) == 4
-        assert all(c.units == units for c in model.infomax_critics)
+        infomax, infomin = model.objectives
+        assert (model.num_views, model.backbone.split, infomax.estimator) == (4, "grid", critic)
+        assert model.infomin_weight == lam and infomax.critic_units == units
+        np.testing.assert_array_equal(infomax.alpha, alpha)
+        np.testing.assert_array_equal(
+            check_correlation_weights(infomin.correlation_weights, 4), beta)
+        assert len(infomax_critics(model)) == 4
+        assert all(c.units == units for c in infomax_critics(model))
         assert model.optimizer is not None
         assert (model.discriminator_optimizer is not None) == (lam > 0)
         if preset == "uniform":

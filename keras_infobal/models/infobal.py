@@ -257,7 +257,9 @@ class InfoBal(KerasSeams, BatchInput, TwoOptimizers, Trainer, FeatureExtractor, 
     def discriminator_active(self):
         """Whether the adversarial terms' critics train: one has weight != 0 (lambda), or a
         `discriminator_optimizer` was compiled (the monitor of the DIM baseline)."""
-        adversarial = [t for t in self.objectives if t.adversarial and t.critic_layers()]
+        # log_names, not the critics: it is known before the terms build (no pairs, no logs).
+        adversarial = [t for t in self.objectives
+                       if t.adversarial and t.log_names(self.num_views)]
         return any(t.weight != 0 for t in adversarial) or bool(
             adversarial and self.discriminator_optimizer is not None)
 
@@ -416,9 +418,10 @@ class InfoBal(KerasSeams, BatchInput, TwoOptimizers, Trainer, FeatureExtractor, 
         if fresh:
             import warnings
 
+            why = ("this preset ships its backbone only" if not shipped else
+                   "the preset ships none of this kind, width or scale")
             warnings.warn(f"InfoBal.from_preset({preset!r}): the critics {fresh} start from a "
-                          "random initialization (the preset ships none of this kind, width "
-                          "or scale).", stacklevel=2)
+                          f"random initialization ({why}).", stacklevel=2)
         return model
 
     def save_to_preset(self, folder, **metadata):

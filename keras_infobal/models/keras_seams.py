@@ -26,12 +26,42 @@ needed; `tests/test_keras_seams.py` fails loudly when a Keras release changes wh
    a functional model's top layers publicly (`model.layers`) but the sublayers of a custom
    layer (the batch norms inside `ViewEncoder`) only through `Layer._flatten_layers`.
    `applications.unfreeze` and `InfoBal.compile` (synchronized batch norm) need them.
+4. `portable_optimizer_config`: on PyTorch Keras saves an optimizer under its private
+   module (`keras.src.backend.torch.optimizers...`), which no other backend can load; the
+   compile config names the public `keras.optimizers` class instead.
+5. `in_multi_worker_mode` (TensorFlow): whether a `MultiWorkerMirroredStrategy` runs on
+   several workers, which tf.distribute says only through `extended._in_multi_worker_mode`;
+   multi-worker logs need a batch axis (`BaseTrainer._update_trackers`).
 """
+
+import keras
 
 
 def all_layers(layer):
     """Every layer inside `layer`, itself included, nested ones too."""
     return list(layer._flatten_layers(include_self=True, recursive=True))
+
+
+def portable_optimizer_config(config):
+    """An optimizer's config that loads on every backend.
+
+    On PyTorch, Keras saves e.g. Adam as `keras.src.backend.torch.optimizers.torch_adam.Adam`,
+    which other backends cannot run: name the public `keras.optimizers` class instead.
+    """
+    module = str(config.get("module", "")) if isinstance(config, dict) else ""
+    if (module.startswith("keras.src.backend.")
+            and hasattr(keras.optimizers, str(config.get("class_name")))):
+        config = {**config, "module": "keras.optimizers"}
+    return config
+
+
+def in_multi_worker_mode(strategy):
+    """Whether a tf.distribute `strategy` is a MultiWorkerMirroredStrategy over several
+    workers."""
+    import tensorflow as tf
+
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and (
+        strategy.extended._in_multi_worker_mode())
 
 
 class KerasSeams:

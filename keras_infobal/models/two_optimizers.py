@@ -9,7 +9,7 @@ makes the discriminators' learning rate follow the encoder's.
 import keras
 import numpy as np
 
-from keras_infobal.models.keras_seams import all_layers
+from keras_infobal.models.keras_seams import all_layers, portable_optimizer_config
 
 
 class TwoOptimizers:
@@ -95,7 +95,7 @@ class TwoOptimizers:
     def compile_from_config(self, config):
         config = dict(config)
         for key in ("optimizer", "discriminator_optimizer"):
-            config[key] = _portable_optimizer_config(config.get(key))
+            config[key] = portable_optimizer_config(config.get(key))
         config = keras.saving.deserialize_keras_object(config)
         if "jit_compile" in config:
             # `.keras` files move between backends, and Keras saves the saving backend's
@@ -157,16 +157,3 @@ def _discriminator_lr_ratio(ratio, optimizer, discriminator_optimizer):
             "but `discriminator_optimizer` has a learning-rate schedule of its own. Give it a "
             "constant learning rate, or pass discriminator_lr_ratio=None to keep its schedule.")
     return float(ratio)
-
-
-def _portable_optimizer_config(config):
-    """An optimizer's config that loads on every backend.
-
-    On PyTorch, Keras saves e.g. Adam as `keras.src.backend.torch.optimizers.torch_adam.Adam`,
-    which other backends cannot run: name the public `keras.optimizers` class instead.
-    """
-    module = str(config.get("module", "")) if isinstance(config, dict) else ""
-    if (module.startswith("keras.src.backend.")
-            and hasattr(keras.optimizers, str(config.get("class_name")))):
-        config = {**config, "module": "keras.optimizers"}
-    return config

@@ -61,18 +61,19 @@ def conv_macs(model):
     return total
 
 
-# Each arm changes the dim_pairs recipe in one place: (backbone, augmentation, run options).
+# Each arm changes the dim_pairs recipe in one place: (backbone, task, augmentation, run
+# options). The scales are the objective's (InfoBal(local_scales=...)), under `task`.
 ARMS = {
-    "dim": ({}, {}, {}),
-    "scales": ({"local_scales": [1, 2, 4]}, {}, {}),
+    "dim": ({}, {}, {}, {}),
+    "scales": ({}, {"local_scales": [1, 2, 4]}, {}, {}),
     # Only the coarsest extra scale: 5 of the 26 extra locations per view (stride-1 pooling
     # of a view's 8x4 map: 2x2 windows give 21, 4x4 windows 5), so most of the cost is saved.
-    "scales14": ({"local_scales": [1, 4]}, {}, {}),
+    "scales14": ({}, {"local_scales": [1, 4]}, {}, {}),
     # Random resized crops of 60-100% (crop) or 80-100% (crop02) of each side.
-    "crop": ({}, {"crop": 0.4}, {}),
-    "crop02": ({}, {"crop": 0.2}, {}),
+    "crop": ({}, {}, {"crop": 0.4}, {}),
+    "crop02": ({}, {}, {"crop": 0.2}, {}),
     # The schedule: twice the peak learning rate of the cosine decay.
-    "lr6e4": ({}, {}, {"lr": 6e-4}),
+    "lr6e4": ({}, {}, {}, {"lr": 6e-4}),
 }
 
 
@@ -127,15 +128,15 @@ def main(argv=None):
         return 0
     if not (args.arm and args.data and args.out):
         p.error("--arm, --data and --out are required to run a pilot")
-    backbone, augmentation, options = {}, {}, {}
+    backbone, task, augmentation, options = {}, {}, {}, {}
     if args.arm.startswith("resnet"):
         backbone["trunk"] = keras.saving.serialize_keras_object(resnet_trunk())
         if args.arm == "resnet_scales":
-            backbone["local_scales"] = ARMS["scales"][0]["local_scales"]
+            task["local_scales"] = ARMS["scales"][1]["local_scales"]
     else:
-        backbone, augmentation, options = (dict(part) for part in ARMS[args.arm])
-    pretraining.pretrain(recipe="dim_pairs", backbone=backbone, augmentation=augmentation,
-                         epochs=args.epochs, **options,
+        backbone, task, augmentation, options = (dict(part) for part in ARMS[args.arm])
+    pretraining.pretrain(recipe="dim_pairs", backbone=backbone, task=task,
+                         augmentation=augmentation, epochs=args.epochs, **options,
                          seed=args.seed, mixed_precision=args.mixed_precision,
                          probe_every=args.epochs, data=args.data, out=args.out,
                          skip_final_probe=True)

@@ -7,6 +7,7 @@ Only this module (and the data pipeline) imports TensorFlow; `tf.distribute` str
 import tensorflow as tf
 
 from keras_infobal.models.batches import PAIR_SIZES_MESSAGE, batch_size_message
+from keras_infobal.models.keras_seams import in_multi_worker_mode
 from keras_infobal.models.trainers.base import BaseTrainer
 
 
@@ -35,10 +36,7 @@ class TensorFlowTrainer(BaseTrainer):
         return gather
 
     def _multi_worker(self):
-        strategy = tf.distribute.get_strategy()
-        return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and (
-            strategy.extended._in_multi_worker_mode()
-        )
+        return in_multi_worker_mode(tf.distribute.get_strategy())
 
     def _stack(self, parts):
         # Traced functions may relax the batch size to None: check it when it runs too.
