@@ -126,5 +126,14 @@ class ObjectiveTerm(keras.layers.Layer):
         self.build_term(tuple(views_shape), r_shape[-1])
         self.built = True
 
+    # The config keys that fix the shape of the term's critics: a preset's critics load into a
+    # term whose saved config agrees on them (`InfoBal.from_preset`).
+    CRITIC_KEYS = ()
+
+    def same_critics(self, config):
+        """Whether a saved term config's critics fit this term's (`CRITIC_KEYS` agree)."""
+        own = self.get_config()
+        return all(config.get(k) == own[k] for k in self.CRITIC_KEYS)
+
     def get_config(self):
         return {**super().get_config(), "weight": self.weight}

@@ -86,6 +86,8 @@ class CMC(ObjectiveTerm):
     ```
     """
 
+    CRITIC_KEYS = ("critic", "units", "score_clip", "view_pooling")
+
     def __init__(self, critic="infonce", units=512, view_pooling="mean", score_clip=None,
                  weight=1.0, **kwargs):
         kwargs.setdefault("name", "cmc")
@@ -159,12 +161,6 @@ class CMC(ObjectiveTerm):
         terms = self.pair_estimates(enc)
         logs = {f"cmc_V{i + 1}_V{j + 1}": terms[p] for p, (i, j) in enumerate(self.pairs)}
         return ops.mean(terms), logs
-
-    def same_critics(self, config):
-        """Whether a saved term config's critics fit this term's."""
-        return all(config.get(k) == v for k, v in (
-            ("critic", self.critic), ("units", self.units), ("score_clip", self.score_clip),
-            ("view_pooling", self.view_pooling)))
 
     def get_config(self):
         return {**super().get_config(), "critic": self.critic, "units": self.units,

@@ -110,6 +110,8 @@ class CPC(ObjectiveTerm):
     ```
     """
 
+    CRITIC_KEYS = ("units", "steps", "score_clip")
+
     def __init__(self, units=256, steps=2, score_clip="auto", weight=1.0, **kwargs):
         kwargs.setdefault("name", "cpc")
         super().__init__(weight=weight, **kwargs)
@@ -182,11 +184,6 @@ class CPC(ObjectiveTerm):
         terms = self.step_estimates(enc)
         per_step = ops.mean(terms, axis=1)
         return ops.mean(terms), {f"cpc_k{k + 1}": per_step[k] for k in range(self.steps)}
-
-    def same_critics(self, config):
-        """Whether a saved term config's networks fit this term's."""
-        return all(config.get(k) == v for k, v in (
-            ("units", self.units), ("steps", self.steps), ("score_clip", self.score_clip)))
 
     def get_config(self):
         return {**super().get_config(), "units": self.units, "steps": self.steps,

@@ -109,6 +109,8 @@ class InfoMax(ObjectiveTerm):
 
     scores_global = True
 
+    CRITIC_KEYS = ("critic", "critic_units", "score_clip")
+
     def __init__(self, critic="jsd", critic_units=512, view_weights=None, local_scales=(1,),
                  score_clip="auto", weight=1.0, **kwargs):
         kwargs.setdefault("name", "infomax")
@@ -214,12 +216,6 @@ class InfoMax(ObjectiveTerm):
             terms = self._view_terms(enc.views, enc.r, enc)
         value = sum(float(self.alpha[i]) * t for i, t in enumerate(terms))
         return value, {f"mi_R_V{i + 1}": t for i, t in enumerate(terms)}
-
-    def same_critics(self, config):
-        """Whether a saved config's critics fit this term's (kind, width, clip)."""
-        return all(config.get(k) == v for k, v in (
-            ("critic", self.critic_spec), ("critic_units", self.critic_units),
-            ("score_clip", self.score_clip)))
 
     def get_config(self):
         return {**super().get_config(), "critic": self.critic_spec,

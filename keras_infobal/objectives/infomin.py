@@ -82,6 +82,8 @@ class InfoMin(ObjectiveTerm):
     SIGN = -1.0
     adversarial = True
 
+    CRITIC_KEYS = ("critic", "units", "score_clip", "view_pooling")
+
     def __init__(self, critic="jsd", units=512, correlation_weights=None, view_pooling="mean",
                  score_clip="auto", weight=1.0, **kwargs):
         kwargs.setdefault("name", "infomin")
@@ -153,12 +155,6 @@ class InfoMin(ObjectiveTerm):
                                                        gather_fn=enc.gather_fn)
         fit = self._weighted(fits)
         return fit, {**self._logs(terms), "discriminator_objective": fit}
-
-    def same_critics(self, config):
-        """Whether a saved term config's discriminators fit this term's."""
-        return all(config.get(k) == v for k, v in (
-            ("critic", self.critic), ("units", self.units), ("score_clip", self.score_clip),
-            ("view_pooling", self.view_pooling)))
 
     def get_config(self):
         return {**super().get_config(), "critic": self.critic, "units": self.units,
